@@ -1,0 +1,99 @@
+// minitrain C core: one training iteration of a multi-layer perceptron per call.
+//
+// Python owns every buffer (parameters, gradients, optimizer state, workspace) and
+// hands the core pointers to them; the core never allocates. The binding
+// (src/minitrain/_core.pyx) validates every shape and pointer before calling in,
+// so functions here check only what can go wrong at run time (non-finite loss).
+#ifndef MINITRAIN_H
+#define MINITRAIN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define MT_MAX_LAYERS 64
+
+typedef enum { MT_FLOAT32 = 0, MT_FLOAT64 = 1 } mt_dtype;
+
+typedef enum {
+    MT_ACT_IDENTITY = 0,
+    MT_ACT_RELU,
+    MT_ACT_LEAKY_RELU,
+    MT_ACT_TANH,
+    MT_ACT_SIGMOID,
+    MT_ACT_GELU,
+} mt_act;
+
+typedef enum {
+    MT_LOSS_CROSS_ENTROPY = 0, // softmax over logits, integer (int64) labels
+    MT_LOSS_MSE,               // mean over all n*out elements of (p - y)^2
+    MT_LOSS_BINARY_CROSS_ENTROPY, // sigmoid over logits, 0/1 targets, mean over n*out
+} mt_loss;
+
+typedef enum { MT_LAYER_DENSE = 0 } mt_layer_kind;
+
+typedef enum { MT_OPT_SGD = 0, MT_OPT_ADAM } mt_opt_kind;
+
+typedef enum {
+    MT_OK = 0,
+    MT_ERR_NONFINITE_LOSS = 1,     // loss or gradient not finite: parameters left untouched
+    MT_ERR_BATCH_TOO_LARGE = 2,    // n exceeds the batch the workspace was sized for
+} mt_status;
+
+typedef struct {
+    int kind;          // mt_layer_kind
+    int act;           // mt_act
+    double act_param;  // leaky_relu negative slope
+    int64_t in, out;   // widths of the layer's input and output rows
+    int64_t w_off;     // W (in, out) at params + w_off (elements)
+    int64_t b_off;     // b (out,)    at params + b_off
+} mt_layer;
+
+typedef struct {
+    int kind;             // mt_opt_kind
+    double lr;
+    double momentum;      // SGD: buf = momentum*buf + g; nesterov uses g + momentum*buf
+    int nesterov;
+    double weight_decay;  // L2 added to the gradient (SGD, Adam) or decoupled (AdamW)
+    int decoupled;        // 1: AdamW-style decay p -= lr*wd*p
+    double beta1, beta2, eps;
+    int64_t t;            // 1-based update count, for Adam's bias correction
+    double clip_norm;     // > 0: rescale the gradient to this global L2 norm when larger
+    int64_t n_decay;      // weight decay applies to params [0, n_decay): the weights
+} mt_optim;
+
+typedef struct {
+    int dtype;             // mt_dtype: of params, grads, state, X and float targets
+    int loss;              // mt_loss
+    int nlayers;
+    mt_layer layers[MT_MAX_LAYERS];
+    int64_t n_params;
+    void *params, *grads;  // n_params each
+    void *state;           // SGD: n_params (momentum); Adam: 2*n_params (m, v)
+    void *work;            // mt_workspace_bytes(net, max_batch) bytes, 64-byte aligned
+    int64_t max_batch;
+} mt_net;
+
+// Bytes of workspace a net needs for batches of up to max_batch rows.
+size_t mt_workspace_bytes(const mt_net *net, int64_t max_batch);
+
+// One iteration on the n rows X[idx[0..n)] (rows 0..n of X when idx is NULL).
+// X (rows, in0) row-major; y int64 (rows,) for cross-entropy, else (rows, out) in dtype.
+// With opt == NULL the gradient is left in net->grads and nothing is updated.
+// *loss receives the batch's mean loss.
+int mt_step(mt_net *net, const void *X, const void *y, const int64_t *idx, int64_t n,
+            const mt_optim *opt, double *loss);
+
+// Inference: out (n, out_last) = network output (logits for the classification losses)
+// for rows X[idx[0..n)] (or rows 0..n), n <= max_batch.
+int mt_forward(mt_net *net, const void *X, const int64_t *idx, int64_t n, void *out);
+
+// C (M, N) = op(A) (M, K) · op(B) (K, N) (+ C when accumulate), row-major, op = transpose
+// when the flag is set. Exposed for tests and benchmarks; the layers call the typed
+// internal entry points in gemm.h.
+void mt_gemm(int dtype, int trans_a, int trans_b, int64_t M, int64_t N, int64_t K,
+             const void *A, const void *B, void *C, int accumulate);
+
+void mt_set_num_threads(int n);
+int mt_get_num_threads(void);
+
+#endif

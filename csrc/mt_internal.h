@@ -1,0 +1,51 @@
+// Internal declarations of the C core. The typed sources (gemm.c, layers.c, loss.c,
+// optim.c, net.c) are compiled twice, with MT_DOUBLE=0 and 1: `real` is float or
+// double and FN(name) gives name_f32 or name_f64, so each kernel is written once.
+#ifndef MT_INTERNAL_H
+#define MT_INTERNAL_H
+
+#include "minitrain.h"
+
+// Below this many multiply-adds (or elements for elementwise passes) a loop stays on
+// one thread: forking costs more than it saves, and more threads must never be slower.
+#define MT_PAR_FLOPS (1 << 17)
+#define MT_PAR_ELEMS (1 << 15)
+#define MT_ALIGN 64
+
+#define MT_DECLARE_TYPED(real, sfx)                                                        \
+    void mt_gemm_##sfx(int trans_a, int trans_b, int64_t M, int64_t N, int64_t K,          \
+                       const real *A, const real *B, real *C, int accumulate);             \
+    size_t mt_workspace_bytes_##sfx(const mt_net *net, int64_t max_batch);                 \
+    int mt_step_##sfx(mt_net *net, const real *X, const void *y, const int64_t *idx,       \
+                      int64_t n, const mt_optim *opt, double *loss);                       \
+    int mt_forward_##sfx(mt_net *net, const real *X, const int64_t *idx, int64_t n,        \
+                         real *out);
+
+MT_DECLARE_TYPED(float, f32)
+MT_DECLARE_TYPED(double, f64)
+
+#ifdef MT_REAL_SOURCE
+#if MT_DOUBLE
+typedef double real;
+#define FN(name) name##_f64
+#else
+typedef float real;
+#define FN(name) name##_f32
+#endif
+
+// layers.c
+void FN(mt_dense_forward)(const mt_layer *L, const real *params, const real *X, real *Z,
+                          real *A, int64_t n);
+void FN(mt_dense_backward)(const mt_layer *L, const real *params, real *grads,
+                           const real *X, const real *Z, const real *A, real *dA,
+                           real *dX, int64_t n);
+// loss.c
+double FN(mt_loss_forward_backward)(int loss, const real *P, const void *y,
+                                    const int64_t *idx, real *dP, int64_t n, int64_t out,
+                                    double *rowloss);
+// optim.c
+void FN(mt_optim_update)(const mt_optim *o, real *params, real *grads, real *state,
+                         int64_t n);
+#endif
+
+#endif

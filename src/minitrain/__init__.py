@@ -1,0 +1,21 @@
+"""minitrain: mini-batch training of multi-layer perceptrons, with a C/OpenMP hot path.
+
+>>> import minitrain as mt
+>>> model = mt.Sequential([mt.Dense(128, activation="relu"), mt.Dense(10)],
+...                       loss="cross_entropy", seed=0)
+>>> hist = model.fit(X, y, epochs=10, batch_size=32, optimizer=mt.SGD(lr=0.1, momentum=0.9))
+"""
+
+from .backends import get_num_threads, set_num_threads
+from .datasets import load_digits, train_test_split
+from .history import History
+from .layers import Dense, Layer
+from .models import Sequential
+from .optimizers import SGD, Adam, AdamW, Optimizer
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Adam", "AdamW", "Dense", "History", "Layer", "Optimizer", "SGD", "Sequential",
+    "get_num_threads", "load_digits", "set_num_threads", "train_test_split",
+]

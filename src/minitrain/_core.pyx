@@ -1,0 +1,259 @@
+# cython: language_level=3, boundscheck=False, wraparound=False
+"""Thin binding to the C core: checks shapes, dtypes and contiguity, passes pointers,
+turns status codes into exceptions. No maths here."""
+
+import numpy as np
+cimport numpy as cnp
+from libc.stdint cimport int64_t, uintptr_t
+
+cnp.import_array()
+
+cdef extern from "minitrain.h":
+    int MT_MAX_LAYERS
+    int MT_FLOAT32, MT_FLOAT64
+    int MT_OK, MT_ERR_NONFINITE_LOSS, MT_ERR_BATCH_TOO_LARGE
+    int MT_LOSS_CROSS_ENTROPY
+    ctypedef struct mt_layer:
+        int kind
+        int act
+        double act_param
+        int64_t in_ "in"
+        int64_t out
+        int64_t w_off, b_off
+    ctypedef struct mt_optim:
+        int kind
+        double lr, momentum
+        int nesterov
+        double weight_decay
+        int decoupled
+        double beta1, beta2, eps
+        int64_t t
+        double clip_norm
+        int64_t n_decay
+    ctypedef struct mt_net:
+        int dtype, loss, nlayers
+        mt_layer layers[64]
+        int64_t n_params
+        void *params
+        void *grads
+        void *state
+        void *work
+        int64_t max_batch
+    size_t mt_workspace_bytes(const mt_net *net, int64_t max_batch) nogil
+    int mt_step(mt_net *net, const void *X, const void *y, const int64_t *idx, int64_t n,
+                const mt_optim *opt, double *loss) nogil
+    int mt_forward(mt_net *net, const void *X, const int64_t *idx, int64_t n, void *out) nogil
+    void mt_gemm(int dtype, int trans_a, int trans_b, int64_t M, int64_t N, int64_t K,
+                 const void *A, const void *B, void *C, int accumulate) nogil
+    void mt_set_num_threads(int n)
+    int mt_get_num_threads()
+
+
+cdef inline void *ptr(cnp.ndarray a):
+    return cnp.PyArray_DATA(a)
+
+
+def _require(a, dtype, ndim, name):
+    if not isinstance(a, np.ndarray) or a.dtype != dtype or a.ndim != ndim \
+            or not a.flags.c_contiguous:
+        raise TypeError(f"{name} must be a C-contiguous {ndim}-D {np.dtype(dtype).name} "
+                        f"array")
+
+
+cdef class Net:
+    """A network description over Python-owned flat buffers.
+
+    layers: sequence of (act, act_param, in, out, w_off, b_off) tuples.
+    params, grads: flat arrays of n_params; state: the optimizer's flat state.
+    """
+    cdef mt_net net
+    cdef mt_optim opt
+    cdef readonly object dtype
+    cdef object _params, _grads, _state, _work
+    cdef object _X, _y
+    cdef int64_t n_out
+
+    def __init__(self, dtype, int loss, layers, params, grads, state):
+        self.dtype = np.dtype(dtype)
+        if self.dtype not in (np.float32, np.float64):
+            raise TypeError("dtype must be float32 or float64")
+        if not 0 < len(layers) <= MT_MAX_LAYERS:
+            raise ValueError(f"a network has 1 to {MT_MAX_LAYERS} layers")
+        for name, a in (("params", params), ("grads", grads), ("state", state)):
+            _require(a, self.dtype, 1, name)
+        if grads.size != params.size:
+            raise ValueError("grads must have the size of params")
+        self.net.dtype = MT_FLOAT64 if self.dtype == np.float64 else MT_FLOAT32
+        self.net.loss = loss
+        self.net.nlayers = len(layers)
+        prev = None
+        for l, (act, act_param, n_in, n_out, w_off, b_off) in enumerate(layers):
+            if n_in < 1 or n_out < 1 or (prev is not None and n_in != prev):
+                raise ValueError(f"layer {l}: widths do not chain")
+            if w_off < 0 or b_off < 0 or w_off + n_in * n_out > params.size \
+                    or b_off + n_out > params.size:
+                raise ValueError(f"layer {l}: parameters outside the flat buffer")
+            self.net.layers[l].kind = 0
+            self.net.layers[l].act = act
+            self.net.layers[l].act_param = act_param
+            self.net.layers[l].in_ = n_in
+            self.net.layers[l].out = n_out
+            self.net.layers[l].w_off = w_off
+            self.net.layers[l].b_off = b_off
+            prev = n_out
+        self.n_out = prev
+        self.net.n_params = params.size
+        self._params, self._grads, self._state = params, grads, state
+        self.net.params = ptr(params)
+        self.net.grads = ptr(grads)
+        self.net.state = ptr(state)
+        self.net.max_batch = 0
+        self.net.work = NULL
+        self.opt.kind = -1
+
+    @property
+    def max_batch(self):
+        return self.net.max_batch
+
+    def reserve(self, int64_t max_batch):
+        """Size the workspace for batches of up to max_batch rows (grows, never shrinks)."""
+        if max_batch <= self.net.max_batch:
+            return
+        nbytes = mt_workspace_bytes(&self.net, max_batch)
+        raw = np.empty(nbytes + 64, dtype=np.uint8)
+        shift = (-<uintptr_t>ptr(raw)) % 64
+        self._work = raw[shift:shift + nbytes]
+        self.net.work = ptr(self._work)
+        self.net.max_batch = max_batch
+
+    def set_optimizer(self, int kind, double momentum=0, bint nesterov=False,
+                      double weight_decay=0, bint decoupled=False, double beta1=0.9,
+                      double beta2=0.999, double eps=1e-8, double clip_norm=0,
+                      int64_t n_decay=0):
+        needed = self.net.n_params * (2 if kind == 1 else 1)
+        if self._state.size < needed:
+            raise ValueError(f"optimizer state needs {needed} elements")
+        if not 0 <= n_decay <= self.net.n_params:
+            raise ValueError("n_decay outside the parameters")
+        self.opt.kind = kind
+        self.opt.momentum = momentum
+        self.opt.nesterov = nesterov
+        self.opt.weight_decay = weight_decay
+        self.opt.decoupled = decoupled
+        self.opt.beta1, self.opt.beta2, self.opt.eps = beta1, beta2, eps
+        self.opt.clip_norm = clip_norm
+        self.opt.n_decay = n_decay
+
+    def _check_xy(self, X, y):
+        _require(X, self.dtype, 2, "X")
+        if X.shape[1] != self.net.layers[0].in_:
+            raise ValueError(f"X must have {self.net.layers[0].in_} columns")
+        if self.net.loss == MT_LOSS_CROSS_ENTROPY:
+            _require(y, np.int64, 1, "y")
+            if y.size and (y.min() < 0 or y.max() >= self.n_out):
+                raise ValueError(f"labels must lie in [0, {self.n_out})")
+        else:
+            _require(y, self.dtype, 2, "y")
+            if y.shape[1] != self.n_out:
+                raise ValueError(f"y must have {self.n_out} columns")
+        if y.shape[0] != X.shape[0]:
+            raise ValueError("X and y must have the same number of rows")
+
+    def set_data(self, X, y):
+        """Keep X and y for step_rows (checked once, not per iteration)."""
+        self._check_xy(X, y)
+        self._X, self._y = X, y
+
+    cdef double _run(self, const void *X, const void *y, const int64_t *idx, int64_t n,
+                     double lr, int64_t t, bint update) except? -1:
+        cdef double loss = 0
+        cdef int status
+        cdef const mt_optim *opt = NULL
+        if n < 1 or n > self.net.max_batch:
+            raise ValueError(f"batch of {n} rows: reserve() was sized for "
+                             f"{self.net.max_batch}")
+        if update:
+            if self.opt.kind < 0:
+                raise ValueError("set_optimizer() was not called")
+            self.opt.lr = lr
+            self.opt.t = t
+            opt = &self.opt
+        with nogil:
+            status = mt_step(&self.net, X, y, idx, n, opt, &loss)
+        if status == MT_ERR_NONFINITE_LOSS:
+            raise FloatingPointError(f"the loss is not finite ({loss})")
+        return loss
+
+    def step_rows(self, idx, int64_t start, int64_t stop, double lr, int64_t t,
+                  bint update=True):
+        """One iteration on the rows idx[start:stop] of the data given to set_data."""
+        if self._X is None:
+            raise ValueError("set_data() was not called")
+        _require(idx, np.int64, 1, "idx")
+        if not 0 <= start < stop <= idx.shape[0]:
+            raise ValueError("start:stop outside idx")
+        cdef const int64_t[::1] view = idx[start:stop]
+        cdef int64_t i, rows = self._X.shape[0]
+        for i in range(view.shape[0]):
+            if view[i] < 0 or view[i] >= rows:
+                raise ValueError(f"idx holds row {view[i]} outside [0, {rows})")
+        return self._run(ptr(self._X), ptr(self._y), &view[0], stop - start, lr, t, update)
+
+    def step(self, X, y, double lr=0, int64_t t=0, bint update=True):
+        """One iteration on all rows of X, y."""
+        self._check_xy(X, y)
+        return self._run(ptr(X), ptr(y), NULL, X.shape[0], lr, t, update)
+
+    def forward(self, X, out):
+        """out (n, n_out) = network output for X (n, in), n <= max_batch."""
+        _require(X, self.dtype, 2, "X")
+        _require(out, self.dtype, 2, "out")
+        cdef int64_t n = X.shape[0]
+        if X.shape[1] != self.net.layers[0].in_ or out.shape[0] != n \
+                or out.shape[1] != self.n_out:
+            raise ValueError("forward: X or out has the wrong shape")
+        if n < 1 or n > self.net.max_batch:
+            raise ValueError(f"forward: {n} rows, workspace sized for {self.net.max_batch}")
+        cdef const void *xp = ptr(X)
+        cdef void *op = ptr(out)
+        with nogil:
+            mt_forward(&self.net, xp, NULL, n, op)
+
+
+def gemm(A, B, bint trans_a=False, bint trans_b=False, C=None):
+    """C = op(A) · op(B) with the core's GEMM (C accumulated into when given)."""
+    dtype = A.dtype if isinstance(A, np.ndarray) else None
+    if dtype not in (np.float32, np.float64):
+        raise TypeError("A must be a float32 or float64 array")
+    _require(A, dtype, 2, "A")
+    _require(B, dtype, 2, "B")
+    cdef int64_t M = A.shape[1] if trans_a else A.shape[0]
+    cdef int64_t K = A.shape[0] if trans_a else A.shape[1]
+    cdef int64_t KB = B.shape[1] if trans_b else B.shape[0]
+    cdef int64_t N = B.shape[0] if trans_b else B.shape[1]
+    if K != KB:
+        raise ValueError(f"inner dimensions differ: {K} and {KB}")
+    accumulate = C is not None
+    if C is None:
+        C = np.empty((M, N), dtype=dtype)
+    _require(C, dtype, 2, "C")
+    if C.shape != (M, N):
+        raise ValueError(f"C must have shape {(M, N)}")
+    cdef int dt = MT_FLOAT64 if dtype == np.float64 else MT_FLOAT32
+    cdef const void *a = ptr(A)
+    cdef const void *b = ptr(B)
+    cdef void *c = ptr(C)
+    cdef int ta = trans_a, tb = trans_b, acc = accumulate
+    with nogil:
+        mt_gemm(dt, ta, tb, M, N, K, a, b, c, acc)
+    return C
+
+
+def set_num_threads(int n):
+    if n < 1:
+        raise ValueError("n must be >= 1")
+    mt_set_num_threads(n)
+
+
+def get_num_threads():
+    return mt_get_num_threads()

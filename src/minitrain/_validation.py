@@ -1,0 +1,83 @@
+"""Input checks shared by the models and fronts. Every error names the argument."""
+
+import numbers
+
+import numpy as np
+
+_CHUNK_ROWS = 65536
+
+
+def check_int(name, value, low, high=None):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__} {value!r}")
+    if value < low or (high is not None and value > high):
+        bound = f">= {low}" if high is None else f"in [{low}, {high}]"
+        raise ValueError(f"{name} must be {bound}, got {value!r}")
+    return int(value)
+
+
+def _numeric(name, a):
+    if isinstance(a, np.ndarray):
+        arr = a
+    else:
+        try:
+            arr = np.asarray(a)
+        except (TypeError, ValueError) as e:
+            raise TypeError(f"{name} must be array-like of numbers: {e}") from None
+    if arr.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must hold numbers, got dtype {arr.dtype}")
+    return arr
+
+
+def _check_finite(name, a):
+    # chunked so a memory-mapped X is never loaded whole
+    for start in range(0, a.shape[0], _CHUNK_ROWS):
+        if not np.isfinite(a[start:start + _CHUNK_ROWS]).all():
+            raise ValueError(f"{name} contains NaN or infinity")
+
+
+def check_X(X, dtype, n_features=None, name="X"):
+    """A C-contiguous 2-D array of `dtype` with finite values (copied only if needed)."""
+    arr = _numeric(name, X)
+    if arr.ndim != 2:
+        raise ValueError(f"{name} must be 2-D (n_samples, n_features), got shape {arr.shape}")
+    if arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise ValueError(f"{name} is empty: shape {arr.shape}")
+    if n_features is not None and arr.shape[1] != n_features:
+        raise ValueError(f"{name} has {arr.shape[1]} features, the model expects {n_features}")
+    if arr.dtype.kind == "f":
+        _check_finite(name, arr)
+    out = np.ascontiguousarray(arr, dtype=dtype)
+    if out.dtype.kind == "f" and arr.dtype.kind == "f" and arr.dtype.itemsize > out.dtype.itemsize:
+        _check_finite(name, out)  # float64 values too large for float32
+    return out
+
+
+def check_targets(y, loss, n_outputs, n_samples, dtype, name="y"):
+    """Targets for `loss`: int64 labels (n,) for cross-entropy, else (n, n_outputs)."""
+    arr = _numeric(name, y)
+    if arr.shape[:1] != (n_samples,):
+        raise ValueError(f"X and {name} have different lengths: {n_samples} and "
+                         f"{arr.shape[0] if arr.ndim else 'a scalar'}")
+    if arr.dtype.kind == "f":
+        _check_finite(name, arr)
+    if loss == "cross_entropy":
+        if arr.ndim == 2 and arr.shape[1] == 1:
+            arr = arr[:, 0]
+        if arr.ndim != 1:
+            raise ValueError(f"{name} must be 1-D class labels for the cross-entropy loss, "
+                             f"got shape {arr.shape}")
+        if arr.dtype.kind == "f" and not np.all(arr == np.round(arr)):
+            raise ValueError(f"{name} must hold integer class labels for the cross-entropy loss")
+        if n_outputs is not None and (arr.min() < 0 or arr.max() >= n_outputs):
+            raise ValueError(f"{name} holds labels outside [0, {n_outputs}): the last layer has "
+                             f"{n_outputs} units")
+        return np.ascontiguousarray(arr, dtype=np.int64)
+    if arr.ndim == 1:
+        arr = arr[:, None]
+    if arr.ndim != 2 or (n_outputs is not None and arr.shape[1] != n_outputs):
+        raise ValueError(f"{name} must have shape ({n_samples}, {n_outputs}) to match the last "
+                         f"layer's {n_outputs} units, got {np.shape(y)}")
+    if loss == "binary_cross_entropy" and ((arr < 0) | (arr > 1)).any():
+        raise ValueError(f"{name} must lie in [0, 1] for the binary cross-entropy loss")
+    return np.ascontiguousarray(arr, dtype=dtype)

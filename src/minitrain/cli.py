@@ -1,0 +1,129 @@
+"""The ``minitrain`` command: train an MLP on the shipped digits, or on your own file."""
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+import minitrain as mt
+
+log = logging.getLogger("minitrain")
+
+
+def load_table(path, target):
+    """X, y from a .npz (arrays X and y), a .npy or a .csv (target = a column index)."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".npz":
+        with np.load(path, allow_pickle=False) as data:
+            for xk, yk in (("X", "y"), ("x", "y"), ("data", "target")):
+                if xk in data and yk in data:
+                    return data[xk], data[yk]
+            raise SystemExit(f"{path}: expected arrays named X and y, found {list(data)}")
+    if suffix == ".npy":
+        table = np.load(path, allow_pickle=False)
+    elif suffix == ".csv":
+        with open(path) as f:
+            first = f.readline()
+        try:
+            [float(v) for v in first.split(",")]
+            skip = 0
+        except ValueError:
+            skip = 1  # a header row
+        table = np.loadtxt(path, delimiter=",", skiprows=skip, ndmin=2)
+    else:
+        raise SystemExit(f"{path}: use a .npz, .npy or .csv file")
+    if table.ndim != 2 or table.shape[1] < 2:
+        raise SystemExit(f"{path}: expected a 2-D table with feature columns and a target column")
+    return np.delete(table, target, axis=1), table[:, target]
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(
+        prog="minitrain",
+        description="Train a multi-layer perceptron with mini-batch gradient descent. "
+                    "Without --data, trains on the handwritten digits shipped with minitrain.")
+    p.add_argument("--data", help=".npz (arrays X, y), .npy or .csv (numeric, last column the "
+                                  "target unless --target) file")
+    p.add_argument("--target", type=int, default=-1, help="target column of a .npy/.csv table")
+    p.add_argument("--task", choices=["auto", "classification", "regression"], default="auto")
+    p.add_argument("--hidden", type=int, nargs="+", default=[128], metavar="UNITS",
+                   help="hidden layer widths (default: 128)")
+    p.add_argument("--activation", default="relu")
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--optimizer", choices=["sgd", "adam", "adamw"], default="sgd")
+    p.add_argument("--lr", type=float, default=None,
+                   help="learning rate (default: 0.05 for sgd, 0.001 for adam)")
+    p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    p.add_argument("--test-size", type=float, default=0.2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--backend", choices=["c", "numpy"], default="c")
+    p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    p.add_argument("-q", "--quiet", action="store_true", help="print only the final result")
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+                        format="%(message)s", stream=sys.stdout)
+    if args.threads:
+        mt.set_num_threads(args.threads)
+    if args.data:
+        X, y = load_table(args.data, args.target)
+        name = Path(args.data).name
+    else:
+        X, y = mt.load_digits()
+        name = "digits (UCI optical recognition, 1797 8x8 images)"
+    X = np.asarray(X, dtype=np.float64)
+    y = np.asarray(y)
+    task = args.task
+    if task == "auto":
+        integral = y.dtype.kind in "iub" or (y.dtype.kind == "f" and np.all(y == np.round(y)))
+        task = "classification" if y.ndim == 1 and integral and len(np.unique(y)) <= 100 \
+            else "regression"
+    classes = None
+    if task == "classification":
+        classes, y = np.unique(y, return_inverse=True)
+    X_train, X_test, y_train, y_test = mt.train_test_split(
+        X, y, test_size=args.test_size, seed=args.seed, stratify=task == "classification")
+    # standardise with the training statistics only
+    mean, std = X_train.mean(axis=0), X_train.std(axis=0)
+    std[std == 0] = 1
+    X_train, X_test = (X_train - mean) / std, (X_test - mean) / std
+
+    n_out = len(classes) if classes is not None else (1 if y.ndim == 1 else y.shape[1])
+    layers = [mt.Dense(h, activation=args.activation) for h in args.hidden] + [mt.Dense(n_out)]
+    model = mt.Sequential(layers, loss="cross_entropy" if classes is not None else "mse",
+                          seed=args.seed, dtype=args.dtype, backend=args.backend)
+    if args.optimizer == "sgd":
+        opt = mt.SGD(lr=args.lr or 0.05, momentum=args.momentum)
+    else:
+        opt = (mt.Adam if args.optimizer == "adam" else mt.AdamW)(lr=args.lr or 0.001)
+    log.info("minitrain: %s — %d train / %d test rows, %d features, %s, %s threads",
+             name, len(X_train), len(X_test), X.shape[1], task, mt.get_num_threads())
+    log.info("model: %d-%s-%d, %s, batch %d", X.shape[1], "-".join(map(str, args.hidden)),
+             n_out, opt, args.batch_size)
+    t0 = time.perf_counter()
+    hist = model.fit(X_train, y_train, epochs=args.epochs, batch_size=args.batch_size,
+                     optimizer=opt, seed=args.seed, verbose=0)
+    wall = time.perf_counter() - t0
+    log.info("%6s %10s %10s %10s", "epoch", "iterations", "loss", "time (s)")
+    for e, loss, sec in zip(hist.epoch, hist.history["loss"], hist.history["time"]):
+        log.info("%6d %10d %10.4f %10.4f", e, hist.iterations_per_epoch, loss, sec)
+    result = model.evaluate(X_test, y_test)
+    summary = f"test loss {result['loss']:.4f}"
+    if "accuracy" in result:
+        summary = f"test accuracy {result['accuracy']:.4f} · " + summary
+    print(f"{summary} · {hist.epochs} epochs in {wall:.2f} s "
+          f"({1000 * wall / max(hist.epochs, 1):.1f} ms/epoch)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,110 @@
+"""Optimizers. Hyper-parameters live here; the update itself runs in the backend over
+the model's flat parameter, gradient and state buffers."""
+
+import math
+import numbers
+
+SGD_KIND, ADAM_KIND = 0, 1
+
+
+def _check(name, value, low=0.0, low_open=False, high=None, high_open=False):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    if value < low or (low_open and value == low) or (
+            high is not None and (value > high or (high_open and value == high))):
+        lo = "(" if low_open else "["
+        hi = ")" if high_open else "]"
+        raise ValueError(f"{name} must lie in {lo}{low}, {high if high is not None else 'inf'}{hi}, "
+                         f"got {value!r}")
+    return float(value)
+
+
+class Optimizer:
+    """Base class. ``iterations`` counts the updates applied (Adam's step t)."""
+
+    kind = None
+
+    def __init__(self, lr, weight_decay, clip_norm):
+        self.lr = _check("lr", lr, low_open=True)
+        self.weight_decay = _check("weight_decay", weight_decay)
+        self.clip_norm = _check("clip_norm", clip_norm) if clip_norm is not None else 0.0
+        self.iterations = 0
+
+    def core_args(self):
+        """Keyword arguments of the backend's set_optimizer."""
+        return {"weight_decay": self.weight_decay, "clip_norm": self.clip_norm}
+
+    def get_config(self):
+        raise NotImplementedError
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items() if k != "class")
+        return f"{type(self).__name__}({args})"
+
+
+class SGD(Optimizer):
+    """Stochastic gradient descent, with momentum and Nesterov momentum as in PyTorch:
+    ``buf = momentum*buf + g; p -= lr * (g + momentum*buf if nesterov else buf)``.
+    ``weight_decay`` adds ``weight_decay * W`` to the gradient of the weights (L2)."""
+
+    kind = SGD_KIND
+
+    def __init__(self, lr=0.01, momentum=0.0, nesterov=False, weight_decay=0.0, clip_norm=None):
+        super().__init__(lr, weight_decay, clip_norm)
+        self.momentum = _check("momentum", momentum, high=1.0, high_open=True)
+        if nesterov and self.momentum == 0:
+            raise ValueError("nesterov=True needs a momentum > 0")
+        self.nesterov = bool(nesterov)
+
+    def core_args(self):
+        return {**super().core_args(), "momentum": self.momentum, "nesterov": self.nesterov}
+
+    def get_config(self):
+        return {"class": "SGD", "lr": self.lr, "momentum": self.momentum,
+                "nesterov": self.nesterov, "weight_decay": self.weight_decay,
+                "clip_norm": self.clip_norm or None}
+
+
+class Adam(Optimizer):
+    """Adam (Kingma & Ba), bias-corrected as in PyTorch. ``weight_decay`` is an L2 term
+    added to the gradient; see AdamW for decoupled decay."""
+
+    kind = ADAM_KIND
+    decoupled = False
+
+    def __init__(self, lr=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-8, weight_decay=0.0,
+                 clip_norm=None):
+        super().__init__(lr, weight_decay, clip_norm)
+        self.beta_1 = _check("beta_1", beta_1, high=1.0, high_open=True)
+        self.beta_2 = _check("beta_2", beta_2, high=1.0, high_open=True)
+        self.epsilon = _check("epsilon", epsilon, low_open=True)
+
+    def core_args(self):
+        return {**super().core_args(), "beta1": self.beta_1, "beta2": self.beta_2,
+                "eps": self.epsilon, "decoupled": self.decoupled}
+
+    def get_config(self):
+        return {"class": type(self).__name__, "lr": self.lr, "beta_1": self.beta_1,
+                "beta_2": self.beta_2, "epsilon": self.epsilon,
+                "weight_decay": self.weight_decay, "clip_norm": self.clip_norm or None}
+
+
+class AdamW(Adam):
+    """Adam with decoupled weight decay (Loshchilov & Hutter): ``W -= lr*weight_decay*W``."""
+
+    decoupled = True
+
+    def __init__(self, lr=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-8, weight_decay=0.01,
+                 clip_norm=None):
+        super().__init__(lr, beta_1, beta_2, epsilon, weight_decay, clip_norm)
+
+
+def get(optimizer):
+    """An Optimizer from an instance or a name ('sgd', 'adam', 'adamw')."""
+    if isinstance(optimizer, Optimizer):
+        return optimizer
+    names = {"sgd": SGD, "adam": Adam, "adamw": AdamW}
+    if isinstance(optimizer, str) and optimizer.lower() in names:
+        return names[optimizer.lower()]()
+    raise ValueError(f"optimizer must be an Optimizer or one of {sorted(names)}, "
+                     f"got {optimizer!r}")
