@@ -130,6 +130,10 @@ class TorchPeer(Peer):
         import torch
 
         torch.set_num_threads(n)
+        try:
+            torch.set_num_interop_threads(n)
+        except RuntimeError:  # only possible before the first parallel work
+            pass
 
     def trainer(self, weights, lr, momentum):
         return TorchTrainer(weights, lr, momentum)

@@ -205,14 +205,17 @@ def _epoch_sections(results):
            *_errors(results, lambda r: r["epoch"]),
            f"## 5. {first['accuracy']['title'].capitalize()}", "",
            _timed_task_table(results, lambda r: r["accuracy"]), ""]
-    reached = []
-    for n, run in _runs(results):
-        for name, o in run["accuracy"]["outcome"].items():
-            verdict = "reached" if o["reached"] else "NOT reached"
-            reached.append(f"{name} ({threads_label(n)}): {verdict} after {o['epochs']} "
-                           f"epochs, test accuracy {o['accuracy']:.4f}")
-    out += ["Epochs needed: " + "; ".join(reached) + ".", "",
-            *_errors(results, lambda r: r["accuracy"])]
+    header = ["peer"] + [f"{threads_label(n)}: epochs, test accuracy" for n, _ in _runs(results)]
+    rows = []
+    for name in _peers(results):
+        row = [name]
+        for _, run in _runs(results):
+            o = run["accuracy"]["outcome"].get(name)
+            row.append("–" if o is None else f"{o['epochs']}, {o['accuracy']:.4f}"
+                       + ("" if o["reached"] else " (target NOT reached)"))
+        rows.append(row)
+    out += ["Epochs trained (the test accuracy is evaluated after every epoch):", "",
+            _table(header, rows), "", *_errors(results, lambda r: r["accuracy"])]
     if results["memory"]:
         header = ["peer"] + [f"{threads_label(n)}: peak RSS" for n in results["memory"]] \
             + ["RSS before the epoch", "data"]
@@ -226,7 +229,7 @@ def _epoch_sections(results):
                     continue
                 row.append(f"{mem['peak_rss_mb']:.0f} MB")
                 before = f"{mem['rss_before_epoch_mb']:.0f} MB"
-                data = f"{mem['data_mb']:.0f} MB"
+                data = f"{mem['data_mb']:.1f} MB"
             rows.append(row + [before, data])
         out += ["## 6. Peak resident memory of task 4", "",
                 "One fresh process per peer and thread count: imports, the data set, "

@@ -206,30 +206,40 @@ def digits_split():
     return (X_train.astype(np.float32), X_test.astype(np.float32), y_train, y_test)
 
 
+def train_until(trainer, data, cfg):
+    """Train epoch by epoch (epoch e shuffled with seed e) until the test accuracy
+    reaches cfg.accuracy_target or cfg.accuracy_max_epochs pass."""
+    X_train, X_test, y_train, y_test = data
+    for epoch in range(1, cfg.accuracy_max_epochs + 1):
+        trainer.epoch(X_train, y_train, cfg.accuracy_batch, epoch)
+        accuracy = float(np.mean(trainer.predict(X_test) == y_test))
+        if accuracy >= cfg.accuracy_target:
+            break
+    return {"epochs": epoch, "accuracy": accuracy, "reached": accuracy >= cfg.accuracy_target}
+
+
+def accuracy_widths(cfg, data):
+    return (data[0].shape[1], *cfg.accuracy_widths_hidden, 10)
+
+
 def accuracy_task(loaded, cfg, seed=0):
-    """Seconds (training and the per-epoch test evaluation) from the initial weights
-    until the test accuracy reaches the target, per peer and repetition."""
-    X_train, X_test, y_train, y_test = digits_split()
-    widths = (X_train.shape[1], *cfg.accuracy_widths_hidden, 10)
+    """Seconds (building the model, training, and the test evaluation after every
+    epoch) from the initial weights until the test accuracy reaches the target."""
+    data = digits_split()
+    widths = accuracy_widths(cfg, data)
     weights = P.initial_weights(widths, seed)
-    reached = {}
+    outcome = {}
 
     def run(name, peer):
-        trainer = peer.trainer(weights, cfg.accuracy_lr, MOMENTUM)
-        for epoch in range(1, cfg.accuracy_max_epochs + 1):
-            trainer.epoch(X_train, y_train, cfg.accuracy_batch, epoch)
-            accuracy = float(np.mean(trainer.predict(X_test) == y_test))
-            if accuracy >= cfg.accuracy_target:
-                break
-        reached[name] = {"epochs": epoch, "accuracy": accuracy,
-                         "reached": accuracy >= cfg.accuracy_target}
+        outcome[name] = train_until(peer.trainer(weights, cfg.accuracy_lr, MOMENTUM), data,
+                                    cfg)
 
     runners = {name: (lambda n=name, p=peer: run(n, p)) for name, peer in loaded.items()}
     samples, errors = interleaved(runners, cfg.accuracy_reps)
     return _task_result(
         f"time to {cfg.accuracy_target:.0%} test accuracy on the shipped digits, "
         f"{'-'.join(map(str, widths))}, batch {cfg.accuracy_batch}, lr {cfg.accuracy_lr}",
-        "s", samples, errors, outcome=reached)
+        "s", samples, errors, outcome=outcome)
 
 
 def gemm_shapes(cfg):
@@ -246,13 +256,9 @@ def gemm_shapes(cfg):
     return shapes
 
 
-def gemm_task(available, cfg, seed=0):
-    """Seconds per product for minitrain's GEMM, numpy.matmul and torch.matmul.
-
-    Operands are stored as the training iteration stores them (a transposed operand is
-    the transpose of a row-major array); numpy and torch get transposed views, which
-    their BLAS reads without copying."""
-    rng = np.random.default_rng(seed)
+def gemm_impls(available):
+    """{name: f(A, B, trans_a, trans_b) -> op(A)·op(B)} for minitrain's GEMM,
+    numpy.matmul and torch.matmul (minitrain and torch when in `available`)."""
     impls = {}
     if "minitrain" in available:
         from minitrain import _core
@@ -265,10 +271,27 @@ def gemm_task(available, cfg, seed=0):
             A, B = torch.from_numpy(A), torch.from_numpy(B)
             return torch.matmul(A.T if ta else A, B.T if tb else B)
         impls["torch"] = torch_matmul
+    return impls
+
+
+def gemm_operands(rng, M, N, K, ta, tb):
+    """Random float32 A, B stored as the iteration stores them for op(A)·op(B)."""
+    A = rng.standard_normal((K, M) if ta else (M, K), dtype=np.float32)
+    B = rng.standard_normal((N, K) if tb else (K, N), dtype=np.float32)
+    return A, B
+
+
+def gemm_task(available, cfg, seed=0):
+    """Seconds per product for minitrain's GEMM, numpy.matmul and torch.matmul.
+
+    Operands are stored as the training iteration stores them (a transposed operand is
+    the transpose of a row-major array); numpy and torch get transposed views, which
+    their BLAS reads without copying."""
+    rng = np.random.default_rng(seed)
+    impls = gemm_impls(available)
     out = {}
     for label, M, N, K, ta, tb in gemm_shapes(cfg):
-        A = rng.standard_normal((K, M) if ta else (M, K), dtype=np.float32)
-        B = rng.standard_normal((N, K) if tb else (K, N), dtype=np.float32)
+        A, B = gemm_operands(rng, M, N, K, ta, tb)
         runners = {name: (lambda f=f: f(A, B, ta, tb)) for name, f in impls.items()}
         samples, errors = interleaved(runners, cfg.gemm_reps, cfg.min_sample_seconds / 2)
         out[label] = {"M": M, "N": N, "K": K, "trans_a": ta, "trans_b": tb,
@@ -324,8 +347,9 @@ def memory_probe(peer, cfg, seed=0):
 
     X, y = classification_data(cfg.epoch_rows, cfg.epoch_features, cfg.epoch_widths[-1], seed)
     trainer = peer.trainer(P.initial_weights(cfg.epoch_widths, seed), LR, MOMENTUM)
-    before = rss_mb("VmRSS")
+    before, peak_before = rss_mb("VmRSS"), rss_mb("VmHWM")
     trainer.epoch(X, y, cfg.epoch_batch, seed)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"peak_rss_mb": peak, "rss_before_epoch_mb": before,
+            "peak_rss_before_epoch_mb": peak_before,
             "data_mb": (X.nbytes + y.nbytes) / 2**20}
