@@ -187,7 +187,7 @@ def thread_state(loaded, n):
 def worker(args):
     cfg = T.Config.from_dict(json.loads(args.config))
     n = args.worker
-    loaded, failed = load_peers(args.peers.split(","))
+    loaded, failed = load_peers([name for name in args.peers.split(",") if name])
     for peer in loaded.values():
         peer.set_threads(n)
     result = {"threads": thread_state(loaded, n), "isa": minitrain_isa(),

@@ -144,4 +144,5 @@ def test_thread_environment_pins_every_pool():
     env = report.thread_environment(1)
     assert all(env[v] == "1" for v in report.THREAD_VARIABLES)
     assert "--xla_cpu_multi_thread_eigen=false" in env["XLA_FLAGS"]
-    assert "--xla_cpu_multi_thread_eigen" not in report.thread_environment(2).get("XLA_FLAGS", "")
+    two = report.thread_environment(2)
+    assert "--xla_cpu_multi_thread_eigen" not in two.get("XLA_FLAGS", "")
