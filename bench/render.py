@@ -138,7 +138,10 @@ def report_markdown(results):
         f"minitrain ISA: {m.get('minitrain_isa')}",
         "- versions: " + ", ".join(f"{k} {v or 'not installed'}"
                                    for k, v in m["versions"].items()),
-        f"- thread counts: {', '.join(map(str, results['thread_counts']))}", "",
+        f"- thread counts: {', '.join(map(str, results['thread_counts']))}",
+        "- load average (1, 5, 15 min) before: "
+        + ", ".join(f"{x:.2f}" for x in m["load_average_before"]) + "; after: "
+        + ", ".join(f"{x:.2f}" for x in m.get("load_average_after", [])), "",
         "Figures are medians over the repetitions with the min–max range in brackets. "
         "\"÷ minitrain\" is the peer's time divided by minitrain's time in the same "
         "repetition of the interleaved run (above 1: minitrain is faster). Every peer "

@@ -110,6 +110,7 @@ def machine_description(classes):
     except (OSError, ValueError, IndexError):
         pass
     return {"cpu": cpu_model(), "cpu_flags": cpu_flags(), "logical_cpus": os.cpu_count(),
+            "load_average_before": list(os.getloadavg()),
             "cpus_available": len(allowed_cpus()), "memory_gb": mem,
             "os": platform.platform(), "python": platform.python_version(),
             "versions": P.versions(classes)}
@@ -236,6 +237,7 @@ def run(out_dir, cfg, thread_counts, peer_names=None, memory=True, plots=True,
             results["memory"][str(n)][name] = json.loads(out.strip().splitlines()[-1])
     results["machine"]["minitrain_isa"] = next(
         (r["isa"] for r in results["runs"].values()), minitrain_isa())
+    results["machine"]["load_average_after"] = list(os.getloadavg())
     results["elapsed_seconds"] = (datetime.datetime.now(datetime.timezone.utc)
                                   - started).total_seconds()
     results["plots"] = render.plots(results, out_dir) if plots else {"skipped": "--no-plots"}
