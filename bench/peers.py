@@ -192,6 +192,10 @@ class TorchDataLoaderTrainer(TorchTrainer):
     """What most PyTorch code does: batches come out of a DataLoader over a
     TensorDataset (rows fetched one by one and collated), in the shared order."""
 
+    def __init__(self, weights, lr, momentum):
+        super().__init__(weights, lr, momentum)
+        self._batch = (None, None)  # (X, a DataLoader over it) of the last step
+
     def _loader(self, X, y, batch_size, order):
         from torch.utils.data import DataLoader, TensorDataset
 
@@ -199,7 +203,11 @@ class TorchDataLoaderTrainer(TorchTrainer):
         return DataLoader(dataset, batch_size=batch_size, sampler=order)
 
     def step(self, X, y):
-        for xb, yb in self._loader(X, y, len(X), range(len(X))):
+        # one iteration = the batch fetched through a DataLoader (rows indexed one by
+        # one, then collated) + the step; the loader is built once per batch array
+        if self._batch[0] is not X:
+            self._batch = (X, self._loader(X, y, len(X), range(len(X))))
+        for xb, yb in self._batch[1]:
             self._step(xb, yb)
 
     def epoch(self, X, y, batch_size, seed):

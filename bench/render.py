@@ -76,10 +76,13 @@ def _runs(results):
     return sorted(results["runs"].items(), key=lambda kv: int(kv[0]))
 
 
-def _cell(task, name, fmt=fmt_seconds):
-    """'median (min–max)' of a task's samples for a peer, or why there is none."""
+def _cell(task, name, fmt=fmt_seconds, convert=None, spread=True):
+    """'median (min–max)' of a task's samples for a peer (each sample passed through
+    `convert` first, e.g. seconds to a rate), or why there is none."""
     if name in task["samples"]:
-        return fmt_range(summary(task["samples"][name]), fmt)
+        values = task["samples"][name]
+        stats = summary([convert(v) for v in values] if convert else values)
+        return fmt_range(stats, fmt) if spread else fmt(stats["median"])
     if name in task.get("errors", {}):
         return "failed"
     return "missing"
@@ -104,7 +107,7 @@ def _timed_task_table(results, pick, rate=None):
             task = pick(run)
             row.append(_cell(task, name))
             if rate:
-                row.append(_cell(task, name, lambda s: fmt_number(rate[1](task) / s)))
+                row.append(_cell(task, name, fmt_number, lambda s: rate[1](task) / s))
             row.append(fmt_ratio(ratios(task["samples"], name)))
         rows.append(row)
     return _table(header, rows)
@@ -139,6 +142,7 @@ def report_markdown(results):
         "- versions: " + ", ".join(f"{k} {v or 'not installed'}"
                                    for k, v in m["versions"].items()),
         f"- thread counts: {', '.join(map(str, results['thread_counts']))}",
+        *([f"- note: {results['note']}"] if results.get("note") else []),
         "- load average (1, 5, 15 min) before: "
         + ", ".join(f"{x:.2f}" for x in m["load_average_before"]) + "; after: "
         + ", ".join(f"{x:.2f}" for x in m.get("load_average_after", [])), "",
@@ -271,7 +275,8 @@ def _gemm_sections(results):
         for label, s in shapes.items():
             row = [label, f"{s['M']}×{s['N']}×{s['K']}"]
             for impl in GEMM_IMPLS:
-                row.append(_cell(s, impl, lambda t, f=s["flops"]: f"{f / t / 1e9:.1f}"))
+                row.append(_cell(s, impl, lambda g: f"{g:.1f}",
+                                 lambda t, f=s["flops"]: f / t / 1e9))
             ref = s["samples"].get(REFERENCE)
             row.append(f"{100 * s['flops'] / summary(ref)['median'] / 1e9 / peak:.0f} %"
                        if ref and peak else "–")
@@ -283,10 +288,20 @@ def _gemm_sections(results):
 
 def uncontrolled(results):
     """What the run could not pin down, stated in the report."""
+    m = results["machine"]
+    load = max(m["load_average_before"][0], m.get("load_average_after", [0])[0])
     lines = [
         "- The machine is shared: other jobs ran at the same time, so absolute figures "
         "are noisy (the min–max ranges show how much); the interleaving makes the ratios "
         "more trustworthy than the absolute numbers.",
+    ]
+    if load > m["cpus_available"]:
+        lines.append(
+            f"- The load average reached {load:.1f} on {m['cpus_available']} CPUs: more "
+            "runnable processes than cores. Multi-threaded figures suffer most, since a "
+            "library that splits an iteration over all cores waits at every barrier for "
+            "a thread that another process has displaced; treat them as lower bounds.")
+    lines += [
         "- CPU frequency (boost, thermal state) and, on a virtual machine, the host's "
         "scheduling are outside the benchmark's control.",
         "- Threads are pinned by environment variables, by each library's API and by the "
@@ -332,14 +347,14 @@ def readme_table(results, heading=True):
         row = [name]
         for k in keys:
             task = run["iterations"][k]
-            cell = _cell(task, name, fmt_seconds).split(" (")[0]
+            cell = _cell(task, name, spread=False)
             ratio = ratios(task["samples"], name)
             if ratio and name != REFERENCE:
                 cell += f" (×{ratio['median']:.2f})"
             row.append(cell)
         epoch = run["epoch"]
-        row.append(_cell(epoch, name, lambda s: fmt_number(epoch["rows"] / s)).split(" (")[0])
-        row.append(_cell(run["accuracy"], name).split(" (")[0])
+        row.append(_cell(epoch, name, fmt_number, lambda s: epoch["rows"] / s, spread=False))
+        row.append(_cell(run["accuracy"], name, spread=False))
         mem = results["memory"].get(n, {}).get(name)
         row.append(f"{mem['peak_rss_mb']:.0f} MB" if mem and "error" not in mem else "–")
         rows.append(row)
@@ -380,7 +395,7 @@ def plots(results, out_dir):
                 ax.plot(*zip(*pts), marker="o", label=name)
         ax.set(xscale="log", yscale="log", xlabel="batch size", ylabel="samples/s",
                title=f"{'-'.join(map(str, sweep['widths']))}, {threads_label(n)}")
-        ax.set_xticks(batches, [str(b) for b in batches])
+        _log_ticks(ax, batches)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7)
     written["samples/s against batch size"] = _save(fig, out_dir / "batch_sweep.png")
@@ -399,7 +414,7 @@ def plots(results, out_dir):
             ax.axhline(peak, color="k", linestyle="--", label=f"FMA peak {peak:.0f}")
         ax.set(xscale="log", xlabel="n (square n×n×n)", ylabel="GFLOP/s",
                title=f"float32 GEMM, {threads_label(n)}", ylim=(0, None))
-        ax.set_xticks(sizes, [str(s) for s in sizes])
+        _log_ticks(ax, sizes)
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7)
     written["GEMM GFLOP/s against matrix size"] = _save(fig, out_dir / "gemm.png")
@@ -419,6 +434,14 @@ def plots(results, out_dir):
     ax.legend(fontsize=7)
     written["epoch time against thread count"] = _save(fig, out_dir / "epoch_threads.png")
     return written
+
+
+def _log_ticks(ax, values):
+    """Label exactly the measured sizes on a log axis (no minor tick labels)."""
+    from matplotlib.ticker import NullLocator
+
+    ax.set_xticks(values, [str(v) for v in values])
+    ax.xaxis.set_minor_locator(NullLocator())
 
 
 def _save(fig, path):

@@ -3,13 +3,17 @@
     python bench/report.py            # the full benchmark (several minutes)
     python bench/report.py --quick    # tiny sizes, seconds: checks that it all runs
 
-For each thread count (1 and all cores by default) one worker process runs every task
-for every available peer, interleaved (see tasks.py). The thread count is fixed before
-the worker starts — OMP_NUM_THREADS and the BLAS variables, XLA_FLAGS, the CPU affinity
-mask — and again inside it (minitrain.set_num_threads, torch.set_num_threads), because
-some libraries size their pool once, at import. The peak memory of one epoch is
-measured in a fresh process per peer and thread count. The FMA peak comes from
-bench/fma_probe.c, compiled here with the system C compiler.
+For each thread count (1 and all cores by default) every available peer gets its own
+worker process, and this process drives them all through every task, interleaved (see
+tasks.py): one process per peer, because thread pools of different libraries in one
+process (libgomp, PyTorch's own libgomp, OpenBLAS, XLA) take cores from each other —
+BLAS threads keep spinning after a call — which made multi-threaded figures up to a
+hundred times slower. The thread count is fixed before a worker starts —
+OMP_NUM_THREADS and the BLAS variables, XLA_FLAGS, the CPU affinity mask — and again
+inside it (minitrain.set_num_threads, torch.set_num_threads), because some libraries
+size their pool once, at import. The peak memory of one epoch is measured in a fresh
+process per peer and thread count. The FMA peak comes from bench/fma_probe.c, compiled
+here with the system C compiler.
 
 Writes report.md (tables), report.json (every raw figure and the machine),
 readme_table.md (the summary table for README.md) and PNG plots.
@@ -35,6 +39,7 @@ from bench import render  # noqa: E402
 from bench import tasks as T  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
+SETTLE_SECONDS = 0.1  # between repetitions at > 1 thread: see tasks.interleaved
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
                     "BLIS_NUM_THREADS", "NUMEXPR_NUM_THREADS", "VECLIB_MAXIMUM_THREADS")
 
@@ -64,17 +69,76 @@ def pin_cpus(n):
         os.sched_setaffinity(0, allowed_cpus()[:n])
 
 
+def _python(args):
+    return [sys.executable, str(Path(__file__).resolve()), *args]
+
+
+def _pinned(n_threads):
+    return (lambda: pin_cpus(n_threads)) if hasattr(os, "sched_setaffinity") else None
+
+
 def run_python(args, n_threads, timeout=3600):
     """Run this script with `args` in a fresh interpreter pinned to n_threads."""
-    cmd = [sys.executable, str(Path(__file__).resolve()), *args]
-    proc = subprocess.run(cmd, env=thread_environment(n_threads), capture_output=True,
-                          text=True, timeout=timeout,
-                          preexec_fn=(lambda: pin_cpus(n_threads))
-                          if hasattr(os, "sched_setaffinity") else None)
+    proc = subprocess.run(_python(args), env=thread_environment(n_threads),
+                          capture_output=True, text=True, timeout=timeout,
+                          preexec_fn=_pinned(n_threads))
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(args[:2])} failed ({proc.returncode}):\n"
                            f"{proc.stderr[-3000:]}")
     return proc.stdout
+
+
+class PeerProcess:
+    """A peer's worker process (``--serve``), pinned to n threads, driven by one JSON
+    request and one JSON reply per line."""
+
+    def __init__(self, name, n_threads, cfg, log_dir):
+        self.name = name
+        self.log = open(Path(log_dir) / f"{name}-{n_threads}.log", "w+")
+        self.proc = subprocess.Popen(
+            _python(["--serve", name, "--threads", str(n_threads),
+                     "--config", json.dumps(cfg.to_dict())]),
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True,
+            env=thread_environment(n_threads), preexec_fn=_pinned(n_threads))
+        self.hello = self.call(None)
+
+    def call(self, request):
+        if request is not None:
+            self.proc.stdin.write(json.dumps(request) + "\n")
+            self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            self.log.seek(0)
+            raise RuntimeError(f"the {self.name} process ended: {self.log.read()[-2000:]}")
+        reply = json.loads(line)
+        if "error" in reply:
+            raise RuntimeError(reply["error"])
+        return reply
+
+    def close(self):
+        self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.log.close()
+
+
+class RemoteSampler:
+    """A tasks.py sampler that runs in a peer's process."""
+
+    def __init__(self, process, kind, params, impl=None):
+        self.process, self.request = process, {"kind": kind, "params": params, "impl": impl}
+
+    def setup(self, min_seconds):
+        self.process.call({"op": "setup", "min_seconds": min_seconds, **self.request})
+
+    def sample(self):
+        return self.process.call({"op": "sample"})["seconds"]
+
+    def info(self):
+        return self.process.call({"op": "info"})["info"]
 
 
 # ----------------------------------------------------------------------- machine
@@ -185,15 +249,79 @@ def thread_state(loaded, n):
     return state
 
 
-def worker(args):
+def serve(args):
+    """A peer's worker: load the peer, pin its threads, then answer the requests of
+    PeerProcess until stdin closes."""
+    protocol = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)  # whatever the libraries print goes to the log, not into the protocol
+
+    def reply(obj):
+        protocol.write(json.dumps(obj) + "\n")
+        protocol.flush()
+
     cfg = T.Config.from_dict(json.loads(args.config))
-    n = args.worker
-    loaded, failed = load_peers([name for name in args.peers.split(",") if name])
-    for peer in loaded.values():
-        peer.set_threads(n)
-    result = {"threads": thread_state(loaded, n), "isa": minitrain_isa(),
-              "failed_peers": failed, **T.run_all(loaded, cfg, set(loaded))}
-    Path(args.result).write_text(json.dumps(result))
+    loaded, failed = load_peers([args.serve])
+    if failed:
+        return reply({"error": failed[args.serve]})
+    peer = loaded[args.serve]
+    peer.set_threads(args.threads)
+    reply({"threads": thread_state(loaded, args.threads), "isa": minitrain_isa()})
+    sampler = None
+    for line in sys.stdin:
+        request = json.loads(line)
+        try:
+            if request["op"] == "setup":
+                sampler = None  # free the previous job's data first
+                sampler = T.make_sampler(request["kind"], request["params"], peer, cfg,
+                                         request["impl"])
+                sampler.setup(request["min_seconds"])
+                reply({"ok": True})
+            elif request["op"] == "sample":
+                reply({"seconds": sampler.sample()})
+            else:
+                reply({"info": sampler.info()})
+        except Exception as err:  # reported for this peer; the run goes on
+            reply({"error": f"{type(err).__name__}: {err}"})
+
+
+def measure(cfg, n, peer_names, log_dir):
+    """Every job at n threads, each peer in its own process, interleaved."""
+    processes, failed = {}, {}
+    for name in peer_names:
+        try:
+            processes[name] = PeerProcess(name, n, cfg, log_dir)
+        except RuntimeError as err:
+            failed[name] = str(err)
+    settle = SETTLE_SECONDS if n > 1 else 0.0
+    measured = {}
+    try:
+        hosts = T.gemm_hosts(processes)
+        for key, kind, params in T.jobs(cfg):
+            if kind == "gemm":
+                samplers = {impl: RemoteSampler(processes[host], kind, params, impl)
+                            for impl, host in hosts.items()}
+            else:
+                samplers = {name: RemoteSampler(p, kind, params)
+                            for name, p in processes.items()}
+            reps, min_seconds = T.job_repetitions(kind, cfg)
+            samples, errors = T.interleaved(samplers, reps, min_seconds, settle)
+            infos = {}
+            for name in samples:
+                try:
+                    infos[name] = samplers[name].info()
+                except RuntimeError as err:
+                    errors[name] = str(err)
+            measured[key] = (samples, errors, infos)
+    finally:
+        for p in processes.values():
+            p.close()
+    result = T.assemble(cfg, measured)
+    hello = {name: p.hello for name, p in processes.items()}
+    first = hello.get(P.REFERENCE) or next(iter(hello.values()), {})
+    result.update({"threads": first.get("threads", {"requested": n}),
+                   "threads_by_peer": {k: v["threads"] for k, v in hello.items()},
+                   "isa": first.get("isa", minitrain_isa()), "failed_peers": failed})
+    return result
 
 
 def memory_worker(args):
@@ -209,7 +337,7 @@ def memory_worker(args):
 
 # ------------------------------------------------------------------- the report
 def run(out_dir, cfg, thread_counts, peer_names=None, memory=True, plots=True,
-        command="python bench/report.py"):
+        command="python bench/report.py", note=None):
     """Run everything and write the report files into out_dir; returns the results."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -217,16 +345,13 @@ def run(out_dir, cfg, thread_counts, peer_names=None, memory=True, plots=True,
     status = {cls.name: {"label": cls.label, "missing": cls.missing()} for cls in classes}
     available = [name for name, s in status.items() if s["missing"] is None]
     started = datetime.datetime.now(datetime.timezone.utc)
-    results = {"date": started.strftime("%Y-%m-%d %H:%M UTC"), "command": command,
+    results = {"date": started.strftime("%Y-%m-%d %H:%M UTC"), "command": command, "note": note,
                "config": cfg.to_dict(), "machine": machine_description(classes),
                "thread_counts": thread_counts, "peers": status, "runs": {}, "memory": {}}
     with tempfile.TemporaryDirectory() as tmp:
         results["fma_peak"] = fma_peak(thread_counts, tmp)
         for n in thread_counts:
-            result_file = Path(tmp) / f"worker-{n}.json"
-            run_python(["--worker", str(n), "--config", json.dumps(cfg.to_dict()),
-                        "--peers", ",".join(available), "--result", str(result_file)], n)
-            results["runs"][str(n)] = json.loads(result_file.read_text())
+            results["runs"][str(n)] = measure(cfg, n, available, tmp)
             for name, reason in results["runs"][str(n)]["failed_peers"].items():
                 status[name]["missing"] = reason
     for n in thread_counts if memory else ():
@@ -240,11 +365,17 @@ def run(out_dir, cfg, thread_counts, peer_names=None, memory=True, plots=True,
     results["machine"]["load_average_after"] = list(os.getloadavg())
     results["elapsed_seconds"] = (datetime.datetime.now(datetime.timezone.utc)
                                   - started).total_seconds()
+    write_report(results, out_dir, plots)
+    return results
+
+
+def write_report(results, out_dir, plots=True):
+    """report.json, report.md, readme_table.md and the plots of `results` in out_dir."""
+    out_dir.mkdir(parents=True, exist_ok=True)
     results["plots"] = render.plots(results, out_dir) if plots else {"skipped": "--no-plots"}
     (out_dir / "report.json").write_text(json.dumps(results, indent=1))
     (out_dir / "report.md").write_text(render.report_markdown(results))
     (out_dir / "readme_table.md").write_text(render.readme_table(results))
-    return results
 
 
 def main(argv=None):
@@ -256,17 +387,23 @@ def main(argv=None):
     p.add_argument("--peers", help=f"comma-separated subset of {[c.name for c in P.PEERS]}")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory task")
     p.add_argument("--no-plots", action="store_true")
-    # internal: the per-thread-count worker and the per-peer memory probe
-    p.add_argument("--worker", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--note", help="a line for the report header, e.g. which build of "
+                                  "minitrain was measured")
+    p.add_argument("--from-json", metavar="REPORT_JSON",
+                   help="only rewrite the tables and plots of an earlier run into --out")
+    # internal: a peer's worker process and the per-peer memory probe
+    p.add_argument("--serve", help=argparse.SUPPRESS)
     p.add_argument("--memory-probe", help=argparse.SUPPRESS)
     p.add_argument("--config", help=argparse.SUPPRESS)
-    p.add_argument("--result", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    if args.worker:
-        return worker(args)
-    if args.memory_probe:
+    if args.serve or args.memory_probe:
         args.threads = int(args.threads)
-        return memory_worker(args)
+        return serve(args) if args.serve else memory_worker(args)
+    if args.from_json:
+        results = json.loads(Path(args.from_json).read_text())
+        write_report(results, Path(args.out), plots=not args.no_plots)
+        print(f"rewrote {args.out}/report.md, readme_table.md and the plots")
+        return 0
     cfg = T.Config.quick() if args.quick else T.Config()
     cores = len(allowed_cpus())
     threads = sorted({int(t) for t in args.threads.split(",")}) if args.threads \
@@ -275,7 +412,7 @@ def main(argv=None):
     command = "python bench/report.py" + (" " + " ".join(argv if argv is not None
                                                          else sys.argv[1:])).rstrip()
     results = run(args.out, cfg, threads, peer_names, memory=not args.no_memory,
-                  plots=not args.no_plots, command=command)
+                  plots=not args.no_plots, command=command, note=args.note)
     print(f"wrote {args.out}/report.md, report.json, readme_table.md "
           f"({results['elapsed_seconds']:.0f} s)")
     return 0

@@ -1,12 +1,16 @@
-"""The benchmark tasks, each run for every peer, interleaved.
+"""The benchmark tasks and the interleaved measurement.
 
-Interleaving: after a warm-up of every peer, repetition r times peer A, then B, then C
-(the order rotates between repetitions), so slow drifts of a shared machine (other
-jobs, clock changes) fall on all peers alike, and the ratio of a peer to minitrain is
-taken between samples of the same repetition.
+A task is a list of jobs (``jobs(cfg)``); a job is measured for every participant (a
+peer, or a GEMM implementation) by a *sampler*: ``setup(min_seconds)`` builds the model
+and data, warms up and decides how many calls one repetition times;
+``sample()`` returns the seconds per call of one repetition; ``info()`` returns what
+else the job reports. ``make_sampler`` builds them inside each peer's own process;
+``interleaved`` drives them: after every participant is set up, repetition r times
+A, then B, then C (the order rotates between repetitions), so the slow drifts of a
+shared machine fall on all alike, and a ratio to minitrain is taken between samples
+of the same repetition.
 
-Every function here returns plain JSON-ready data: raw per-repetition figures, never
-only summaries.
+Everything returned is plain JSON-ready data: raw per-repetition figures.
 """
 
 import math
@@ -77,19 +81,37 @@ def _timed(fn, k):
     return (time.perf_counter() - t0) / k
 
 
-def interleaved(runners, reps, min_seconds=0.0, warmup=True):
-    """Seconds per call of each runner, per repetition, measured round-robin.
+class Timed:
+    """A sampler over calls of `fn`: after one warm-up call (which also calibrates),
+    a repetition times enough calls to last the requested seconds."""
 
-    runners: {name: zero-argument callable}. Each repetition times enough calls to last
-    `min_seconds` (counted after a warm-up call that also calibrates). A runner that
-    raises is dropped and its error returned; the others go on.
+    def __init__(self, fn, warmup=True, info=dict):
+        self.fn, self.warmup, self._info, self.calls = fn, warmup, info, 1
+
+    def setup(self, min_seconds):
+        first = _timed(self.fn, 1) if self.warmup else 0.0
+        self.calls = max(1, math.ceil(min_seconds / first)) if first > 0 else 1
+
+    def sample(self):
+        return _timed(self.fn, self.calls)
+
+    def info(self):
+        return self._info()
+
+
+def interleaved(samplers, reps, min_seconds=0.0, settle=0.0):
+    """Seconds per call of each sampler, per repetition, measured round-robin.
+
+    `settle` seconds pass before each repetition, so that the thread pool of the
+    previous participant (BLAS threads spin for a while after each call) is asleep
+    before the next one starts. A sampler that raises is dropped and its error
+    returned; the others go on.
     Returns ({name: [seconds per call, one per repetition]}, {name: error}).
     """
-    samples, errors, calls = {}, {}, {}
-    for name, fn in runners.items():
+    samples, errors = {}, {}
+    for name, sampler in samplers.items():
         try:
-            first = _timed(fn, 1) if warmup else 0.0
-            calls[name] = max(1, math.ceil(min_seconds / first)) if first > 0 else 1
+            sampler.setup(min_seconds)
             samples[name] = []
         except Exception as err:  # a peer failing must not stop the others
             errors[name] = f"{type(err).__name__}: {err}"
@@ -99,12 +121,20 @@ def interleaved(runners, reps, min_seconds=0.0, warmup=True):
         for name in names[shift:] + names[:shift]:
             if name in errors:
                 continue
+            time.sleep(settle)
             try:
-                samples[name].append(_timed(runners[name], calls[name]))
+                samples[name].append(sampler_seconds(samplers[name]))
             except Exception as err:
                 errors[name] = f"{type(err).__name__}: {err}"
                 del samples[name]
     return samples, errors
+
+
+def sampler_seconds(sampler):
+    seconds = sampler.sample()
+    if not (isinstance(seconds, float) and math.isfinite(seconds) and seconds > 0):
+        raise RuntimeError(f"a repetition returned {seconds!r} seconds")
+    return seconds
 
 
 def iteration_flops(widths, batch):
@@ -124,77 +154,6 @@ def classification_data(rows, features, classes, seed):
     for start in range(0, rows, 8192):  # chunked: no full-size temporary
         y[start:start + 8192] = (X[start:start + 8192] @ proj).argmax(axis=1)
     return X, y
-
-
-def _task_result(title, unit, samples, errors, **extra):
-    return {"title": title, "unit": unit, "samples": samples, "errors": errors, **extra}
-
-
-# ------------------------------------------------------------------------ tasks
-def iteration_task(loaded, widths, batch, reps, min_seconds, seed=0):
-    """Seconds per iteration on one fixed batch, per peer."""
-    X, y = classification_data(batch, widths[0], widths[-1], seed)
-    weights = P.initial_weights(widths, seed)
-    runners, errors = {}, {}
-    for name, peer in loaded.items():
-        try:
-            trainer = peer.trainer(weights, LR, MOMENTUM)
-            runners[name] = lambda t=trainer: t.step(X, y)
-        except Exception as err:
-            errors[name] = f"{type(err).__name__}: {err}"
-    samples, run_errors = interleaved(runners, reps, min_seconds)
-    return samples, {**errors, **run_errors}
-
-
-def iteration_tasks(loaded, cfg):
-    out = {}
-    for key, spec in cfg.iterations.items():
-        widths, batch = tuple(spec["widths"]), spec["batch"]
-        samples, errors = iteration_task(loaded, widths, batch, cfg.reps,
-                                         cfg.min_sample_seconds)
-        out[key] = _task_result(
-            f"one iteration, {'-'.join(map(str, widths))}, batch {batch}", "s/iteration",
-            samples, errors, widths=list(widths), batch=batch,
-            flops=iteration_flops(widths, batch))
-    return out
-
-
-def epoch_task(loaded, cfg, seed=0):
-    """Seconds per epoch over epoch_rows x epoch_features, shuffling included.
-
-    The warm-up is a short epoch whose last batch has the size of the real last batch,
-    so a compiling peer (JAX) sees every batch shape before the clock runs.
-    """
-    n, b = cfg.epoch_rows, cfg.epoch_batch
-    X, y = classification_data(n, cfg.epoch_features, cfg.epoch_widths[-1], seed)
-    weights = P.initial_weights(cfg.epoch_widths, seed)
-    warm_rows = min(n, 2 * b + n % b)
-    runners, errors = {}, {}
-    for name, peer in loaded.items():
-        try:
-            trainer = peer.trainer(weights, LR, MOMENTUM)
-            trainer.epoch(X[:warm_rows], y[:warm_rows], b, seed)
-            epochs = iter(range(1, 1 << 30))
-            runners[name] = lambda t=trainer, e=epochs: t.epoch(X, y, b, next(e))
-        except Exception as err:
-            errors[name] = f"{type(err).__name__}: {err}"
-    samples, run_errors = interleaved(runners, cfg.epoch_reps, warmup=False)
-    return _task_result(
-        f"one epoch, {n}x{cfg.epoch_features} float32, "
-        f"{'-'.join(map(str, cfg.epoch_widths))}, batch {b}, shuffled", "s/epoch",
-        samples, {**errors, **run_errors}, rows=n, batch=b, widths=list(cfg.epoch_widths))
-
-
-def sweep_task(loaded, cfg):
-    """Seconds per iteration against the batch size, for the sweep model."""
-    out = {}
-    for batch in cfg.sweep_batches:
-        samples, errors = iteration_task(loaded, cfg.sweep_widths, batch, cfg.sweep_reps,
-                                         cfg.min_sample_seconds / 2)
-        out[str(batch)] = {"samples": samples, "errors": errors}
-    return {"title": f"iteration time against batch size, "
-                     f"{'-'.join(map(str, cfg.sweep_widths))}",
-            "unit": "s/iteration", "widths": list(cfg.sweep_widths), "batches": out}
 
 
 def digits_split():
@@ -222,26 +181,6 @@ def accuracy_widths(cfg, data):
     return (data[0].shape[1], *cfg.accuracy_widths_hidden, 10)
 
 
-def accuracy_task(loaded, cfg, seed=0):
-    """Seconds (building the model, training, and the test evaluation after every
-    epoch) from the initial weights until the test accuracy reaches the target."""
-    data = digits_split()
-    widths = accuracy_widths(cfg, data)
-    weights = P.initial_weights(widths, seed)
-    outcome = {}
-
-    def run(name, peer):
-        outcome[name] = train_until(peer.trainer(weights, cfg.accuracy_lr, MOMENTUM), data,
-                                    cfg)
-
-    runners = {name: (lambda n=name, p=peer: run(n, p)) for name, peer in loaded.items()}
-    samples, errors = interleaved(runners, cfg.accuracy_reps)
-    return _task_result(
-        f"time to {cfg.accuracy_target:.0%} test accuracy on the shipped digits, "
-        f"{'-'.join(map(str, widths))}, batch {cfg.accuracy_batch}, lr {cfg.accuracy_lr}",
-        "s", samples, errors, outcome=outcome)
-
-
 def gemm_shapes(cfg):
     """(label, M, N, K, trans_a, trans_b): the square sizes, then every product of the
     iteration tasks — forward X·W, backward Xᵀ·dZ and dZ·Wᵀ (not for the first layer)."""
@@ -256,9 +195,14 @@ def gemm_shapes(cfg):
     return shapes
 
 
+GEMM_IMPLS = ("minitrain", "numpy", "torch")
+
+
 def gemm_impls(available):
     """{name: f(A, B, trans_a, trans_b) -> op(A)·op(B)} for minitrain's GEMM,
-    numpy.matmul and torch.matmul (minitrain and torch when in `available`)."""
+    numpy.matmul and torch.matmul (minitrain and torch when in `available`).
+
+    numpy and torch get transposed views, which their BLAS reads without copying."""
     impls = {}
     if "minitrain" in available:
         from minitrain import _core
@@ -281,56 +225,126 @@ def gemm_operands(rng, M, N, K, ta, tb):
     return A, B
 
 
-def gemm_task(available, cfg, seed=0):
-    """Seconds per product for minitrain's GEMM, numpy.matmul and torch.matmul.
-
-    Operands are stored as the training iteration stores them (a transposed operand is
-    the transpose of a row-major array); numpy and torch get transposed views, which
-    their BLAS reads without copying."""
-    rng = np.random.default_rng(seed)
-    impls = gemm_impls(available)
-    out = {}
+# ------------------------------------------------------------------------- jobs
+def jobs(cfg):
+    """Every measurement of a report, in order: [(key, kind, params)]. Keys name where
+    the result goes: "iterations/mnist", "epoch", "sweep/128", "gemm/square 512", ..."""
+    out = [("equivalence", "equivalence", {"widths": [32, 24, 10], "rows": 512,
+                                            "batch": 64})]
+    for key, spec in cfg.iterations.items():
+        out.append((f"iterations/{key}", "iteration",
+                    {"widths": list(spec["widths"]), "batch": spec["batch"]}))
+    out.append(("epoch", "epoch", {}))
+    out.append(("accuracy", "accuracy", {}))
+    for batch in cfg.sweep_batches:
+        out.append((f"sweep/{batch}", "iteration",
+                    {"widths": list(cfg.sweep_widths), "batch": batch}))
     for label, M, N, K, ta, tb in gemm_shapes(cfg):
-        A, B = gemm_operands(rng, M, N, K, ta, tb)
-        runners = {name: (lambda f=f: f(A, B, ta, tb)) for name, f in impls.items()}
-        samples, errors = interleaved(runners, cfg.gemm_reps, cfg.min_sample_seconds / 2)
-        out[label] = {"M": M, "N": N, "K": K, "trans_a": ta, "trans_b": tb,
-                      "flops": 2 * M * N * K, "samples": samples, "errors": errors}
-    return {"title": "GEMM, float32", "unit": "s/product", "shapes": out}
+        out.append((f"gemm/{label}", "gemm", {"M": M, "N": N, "K": K, "trans_a": ta,
+                                              "trans_b": tb}))
+    return out
 
 
-def equivalence_check(loaded, seed=0):
-    """Largest absolute weight difference to minitrain after one short epoch from the
-    same weights: evidence that every peer trains the same model."""
-    X, y = classification_data(512, 32, 10, seed)
-    weights = P.initial_weights((32, 24, 10), seed)
-    trained, errors = {}, {}
-    for name, peer in loaded.items():
-        try:
-            trainer = peer.trainer(weights, LR, MOMENTUM)
-            trainer.epoch(X, y, 64, seed)
-            trained[name] = trainer.weights()
-        except Exception as err:
-            errors[name] = f"{type(err).__name__}: {err}"
-    ref = trained.get(P.REFERENCE)
-    diffs = {}
-    if ref is not None:
-        for name, w in trained.items():
-            diffs[name] = max(float(np.abs(a - b).max())
-                              for pair_ref, pair in zip(ref, w) for a, b in zip(pair_ref, pair))
-    return {"max_abs_weight_difference": diffs, "errors": errors}
+def job_repetitions(kind, cfg):
+    """(repetitions, seconds one repetition lasts at least) of a kind of job."""
+    return {"equivalence": (0, 0.0), "iteration": (cfg.reps, cfg.min_sample_seconds),
+            "epoch": (cfg.epoch_reps, 0.0), "accuracy": (cfg.accuracy_reps, 0.0),
+            "gemm": (cfg.gemm_reps, cfg.min_sample_seconds / 2)}[kind]
 
 
-def run_all(loaded, cfg, available_names):
-    """Every in-process task for the loaded peers (the memory task runs elsewhere)."""
-    return {
-        "equivalence": equivalence_check(loaded),
-        "iterations": iteration_tasks(loaded, cfg),
-        "epoch": epoch_task(loaded, cfg),
-        "accuracy": accuracy_task(loaded, cfg),
-        "sweep": sweep_task(loaded, cfg),
-        "gemm": gemm_task(available_names, cfg),
-    }
+def make_sampler(kind, params, peer, cfg, impl=None, seed=0):
+    """The sampler of one job for one peer (or, for "gemm", one implementation)."""
+    if kind == "iteration":
+        widths, batch = params["widths"], params["batch"]
+        X, y = classification_data(batch, widths[0], widths[-1], seed)
+        trainer = peer.trainer(P.initial_weights(widths, seed), LR, MOMENTUM)
+        return Timed(lambda: trainer.step(X, y))
+    if kind == "epoch":
+        n, b = cfg.epoch_rows, cfg.epoch_batch
+        X, y = classification_data(n, cfg.epoch_features, cfg.epoch_widths[-1], seed)
+        trainer = peer.trainer(P.initial_weights(cfg.epoch_widths, seed), LR, MOMENTUM)
+        # warm-up: a short epoch whose last batch has the size of the real last batch,
+        # so a compiling peer (JAX) has seen every batch shape before the clock runs
+        warm = min(n, 2 * b + n % b)
+        trainer.epoch(X[:warm], y[:warm], b, seed)
+        seeds = iter(range(1, 1 << 30))
+        return Timed(lambda: trainer.epoch(X, y, b, next(seeds)), warmup=False)
+    if kind == "accuracy":
+        data = digits_split()
+        weights = P.initial_weights(accuracy_widths(cfg, data), seed)
+        outcome = {}
+
+        def run():
+            trainer = peer.trainer(weights, cfg.accuracy_lr, MOMENTUM)
+            outcome.update(train_until(trainer, data, cfg))
+        return Timed(run, info=lambda: outcome)
+    if kind == "gemm":
+        f = gemm_impls({impl})[impl]
+        M, N, K, ta, tb = (params[k] for k in ("M", "N", "K", "trans_a", "trans_b"))
+        A, B = gemm_operands(np.random.default_rng(seed), M, N, K, ta, tb)
+        return Timed(lambda: f(A, B, ta, tb))
+    if kind == "equivalence":
+        X, y = classification_data(params["rows"], params["widths"][0], 10, seed)
+        trainer = peer.trainer(P.initial_weights(params["widths"], seed), LR, MOMENTUM)
+        trainer.epoch(X, y, params["batch"], seed)
+        weights = [[W.tolist(), b.tolist()] for W, b in trainer.weights()]
+        return Timed(lambda: None, warmup=False, info=lambda: {"weights": weights})
+    raise ValueError(f"unknown job kind {kind!r}")
+
+
+def gemm_hosts(peer_names):
+    """Which peer's process runs each GEMM implementation: minitrain's GEMM in
+    minitrain's, numpy.matmul in the NumPy backend's, torch.matmul in PyTorch's — so
+    no process mixes the thread pools of two libraries."""
+    hosts = {"minitrain": "minitrain", "torch": "torch",
+             "numpy": "minitrain-numpy" if "minitrain-numpy" in peer_names else "minitrain"}
+    return {impl: host for impl, host in hosts.items() if host in peer_names}
+
+
+def assemble(cfg, measured):
+    """The results of one thread count from {job key: (samples, errors, infos)}, in
+    the layout report.md is rendered from."""
+    out = {"iterations": {}, "sweep": {"title": "iteration time against batch size, "
+                                                f"{'-'.join(map(str, cfg.sweep_widths))}",
+                                       "unit": "s/iteration",
+                                       "widths": list(cfg.sweep_widths), "batches": {}},
+           "gemm": {"title": "GEMM, float32", "unit": "s/product", "shapes": {}}}
+    infos_eq = measured["equivalence"][2]
+    ref = infos_eq.get(P.REFERENCE, {}).get("weights")
+    out["equivalence"] = {"errors": measured["equivalence"][1],
+                          "max_abs_weight_difference": {
+                              name: max(float(np.abs(np.asarray(a) - np.asarray(b)).max())
+                                        for pr, pw in zip(ref, info["weights"])
+                                        for a, b in zip(pr, pw))
+                              for name, info in infos_eq.items()} if ref else {}}
+    for key, spec in cfg.iterations.items():
+        samples, errors, _ = measured[f"iterations/{key}"]
+        widths, batch = tuple(spec["widths"]), spec["batch"]
+        out["iterations"][key] = {
+            "title": f"one iteration, {'-'.join(map(str, widths))}, batch {batch}",
+            "unit": "s/iteration", "samples": samples, "errors": errors,
+            "widths": list(widths), "batch": batch, "flops": iteration_flops(widths, batch)}
+    samples, errors, _ = measured["epoch"]
+    out["epoch"] = {
+        "title": f"one epoch, {cfg.epoch_rows}x{cfg.epoch_features} float32, "
+                 f"{'-'.join(map(str, cfg.epoch_widths))}, batch {cfg.epoch_batch}, shuffled",
+        "unit": "s/epoch", "samples": samples, "errors": errors, "rows": cfg.epoch_rows,
+        "batch": cfg.epoch_batch, "widths": list(cfg.epoch_widths)}
+    samples, errors, infos = measured["accuracy"]
+    out["accuracy"] = {
+        "title": f"time to {cfg.accuracy_target:.0%} test accuracy on the shipped digits, "
+                 f"{'-'.join(map(str, (64, *cfg.accuracy_widths_hidden, 10)))}, "
+                 f"batch {cfg.accuracy_batch}, lr {cfg.accuracy_lr}",
+        "unit": "s", "samples": samples, "errors": errors, "outcome": infos}
+    for batch in cfg.sweep_batches:
+        samples, errors, _ = measured[f"sweep/{batch}"]
+        out["sweep"]["batches"][str(batch)] = {"samples": samples, "errors": errors}
+    for label, M, N, K, ta, tb in gemm_shapes(cfg):
+        samples, errors, _ = measured[f"gemm/{label}"]
+        out["gemm"]["shapes"][label] = {"M": M, "N": N, "K": K, "trans_a": ta,
+                                        "trans_b": tb, "flops": 2 * M * N * K,
+                                        "samples": samples, "errors": errors}
+    return out
 
 
 def memory_probe(peer, cfg, seed=0):

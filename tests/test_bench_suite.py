@@ -94,6 +94,14 @@ def test_report_files_are_written_and_parse(quick_report):
         assert results["plots"] == {"skipped": "matplotlib is not installed"}
 
 
+def test_report_is_rewritten_from_its_json(quick_report, tmp_path):
+    out, _ = quick_report
+    assert report.main(["--from-json", str(out / "report.json"), "--out", str(tmp_path),
+                        "--no-plots"]) == 0
+    assert (tmp_path / "readme_table.md").read_text() == (out / "readme_table.md").read_text()
+    assert "Plots skipped: --no-plots." in (tmp_path / "report.md").read_text()
+
+
 def test_missing_peer_is_reported_not_dropped(quick_report):
     out, results = quick_report
     assert results["peers"]["phantom"]["missing"] == \
@@ -112,13 +120,14 @@ def test_ratios_pair_repetitions():
     assert render.ratios(samples, "absent") is None
 
 
-def test_interleaved_keeps_going_when_a_runner_fails():
+def test_interleaved_keeps_going_when_a_sampler_fails():
     calls = []
 
     def broken():
         raise RuntimeError("no luck")
 
-    samples, errors = T.interleaved({"ok": lambda: calls.append(1), "broken": broken}, reps=3)
+    samplers = {"ok": T.Timed(lambda: calls.append(1)), "broken": T.Timed(broken)}
+    samples, errors = T.interleaved(samplers, reps=3)
     assert list(samples) == ["ok"] and len(samples["ok"]) == 3 and len(calls) == 4
     assert errors == {"broken": "RuntimeError: no luck"}
 
