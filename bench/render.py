@@ -312,23 +312,35 @@ def uncontrolled(results):
         "- scikit-learn's iteration is a partial_fit call on one batch, which includes "
         "its per-call input validation; that is the only way to run one iteration.",
     ]
+    lines.append(
+        "- Every peer runs in its own worker process (thread pools of different libraries "
+        "in one process take cores from each other); the workers are driven in turn, and "
+        "at more than one thread 0.1 s passes before each repetition so that the previous "
+        "peer's pool has stopped spinning.")
     for n, run in _runs(results):
-        state = run["threads"]
-        pools = state.get("threadpools")
-        if isinstance(pools, list):
-            desc = ", ".join(f"{p['internal_api']} {p['num_threads']} threads"
-                             + (f" ({p['architecture']} kernels)" if p.get("architecture")
-                                else "") for p in pools)
-        else:
-            desc = pools
-        lines.append(f"- {threads_label(n)}: CPUs {state.get('affinity')}; minitrain "
-                     f"{state.get('minitrain', '–')}, torch {state.get('torch', '–')} "
-                     f"(inter-op {state.get('torch_interop', '–')}); thread pools seen by "
-                     f"threadpoolctl: {desc}.")
+        states = run.get("threads_by_peer") or {REFERENCE: run["threads"]}
+        parts = [f"{name}: {_pools(state)}" for name, state in states.items()]
+        lines.append(f"- {threads_label(n)}: CPUs {run['threads'].get('affinity')}; thread "
+                     f"pools seen in each peer's process — " + "; ".join(parts) + ".")
     missing = [f"{n} ({s['missing']})" for n, s in results["peers"].items() if s["missing"]]
     if missing:
         lines.append("- Missing peers (not run): " + "; ".join(missing) + ".")
     return lines
+
+
+def _pools(state):
+    """One peer process's thread pools, as threadpoolctl and the libraries report them."""
+    own = [f"{lib} {state[lib]}" for lib in ("minitrain", "torch") if lib in state]
+    if "torch_interop" in state:
+        own[-1] += f" (inter-op {state['torch_interop']})"
+    pools = state.get("threadpools")
+    if isinstance(pools, list):
+        own += [f"{p['internal_api']} {p['num_threads']}"
+                + (f" ({p['architecture']} kernels)" if p.get("architecture") else "")
+                for p in pools]
+    elif pools:
+        own.append(pools)
+    return ", ".join(own)
 
 
 def readme_table(results, heading=True):
