@@ -2,7 +2,6 @@
 
 import pytest
 
-from bench import peers as P
 from bench import tasks as T
 
 CFG = T.Config()
@@ -11,10 +10,9 @@ CFG = T.Config()
 @pytest.mark.parametrize("task", list(CFG.iterations))
 def test_iteration(benchmark, peer, task):
     spec = CFG.iterations[task]
-    widths, batch = spec["widths"], spec["batch"]
-    X, y = T.classification_data(batch, widths[0], widths[-1], seed=0)
-    trainer = peer.trainer(P.initial_weights(widths), T.LR, T.MOMENTUM)
-    trainer.step(X, y)  # warm-up: a compiling peer compiles here
-    benchmark.group = f"iteration {task} {'-'.join(map(str, widths))} batch {batch}"
-    benchmark.extra_info["gflop"] = T.iteration_flops(widths, batch) / 1e9
-    benchmark(trainer.step, X, y)
+    sampler = T.make_sampler("iteration", spec, peer, CFG)
+    sampler.setup(0.0)  # the warm-up call: a compiling peer compiles here
+    benchmark.group = f"iteration {task} {'-'.join(map(str, spec['widths']))} " \
+                      f"batch {spec['batch']}"
+    benchmark.extra_info["gflop"] = T.iteration_flops(spec["widths"], spec["batch"]) / 1e9
+    benchmark(sampler.fn)
