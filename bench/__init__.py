@@ -1,0 +1,1 @@
+"""minitrain benchmark suite: peers, tasks, the report (python bench/report.py)."""
