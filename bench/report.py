@@ -206,9 +206,7 @@ def fma_peak(thread_counts, workdir):
     out = {"compiler": cc, "flags": "-O2 -fopenmp"}
     for n in thread_counts:
         proc = subprocess.run([str(exe), str(n)], env=thread_environment(n),
-                              capture_output=True, text=True,
-                              preexec_fn=(lambda n=n: pin_cpus(n))
-                              if hasattr(os, "sched_setaffinity") else None)
+                              capture_output=True, text=True, preexec_fn=_pinned(n))
         out[str(n)] = json.loads(proc.stdout) if proc.returncode == 0 \
             else {"error": proc.stderr[-2000:]}
     return out
