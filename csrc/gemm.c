@@ -1,37 +1,236 @@
-// GEMM: C (M, N) = op(A) (M, K) · op(B) (K, N) (+ C), row-major.
+// GEMM driver in the BLIS design: C (M, N) = op(A) (M, K) · op(B) (K, N).
 //
-// Every element of C is reduced over k in increasing order by exactly one thread,
-// and threads split the rows of C only, so the result does not depend on the thread
-// count. This is the one entry point the layers use for matrix products.
+//   for jc in N by NC:                B block (KC x NC) packed once, shared
+//     for pc in K by KC:
+//       pack op(B)[pc:, jc:] into NR-column micro-panels (absorbs trans_b)
+//       for ic in M by MC:
+//         pack op(A)[ic:, pc:] into MR-row micro-panels (absorbs trans_a)
+//         for each MR x NR tile of this block: micro-kernel (gemm_kernel.h)
+//
+// Threads split the tiles of each block (and the packing), never k: every element of C
+// is reduced over k in increasing order by exactly one thread, with a blocking that does
+// not depend on the thread count, so results are bit-identical on any number of threads.
+// Operands that are small or already laid out well are read in place (no packing).
 #define MT_REAL_SOURCE
-#include "mt_internal.h"
+#include "gemm.h"
+#include "activation.h"
+#include <omp.h>
+#include <stdlib.h>
 #include <string.h>
 
-void FN(mt_gemm)(int trans_a, int trans_b, int64_t M, int64_t N, int64_t K,
-                 const real *A, const real *B, real *C, int accumulate) {
-    // op(A)[i, k] lives at A[i*K + k], or A[k*M + i] when transposed
-    const int64_t a_row = trans_a ? 1 : K, a_col = trans_a ? M : 1;
-    int par = (double)M * N * K >= MT_PAR_FLOPS && M > 1;
-#pragma omp parallel for schedule(static) if (par)
-    for (int64_t i = 0; i < M; i++) {
-        real *c = C + i * N;
-        if (!accumulate) memset(c, 0, (size_t)N * sizeof(real));
+// Below this many multiply-adds a GEMM stays on one thread: the fork and the barriers
+// cost more than the second thread saves.
+#define GEMM_PAR_FLOPS (1 << 20)
+
+static inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+static inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+
+static const FN(mt_kernel) *kernel_for(int isa) {
+#if defined(__x86_64__) || defined(_M_X64)
+    if (isa == MT_ISA_AVX512) return &FN(mt_kernel_avx512);
+    if (isa == MT_ISA_AVX2) return &FN(mt_kernel_avx2);
+#endif
+    (void)isa;
+    return &FN(mt_kernel_generic);
+}
+
+const char *FN(mt_gemm_kernel_name)(int isa) { return kernel_for(isa)->name; }
+
+// elements of the packed B block, rounded so that the A block after it stays aligned
+static size_t b_block_elems(int64_t kc, int64_t nc) {
+    return (size_t)round_up(kc * nc, MT_ALIGN / sizeof(real));
+}
+
+size_t FN(mt_gemm_pack_size)(int64_t dim) {
+    size_t most = 0;
+    for (int isa = 0; isa <= MT_ISA_AVX512; isa++) {
+        const FN(mt_kernel) *ker = kernel_for(isa);
+        int64_t kc = min64(ker->kc, dim), nc = min64(ker->nc, round_up(dim, ker->nr));
+        int64_t mc = min64(ker->mc, round_up(dim, ker->mr));
+        size_t need = b_block_elems(kc, nc) + (size_t)(mc * kc);
+        most = need > most ? need : most;
+    }
+    return most;
+}
+
+// op(B)[k0:k0+kc, j0:j0+nc] -> NR-column panels (kc x NR each), zero-padded to NR
+static void pack_b(const FN(mt_kernel) *ker, int trans_b, const real *B, int64_t N,
+                   int64_t K, int64_t k0, int64_t kc, int64_t j0, int64_t nc, real *Bp) {
+    const int nr = ker->nr;
+    const int64_t panels = (nc + nr - 1) / nr;
+#pragma omp for schedule(static)
+    for (int64_t p = 0; p < panels; p++) {
+        real *dst = Bp + p * kc * nr;
+        const int64_t j = j0 + p * nr, w = min64(nr, j0 + nc - j);
         if (!trans_b) {
-            // rank-1 updates stream contiguous rows of B: C[i, :] += A[i, k] * B[k, :]
-            for (int64_t k = 0; k < K; k++) {
-                const real a = A[i * a_row + k * a_col];
-                const real *b = B + k * N;
-#pragma omp simd
-                for (int64_t j = 0; j < N; j++) c[j] += a * b[j];
+            for (int64_t k = 0; k < kc; k++) {
+                const real *src = B + (k0 + k) * N + j;
+                for (int64_t c = 0; c < w; c++) dst[k * nr + c] = src[c];
+                for (int64_t c = w; c < nr; c++) dst[k * nr + c] = 0;
+            }
+        } else { // B stored (N, K): column c of the panel is row j + c of B
+            for (int64_t c = 0; c < w; c++) {
+                const real *src = B + (j + c) * K + k0;
+                for (int64_t k = 0; k < kc; k++) dst[k * nr + c] = src[k];
+            }
+            for (int64_t c = w; c < nr; c++)
+                for (int64_t k = 0; k < kc; k++) dst[k * nr + c] = 0;
+        }
+    }
+}
+
+// op(A)[i0:i0+mc, k0:k0+kc] -> MR-row panels (kc x MR each), zero-padded to MR
+static void pack_a(const FN(mt_kernel) *ker, int trans_a, const real *A, int64_t M,
+                   int64_t K, int64_t i0, int64_t mc, int64_t k0, int64_t kc, real *Ap) {
+    const int mr = ker->mr;
+    const int64_t panels = (mc + mr - 1) / mr;
+#pragma omp for schedule(static)
+    for (int64_t p = 0; p < panels; p++) {
+        real *dst = Ap + p * kc * mr;
+        const int64_t i = i0 + p * mr, h = min64(mr, i0 + mc - i);
+        if (trans_a) { // A stored (K, M): the panel's rows are contiguous in each row of A
+            for (int64_t k = 0; k < kc; k++) {
+                const real *src = A + (k0 + k) * M + i;
+                for (int64_t r = 0; r < h; r++) dst[k * mr + r] = src[r];
+                for (int64_t r = h; r < mr; r++) dst[k * mr + r] = 0;
             }
         } else {
-            // B stored (N, K): C[i, j] += dot(op(A)[i, :], B[j, :]), both contiguous in k
-            for (int64_t j = 0; j < N; j++) {
-                const real *b = B + j * K;
-                real s = 0;
-                for (int64_t k = 0; k < K; k++) s += A[i * a_row + k * a_col] * b[k];
-                c[j] += s;
+            for (int64_t r = 0; r < h; r++) {
+                const real *src = A + (i + r) * K + k0;
+                for (int64_t k = 0; k < kc; k++) dst[k * mr + r] = src[k];
+            }
+            for (int64_t r = h; r < mr; r++)
+                for (int64_t k = 0; k < kc; k++) dst[k * mr + r] = 0;
+        }
+    }
+}
+
+// The epilogues no micro-kernel keeps in registers, on the tile the kernel just stored.
+static void tile_epilogue(const FN(mt_tile) *t) {
+    for (int64_t i = 0; i < t->m; i++) {
+        real *c = t->c + i * t->ldc;
+        if (t->ep == MT_EP_FORWARD) {
+            real *o = t->out + i * t->ldc;
+            for (int64_t j = 0; j < t->n; j++) o[j] = act_forward(t->act, t->alpha, c[j]);
+        } else {
+            const real *z = t->z + i * t->ldc, *a = t->za + i * t->ldc;
+            for (int64_t j = 0; j < t->n; j++) c[j] *= act_derivative(t->act, t->alpha, z[j], a[j]);
+        }
+    }
+}
+
+typedef struct {
+    int trans_a, trans_b;
+    int64_t M, N, K;
+    const real *A, *B;
+    real *C;
+    int accumulate;
+    const mt_epilogue *ep;
+    int pack_a, pack_b;
+} problem;
+
+// The tiles [lo, hi) of the block C[ic:ic+mc, jc:jc+nc], numbered column-panel-major so
+// that a thread's tiles share B micro-panels.
+static void run_tiles(const FN(mt_kernel) *ker, const problem *P, int64_t ic, int64_t mc,
+                      int64_t jc, int64_t nc, int64_t pc, int64_t kc, const real *Ap,
+                      const real *Bp, int64_t lo, int64_t hi) {
+    const int mr = ker->mr, nr = ker->nr;
+    const int64_t row_tiles = (mc + mr - 1) / mr, N = P->N;
+    const int last = pc + kc >= P->K;
+    const mt_epilogue *ep = P->ep;
+    FN(mt_tile) t = {.kc = kc, .ldc = N, .load_c = P->accumulate || pc > 0,
+                     .ep = last && ep ? ep->kind : MT_EP_NONE};
+    if (ep) {
+        t.act = ep->act;
+        t.alpha = (real)ep->alpha;
+    }
+    const int fused = mt_ep_in_registers(t.ep, t.act);
+    // op(A)(i, k) at A[i*a_rs + k*a_cs] when read in place
+    const int64_t a_rs = P->trans_a ? 1 : P->K, a_cs = P->trans_a ? P->M : 1;
+    FN(mt_kernel_fn) kernel = P->pack_a && P->pack_b ? ker->packed : ker->strided;
+    for (int64_t tile = lo; tile < hi; tile++) {
+        const int64_t jr = tile / row_tiles * nr, ir = tile % row_tiles * mr;
+        const int64_t i = ic + ir, j = jc + jr;
+        t.m = min64(mr, mc - ir);
+        t.n = min64(nr, nc - jr);
+        if (P->pack_a) {
+            t.a = Ap + ir * kc;
+            t.a_rs = 1;
+            t.a_cs = mr;
+        } else {
+            t.a = P->A + i * a_rs + pc * a_cs;
+            t.a_rs = a_rs;
+            t.a_cs = a_cs;
+        }
+        if (P->pack_b) {
+            t.b = Bp + jr * kc;
+            t.ldb = nr;
+        } else {
+            t.b = P->B + pc * N + j;
+            t.ldb = N;
+        }
+        const int64_t off = i * N + j;
+        t.c = P->C + off;
+        if (t.ep == MT_EP_FORWARD) {
+            t.bias = ep->bias ? (const real *)ep->bias + j : NULL;
+            t.out = (real *)ep->out + off;
+        } else if (t.ep == MT_EP_DACT) {
+            t.z = (const real *)ep->z + off;
+            t.za = (const real *)ep->a + off;
+        }
+        kernel(&t);
+        if (t.ep != MT_EP_NONE && !fused) tile_epilogue(&t);
+    }
+}
+
+static void gemm_blocks(const FN(mt_kernel) *ker, const problem *P, real *pack) {
+    const int64_t M = P->M, N = P->N, K = P->K;
+    const int64_t KC = ker->kc, MC = ker->mc, NC = ker->nc;
+    const int t = omp_get_thread_num(), T = omp_get_num_threads();
+    real *Bp = pack, *Ap = pack + b_block_elems(min64(KC, K), min64(NC, round_up(N, ker->nr)));
+    for (int64_t jc = 0; jc < N; jc += NC) {
+        const int64_t nc = min64(NC, N - jc);
+        // K == 0 still runs one empty k block: C = 0 (+ C), then the epilogue
+        for (int64_t pc = 0; pc < K || pc == 0; pc += KC) {
+            const int64_t kc = min64(KC, K - pc);
+            if (P->pack_b) pack_b(ker, P->trans_b, P->B, N, K, pc, kc, jc, nc, Bp);
+            for (int64_t ic = 0; ic < M; ic += MC) {
+                const int64_t mc = min64(MC, M - ic);
+                if (P->pack_a) pack_a(ker, P->trans_a, P->A, M, K, ic, mc, pc, kc, Ap);
+                const int64_t tiles = (mc + ker->mr - 1) / ker->mr * ((nc + ker->nr - 1) / ker->nr);
+                run_tiles(ker, P, ic, mc, jc, nc, pc, kc, Ap, Bp, tiles * t / T,
+                          tiles * (t + 1) / T);
+                // the packed blocks are overwritten next: wait until every thread is done
+                if (P->pack_a || P->pack_b) {
+#pragma omp barrier
+                }
             }
         }
     }
+}
+
+void FN(mt_gemm)(int trans_a, int trans_b, int64_t M, int64_t N, int64_t K, const real *A,
+                 const real *B, real *C, int accumulate, const mt_epilogue *ep, real *pack) {
+    if (M <= 0 || N <= 0) return;
+    const FN(mt_kernel) *ker = kernel_for(mt_isa_active);
+    // B is packed to transpose it, or when its panels are reused by enough row tiles;
+    // A when it is reused by more than one column panel.
+    const problem P = {trans_a, trans_b, M, N, K, A, B, C, accumulate, ep,
+                       .pack_a = N > ker->nr,
+                       .pack_b = trans_b || K > ker->kc || M > 4 * ker->mr};
+    const int par = (double)M * N * K >= GEMM_PAR_FLOPS;
+#pragma omp parallel if (par)
+    gemm_blocks(ker, &P, pack);
+}
+
+int FN(mt_gemm_alloc)(int trans_a, int trans_b, int64_t M, int64_t N, int64_t K,
+                      const real *A, const real *B, real *C, int accumulate) {
+    int64_t dim = M > N ? M : N;
+    dim = K > dim ? K : dim;
+    const size_t bytes = FN(mt_gemm_pack_size)(dim) * sizeof(real);
+    real *pack = aligned_alloc(MT_ALIGN, (bytes + MT_ALIGN - 1) / MT_ALIGN * MT_ALIGN);
+    if (!pack) return MT_ERR_NO_MEMORY;
+    FN(mt_gemm)(trans_a, trans_b, M, N, K, A, B, C, accumulate, NULL, pack);
+    free(pack);
+    return MT_OK;
 }

@@ -37,7 +37,11 @@ typedef enum {
     MT_OK = 0,
     MT_ERR_NONFINITE_LOSS = 1,     // loss or gradient not finite: parameters left untouched
     MT_ERR_BATCH_TOO_LARGE = 2,    // n exceeds the batch the workspace was sized for
+    MT_ERR_NO_MEMORY = 3,          // mt_gemm could not allocate its packing buffer
 } mt_status;
+
+// Instruction sets of the GEMM micro-kernels, in increasing order.
+typedef enum { MT_ISA_GENERIC = 0, MT_ISA_AVX2 = 1, MT_ISA_AVX512 = 2 } mt_isa;
 
 typedef struct {
     int kind;          // mt_layer_kind
@@ -88,10 +92,17 @@ int mt_step(mt_net *net, const void *X, const void *y, const int64_t *idx, int64
 int mt_forward(mt_net *net, const void *X, const int64_t *idx, int64_t n, void *out);
 
 // C (M, N) = op(A) (M, K) · op(B) (K, N) (+ C when accumulate), row-major, op = transpose
-// when the flag is set. Exposed for tests and benchmarks; the layers call the typed
-// internal entry points in gemm.h.
-void mt_gemm(int dtype, int trans_a, int trans_b, int64_t M, int64_t N, int64_t K,
-             const void *A, const void *B, void *C, int accumulate);
+// when the flag is set. Exposed for tests and benchmarks: allocates its packing buffer
+// per call (the layers use the workspace's, through the typed entry points in gemm.h).
+int mt_gemm(int dtype, int trans_a, int trans_b, int64_t M, int64_t N, int64_t K,
+            const void *A, const void *B, void *C, int accumulate);
+
+// The best mt_isa this CPU runs; the one in use (chosen at load: the best); set it
+// (clamped to the CPU's best) and return the one now in use. Results depend on the ISA
+// (the order of roundings), never on the thread count.
+int mt_cpu_isa(void);
+int mt_get_isa(void);
+int mt_set_isa(int isa);
 
 void mt_set_num_threads(int n);
 int mt_get_num_threads(void);

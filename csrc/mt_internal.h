@@ -12,9 +12,13 @@
 #define MT_PAR_ELEMS (1 << 15)
 #define MT_ALIGN 64
 
+// the ISA whose micro-kernels the GEMM uses (cpu.c)
+extern int mt_isa_active;
+
 #define MT_DECLARE_TYPED(real, sfx)                                                        \
-    void mt_gemm_##sfx(int trans_a, int trans_b, int64_t M, int64_t N, int64_t K,          \
-                       const real *A, const real *B, real *C, int accumulate);             \
+    int mt_gemm_alloc_##sfx(int trans_a, int trans_b, int64_t M, int64_t N, int64_t K,     \
+                            const real *A, const real *B, real *C, int accumulate);        \
+    size_t mt_gemm_pack_size_##sfx(int64_t dim);                                           \
     size_t mt_workspace_bytes_##sfx(const mt_net *net, int64_t max_batch);                 \
     int mt_step_##sfx(mt_net *net, const real *X, const void *y, const int64_t *idx,       \
                       int64_t n, const mt_optim *opt, double *loss);                       \
@@ -33,12 +37,14 @@ typedef float real;
 #define FN(name) name##_f32
 #endif
 
-// layers.c
+// layers.c (pack: the GEMM packing buffer, mt_gemm_pack_size elements)
 void FN(mt_dense_forward)(const mt_layer *L, const real *params, const real *X, real *Z,
-                          real *A, int64_t n);
+                          real *A, int64_t n, real *pack);
+void FN(mt_act_backward)(const mt_layer *L, const real *Z, const real *A, real *dA,
+                         int64_t n);
 void FN(mt_dense_backward)(const mt_layer *L, const real *params, real *grads,
-                           const real *X, const real *Z, const real *A, real *dA,
-                           real *dX, int64_t n);
+                           const real *X, const real *dZ, real *dX, int64_t n,
+                           const mt_layer *below, const real *Zin, real *pack);
 // loss.c
 double FN(mt_loss_forward_backward)(int loss, const real *P, const void *y,
                                     const int64_t *idx, real *dP, int64_t n, int64_t out,

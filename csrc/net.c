@@ -1,7 +1,7 @@
 // The iteration: gather the batch, forward through every layer, loss, backward,
 // update. All buffers come from the workspace laid out by `layout`.
 #define MT_REAL_SOURCE
-#include "mt_internal.h"
+#include "gemm.h"
 #include <math.h>
 #include <string.h>
 
@@ -11,6 +11,7 @@ typedef struct {
     real *a[MT_MAX_LAYERS];     // activations (n, out_l); == z for identity
     real *d[2];                 // backward ping-pong buffers (n, max width)
     double *rowloss;            // (n,)
+    real *pack;                 // GEMM packing buffer
 } workspace;
 
 static size_t carve(size_t *off, size_t bytes) {
@@ -40,6 +41,9 @@ static size_t layout(const mt_net *net, int64_t rows, char *base, workspace *ws)
     }
     at = carve(&off, rows * sizeof(double));
     if (base) ws->rowloss = (double *)(base + at);
+    // every GEMM dimension is the batch or a layer width
+    at = carve(&off, FN(mt_gemm_pack_size)(rows > width ? rows : width) * es);
+    if (base) ws->pack = (real *)(base + at);
     return off;
 }
 
@@ -60,7 +64,8 @@ static const real *forward(mt_net *net, workspace *ws, const real *X, const int6
     }
     const real *input = x;
     for (int l = 0; l < net->nlayers; l++) {
-        FN(mt_dense_forward)(&net->layers[l], net->params, input, ws->z[l], ws->a[l], n);
+        FN(mt_dense_forward)(&net->layers[l], net->params, input, ws->z[l], ws->a[l], n,
+                             ws->pack);
         input = ws->a[l];
     }
     return x;
@@ -77,12 +82,17 @@ int FN(mt_step)(mt_net *net, const real *X, const void *y, const int64_t *idx, i
     *loss = FN(mt_loss_forward_backward)(net->loss, ws.a[last], y, idx, ws.d[0], n, out,
                                          ws.rowloss);
     if (!isfinite(*loss)) return MT_ERR_NONFINITE_LOSS;
+    // the loss gives d loss / d A of the last layer; the GEMM producing each dX applies
+    // the activation derivative of the layer below
+    if (net->layers[last].act != MT_ACT_IDENTITY)
+        FN(mt_act_backward)(&net->layers[last], ws.z[last], ws.a[last], ws.d[0], n);
     int cur = 0;
     for (int l = last; l >= 0; l--) {
         real *dx = l > 0 ? ws.d[1 - cur] : NULL;
         const real *input = l > 0 ? ws.a[l - 1] : x;
-        FN(mt_dense_backward)(&net->layers[l], net->params, net->grads, input, ws.z[l],
-                              ws.a[l], ws.d[cur], dx, n);
+        const mt_layer *below = l > 0 ? &net->layers[l - 1] : NULL;
+        FN(mt_dense_backward)(&net->layers[l], net->params, net->grads, input, ws.d[cur], dx,
+                              n, below, l > 0 ? ws.z[l - 1] : NULL, ws.pack);
         cur = 1 - cur;
     }
     if (opt) FN(mt_optim_update)(opt, net->params, net->grads, net->state, net->n_params);

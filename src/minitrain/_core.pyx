@@ -2,6 +2,9 @@
 """Thin binding to the C core: checks shapes, dtypes and contiguity, passes pointers,
 turns status codes into exceptions. No maths here."""
 
+import os
+import warnings
+
 import numpy as np
 cimport numpy as cnp
 from libc.stdint cimport int64_t, uintptr_t
@@ -11,7 +14,7 @@ cnp.import_array()
 cdef extern from "minitrain.h":
     int MT_MAX_LAYERS
     int MT_FLOAT32, MT_FLOAT64
-    int MT_OK, MT_ERR_NONFINITE_LOSS, MT_ERR_BATCH_TOO_LARGE
+    int MT_OK, MT_ERR_NONFINITE_LOSS, MT_ERR_BATCH_TOO_LARGE, MT_ERR_NO_MEMORY
     int MT_LOSS_CROSS_ENTROPY
     ctypedef struct mt_layer:
         int kind
@@ -43,10 +46,16 @@ cdef extern from "minitrain.h":
     int mt_step(mt_net *net, const void *X, const void *y, const int64_t *idx, int64_t n,
                 const mt_optim *opt, double *loss) nogil
     int mt_forward(mt_net *net, const void *X, const int64_t *idx, int64_t n, void *out) nogil
-    void mt_gemm(int dtype, int trans_a, int trans_b, int64_t M, int64_t N, int64_t K,
-                 const void *A, const void *B, void *C, int accumulate) nogil
+    int mt_gemm(int dtype, int trans_a, int trans_b, int64_t M, int64_t N, int64_t K,
+                const void *A, const void *B, void *C, int accumulate) nogil
     void mt_set_num_threads(int n)
     int mt_get_num_threads()
+    int mt_cpu_isa()
+    int mt_get_isa()
+    int mt_set_isa(int isa)
+
+# the instruction sets of the GEMM micro-kernels, in the order of mt_isa
+ISAS = ("generic", "avx2", "avx512")
 
 
 cdef inline void *ptr(cnp.ndarray a):
@@ -220,8 +229,9 @@ cdef class Net:
             mt_forward(&self.net, xp, NULL, n, op)
 
 
-def gemm(A, B, bint trans_a=False, bint trans_b=False, C=None):
-    """C = op(A) · op(B) with the core's GEMM (C accumulated into when given)."""
+def gemm(A, B, bint trans_a=False, bint trans_b=False, C=None, isa=None):
+    """C = op(A) · op(B) with the core's GEMM (C accumulated into when given), with the
+    micro-kernels of `isa` (default: the ones in use, see isa())."""
     dtype = A.dtype if isinstance(A, np.ndarray) else None
     if dtype not in (np.float32, np.float64):
         raise TypeError("A must be a float32 or float64 array")
@@ -239,14 +249,66 @@ def gemm(A, B, bint trans_a=False, bint trans_b=False, C=None):
     _require(C, dtype, 2, "C")
     if C.shape != (M, N):
         raise ValueError(f"C must have shape {(M, N)}")
+    cdef int previous = mt_get_isa()
+    if isa is not None:
+        mt_set_isa(_isa_code(isa))
     cdef int dt = MT_FLOAT64 if dtype == np.float64 else MT_FLOAT32
     cdef const void *a = ptr(A)
     cdef const void *b = ptr(B)
     cdef void *c = ptr(C)
-    cdef int ta = trans_a, tb = trans_b, acc = accumulate
-    with nogil:
-        mt_gemm(dt, ta, tb, M, N, K, a, b, c, acc)
+    cdef int ta = trans_a, tb = trans_b, acc = accumulate, status
+    try:
+        with nogil:
+            status = mt_gemm(dt, ta, tb, M, N, K, a, b, c, acc)
+    finally:
+        mt_set_isa(previous)
+    if status == MT_ERR_NO_MEMORY:
+        raise MemoryError("gemm: no memory for the packing buffer")
     return C
+
+
+def _isa_code(name):
+    if name not in ISAS:
+        raise ValueError(f"isa must be one of {ISAS}, got {name!r}")
+    code = ISAS.index(name)
+    if code > mt_cpu_isa():
+        raise ValueError(f"isa {name!r} is not supported by this CPU "
+                         f"(it supports {available_isas()})")
+    return code
+
+
+def available_isas():
+    """The instruction sets this CPU runs, lowest first."""
+    return ISAS[:mt_cpu_isa() + 1]
+
+
+def isa():
+    """The instruction set of the GEMM micro-kernels in use."""
+    return ISAS[mt_get_isa()]
+
+
+def set_isa(name):
+    """Use the micro-kernels of `name` (one of available_isas()) from now on."""
+    mt_set_isa(_isa_code(name))
+
+
+def _isa_from_environment():
+    """MINITRAIN_ISA=generic|avx2|avx512 lowers the instruction set chosen at import."""
+    name = os.environ.get("MINITRAIN_ISA", "").strip().lower()
+    if not name:
+        return
+    if name not in ISAS:
+        warnings.warn(f"MINITRAIN_ISA={name!r} is not one of {ISAS}; using {isa()!r}",
+                      RuntimeWarning)
+        return
+    if ISAS.index(name) > mt_cpu_isa():
+        warnings.warn(f"MINITRAIN_ISA={name!r} is not supported by this CPU; "
+                      f"using {isa()!r}", RuntimeWarning)
+        return
+    mt_set_isa(ISAS.index(name))
+
+
+_isa_from_environment()
 
 
 def set_num_threads(int n):

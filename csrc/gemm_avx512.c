@@ -1,0 +1,50 @@
+// AVX-512 micro-kernel: 12 rows x 2 zmm vectors of C in 24 registers. Compiled with
+// -mavx512f (CMakeLists.txt) and only called when the CPU reports AVX-512F.
+#define MT_REAL_SOURCE
+#include "gemm.h"
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+
+#define MR 12
+#define NV 2
+#if MT_DOUBLE
+#define VL 8
+typedef __m512d vec;
+typedef __mmask8 vmask;
+#define V_LOAD _mm512_loadu_pd
+#define V_LOADM(m, p) _mm512_maskz_loadu_pd(m, p)
+#define V_STORE _mm512_storeu_pd
+#define V_STOREM _mm512_mask_storeu_pd
+#define V_SET1 _mm512_set1_pd
+#define V_ZERO _mm512_setzero_pd
+#define V_FMA _mm512_fmadd_pd
+#define V_ADD _mm512_add_pd
+#define V_SUB _mm512_sub_pd
+#define V_MUL _mm512_mul_pd
+#define V_GT0(x) _mm512_cmp_pd_mask(x, _mm512_setzero_pd(), _CMP_GT_OQ)
+#define V_SELECT(c, t, f) _mm512_mask_blend_pd(c, f, t)
+#else
+#define VL 16
+typedef __m512 vec;
+typedef __mmask16 vmask;
+#define V_LOAD _mm512_loadu_ps
+#define V_LOADM(m, p) _mm512_maskz_loadu_ps(m, p)
+#define V_STORE _mm512_storeu_ps
+#define V_STOREM _mm512_mask_storeu_ps
+#define V_SET1 _mm512_set1_ps
+#define V_ZERO _mm512_setzero_ps
+#define V_FMA _mm512_fmadd_ps
+#define V_ADD _mm512_add_ps
+#define V_SUB _mm512_sub_ps
+#define V_MUL _mm512_mul_ps
+#define V_GT0(x) _mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_GT_OQ)
+#define V_SELECT(c, t, f) _mm512_mask_blend_ps(c, f, t)
+#endif
+#define M_FIRST(n) ((vmask)((n) >= VL ? ~0u : (n) <= 0 ? 0u : (1u << (n)) - 1))
+
+#include "gemm_kernel.h"
+
+// KC: a KC x NR micro-panel of B (32 KB) stays in L1 while MC/MR panels of A stream past
+const FN(mt_kernel) FN(mt_kernel_avx512) = {"avx512", MR, NR, 256, 144, MT_DOUBLE ? 512 : 1024,
+                                           kernel_packed, kernel_strided};
+#endif

@@ -1,0 +1,112 @@
+// The register-blocked micro-kernel, written once for every instruction set. The
+// including file (gemm_avx512.c, gemm_avx2.c, gemm_generic.c) defines the vector type
+// and operations below, then instantiates the kernel descriptor from
+// kernel_packed / kernel_strided:
+//   MR, NV, VL       tile rows, vectors per tile row, lanes per vector (NR = NV*VL)
+//   vec, vmask       vector and lane-mask types; vcond the result of V_GT0
+//   V_ZERO() V_SET1(x) V_LOAD(p) V_STORE(p, v) V_LOADM(m, p) V_STOREM(p, m, v)
+//   V_FMA(a, b, c) = a*b + c, V_ADD V_SUB V_MUL, V_GT0(v) lanes > 0,
+//   V_SELECT(cond, t, f), M_FIRST(n) the mask of lanes [0, n)
+// The tile loop keeps MR x NV accumulators in registers; per k it loads NV vectors of
+// B and broadcasts MR elements of A. The epilogue runs on the accumulators.
+
+#define NR (NV * VL)
+
+static inline vec load_part(const real *p, vmask m, int full) {
+    return full ? V_LOAD(p) : V_LOADM(m, p);
+}
+
+static inline void store_part(real *p, vmask m, int full, vec v) {
+    if (full) V_STORE(p, v);
+    else V_STOREM(p, m, v);
+}
+
+// act(x) for the activations mt_ep_in_registers accepts
+static inline vec act_vec(int act, vec alpha, vec x) {
+    if (act == MT_ACT_RELU) return V_SELECT(V_GT0(x), x, V_ZERO());
+    if (act == MT_ACT_LEAKY_RELU) return V_SELECT(V_GT0(x), x, V_MUL(alpha, x));
+    return x;
+}
+
+// act'(z) from z or a = act(z), as act_derivative in activation.h
+static inline vec dact_vec(int act, vec alpha, const real *z, const real *a, vmask m,
+                           int full) {
+    const vec one = V_SET1(1);
+    switch (act) {
+    case MT_ACT_RELU: return V_SELECT(V_GT0(load_part(z, m, full)), one, V_ZERO());
+    case MT_ACT_LEAKY_RELU: return V_SELECT(V_GT0(load_part(z, m, full)), one, alpha);
+    case MT_ACT_TANH: {
+        vec av = load_part(a, m, full);
+        return V_SUB(one, V_MUL(av, av));
+    }
+    case MT_ACT_SIGMOID: {
+        vec av = load_part(a, m, full);
+        return V_MUL(av, V_SUB(one, av));
+    }
+    default: return one;
+    }
+}
+
+// x = the accumulated (i, v-th vector) of the tile: combine with C, apply the epilogue
+static inline void store_vec(const FN(mt_tile) *t, int64_t i, int v, vec x, vmask m,
+                             int full, int fused, vec alpha) {
+    const int64_t off = i * t->ldc + v * VL;
+    real *c = t->c + off;
+    if (t->load_c) x = V_ADD(x, load_part(c, m, full));
+    if (t->ep == MT_EP_FORWARD) {
+        if (t->bias) x = V_ADD(x, load_part(t->bias + v * VL, m, full));
+        store_part(c, m, full, x);
+        if (fused && t->out + off != c) store_part(t->out + off, m, full, act_vec(t->act, alpha, x));
+        return;
+    }
+    if (t->ep == MT_EP_DACT && fused && t->act != MT_ACT_IDENTITY)
+        x = V_MUL(x, dact_vec(t->act, alpha, t->z + off, t->za + off, m, full));
+    store_part(c, m, full, x);
+}
+
+// Inlined into both variants so that the packed one sees constant strides.
+static inline __attribute__((always_inline)) void kernel_body(const FN(mt_tile) *t,
+                                                              int packed) {
+    const int64_t kc = t->kc, m = t->m, n = t->n;
+    const int64_t a_cs = packed ? MR : t->a_cs, ldb = packed ? NR : t->ldb;
+    const int full = n >= NR;
+    vmask mk[NV];
+    for (int v = 0; v < NV; v++) mk[v] = M_FIRST(n - v * VL);
+    // rows past m of an unpacked A re-read row m-1: in bounds, results discarded
+    int64_t aoff[MR];
+    for (int i = 0; i < MR; i++) aoff[i] = packed ? i : (i < m ? i : m - 1) * t->a_rs;
+
+    vec acc[MR][NV];
+#pragma GCC unroll 32
+    for (int i = 0; i < MR; i++)
+#pragma GCC unroll 8
+        for (int v = 0; v < NV; v++) acc[i][v] = V_ZERO();
+    const real *a = t->a, *b = t->b;
+    for (int64_t k = 0; k < kc; k++) {
+        vec bv[NV];
+#pragma GCC unroll 8
+        for (int v = 0; v < NV; v++)
+            bv[v] = packed || full ? V_LOAD(b + v * VL) : V_LOADM(mk[v], b + v * VL);
+#pragma GCC unroll 32
+        for (int i = 0; i < MR; i++) {
+            const vec ai = V_SET1(a[aoff[i]]);
+#pragma GCC unroll 8
+            for (int v = 0; v < NV; v++) acc[i][v] = V_FMA(ai, bv[v], acc[i][v]);
+        }
+        a += a_cs;
+        b += ldb;
+    }
+
+    const int fused = mt_ep_in_registers(t->ep, t->act);
+    const vec alpha = V_SET1(t->alpha);
+#pragma GCC unroll 32
+    for (int i = 0; i < MR; i++) {
+        if (i >= m) break;
+#pragma GCC unroll 8
+        for (int v = 0; v < NV; v++)
+            if (v * VL < n) store_vec(t, i, v, acc[i][v], mk[v], full, fused, alpha);
+    }
+}
+
+static void kernel_packed(const FN(mt_tile) *t) { kernel_body(t, 1); }
+static void kernel_strided(const FN(mt_tile) *t) { kernel_body(t, 0); }
