@@ -106,3 +106,12 @@ def test_summary(fitted):
     model, _, _ = fitted
     text = model.summary()
     assert "Dense(8, activation='relu')" in text and "total parameters: 92" in text
+
+
+def test_threads_are_visible_to_threadpoolctl():
+    import threadpoolctl  # in the test extra
+    n = mt.get_num_threads()
+    assert any(i["user_api"] == "openmp" for i in threadpoolctl.threadpool_info())
+    with threadpoolctl.threadpool_limits(1, user_api="openmp"):
+        assert mt.get_num_threads() == 1
+    assert mt.get_num_threads() == n
