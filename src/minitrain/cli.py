@@ -1,7 +1,6 @@
 """The ``minitrain`` command: train an MLP on the shipped digits, or on your own file."""
 
 import argparse
-import logging
 import sys
 import time
 from pathlib import Path
@@ -9,8 +8,6 @@ from pathlib import Path
 import numpy as np
 
 import minitrain as mt
-
-log = logging.getLogger("minitrain")
 
 
 def load_table(path, target):
@@ -70,8 +67,7 @@ def parse_args(argv):
 
 def main(argv=None):
     args = parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
-                        format="%(message)s", stream=sys.stdout)
+    say = (lambda *a: None) if args.quiet else print
     if args.threads:
         mt.set_num_threads(args.threads)
     if args.data:
@@ -105,17 +101,17 @@ def main(argv=None):
         opt = mt.SGD(lr=args.lr or 0.05, momentum=args.momentum)
     else:
         opt = (mt.Adam if args.optimizer == "adam" else mt.AdamW)(lr=args.lr or 0.001)
-    log.info("minitrain: %s — %d train / %d test rows, %d features, %s, %s threads",
-             name, len(X_train), len(X_test), X.shape[1], task, mt.get_num_threads())
-    log.info("model: %d-%s-%d, %s, batch %d", X.shape[1], "-".join(map(str, args.hidden)),
-             n_out, opt, args.batch_size)
+    say(f"minitrain: {name} — {len(X_train)} train / {len(X_test)} test rows, "
+        f"{X.shape[1]} features, {task}, {mt.get_num_threads()} threads")
+    say(f"model: {X.shape[1]}-{'-'.join(map(str, args.hidden))}-{n_out}, {opt}, "
+        f"batch {args.batch_size}")
     t0 = time.perf_counter()
     hist = model.fit(X_train, y_train, epochs=args.epochs, batch_size=args.batch_size,
                      optimizer=opt, seed=args.seed, verbose=0)
     wall = time.perf_counter() - t0
-    log.info("%6s %10s %10s %10s", "epoch", "iterations", "loss", "time (s)")
+    say(f"{'epoch':>6} {'iterations':>10} {'loss':>10} {'time (s)':>10}")
     for e, loss, sec in zip(hist.epoch, hist.history["loss"], hist.history["time"]):
-        log.info("%6d %10d %10.4f %10.4f", e, hist.iterations_per_epoch, loss, sec)
+        say(f"{e:>6} {hist.iterations_per_epoch:>10} {loss:>10.4f} {sec:>10.4f}")
     result = model.evaluate(X_test, y_test)
     summary = f"test loss {result['loss']:.4f}"
     if "accuracy" in result:

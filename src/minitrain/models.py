@@ -19,6 +19,7 @@ logger = logging.getLogger("minitrain")
 
 _PREDICT_BATCH = 1024
 _FLOAT_DTYPES = (np.float32, np.float64)
+_FUSED_OUTPUT = {"cross_entropy": "softmax", "binary_cross_entropy": "sigmoid"}
 
 
 def _ensure_console_logging():
@@ -128,7 +129,9 @@ class Sequential:
             layer.b = self.params_flat[b_off:b_off + layer.units]
             limit = layer.init_limit()
             layer.W[...] = self.rng.uniform(-limit, limit, size=layer.W.shape)
-            act = "identity" if layer.activation == "softmax" else layer.activation
+            # a softmax / sigmoid output is fused into its loss, which takes logits
+            act = "identity" if layer is self.layers[-1] and layer.activation == \
+                _FUSED_OUTPUT.get(self.loss) else layer.activation
             spec.append((F.ACTIVATIONS[act], layer.negative_slope, layer.n_in, layer.units,
                          w_off, b_off))
             w_off += layer.n_weights
