@@ -57,25 +57,12 @@ size_t FN(mt_gemm_pack_size)(int64_t dim) {
 static void pack_b(const FN(mt_kernel) *ker, int trans_b, const real *B, int64_t N,
                    int64_t K, int64_t k0, int64_t kc, int64_t j0, int64_t nc, real *Bp) {
     const int nr = ker->nr;
-    const int64_t panels = (nc + nr - 1) / nr;
+    // op(B)(k, j) = B[k*rs + j*cs]
+    const int64_t rs = trans_b ? 1 : N, cs = trans_b ? K : 1;
 #pragma omp for schedule(static)
-    for (int64_t p = 0; p < panels; p++) {
-        real *dst = Bp + p * kc * nr;
-        const int64_t j = j0 + p * nr, w = min64(nr, j0 + nc - j);
-        if (!trans_b) {
-            for (int64_t k = 0; k < kc; k++) {
-                const real *src = B + (k0 + k) * N + j;
-                for (int64_t c = 0; c < w; c++) dst[k * nr + c] = src[c];
-                for (int64_t c = w; c < nr; c++) dst[k * nr + c] = 0;
-            }
-        } else { // B stored (N, K): column c of the panel is row j + c of B
-            for (int64_t c = 0; c < w; c++) {
-                const real *src = B + (j + c) * K + k0;
-                for (int64_t k = 0; k < kc; k++) dst[k * nr + c] = src[k];
-            }
-            for (int64_t c = w; c < nr; c++)
-                for (int64_t k = 0; k < kc; k++) dst[k * nr + c] = 0;
-        }
+    for (int64_t p = 0; p < (nc + nr - 1) / nr; p++) {
+        const int64_t j = j0 + p * nr;
+        ker->pack_b(B + k0 * rs + j * cs, rs, cs, min64(nr, j0 + nc - j), kc, Bp + p * kc * nr);
     }
 }
 
@@ -83,25 +70,12 @@ static void pack_b(const FN(mt_kernel) *ker, int trans_b, const real *B, int64_t
 static void pack_a(const FN(mt_kernel) *ker, int trans_a, const real *A, int64_t M,
                    int64_t K, int64_t i0, int64_t mc, int64_t k0, int64_t kc, real *Ap) {
     const int mr = ker->mr;
-    const int64_t panels = (mc + mr - 1) / mr;
+    // op(A)(i, k) = A[i*rs + k*cs]
+    const int64_t rs = trans_a ? 1 : K, cs = trans_a ? M : 1;
 #pragma omp for schedule(static)
-    for (int64_t p = 0; p < panels; p++) {
-        real *dst = Ap + p * kc * mr;
-        const int64_t i = i0 + p * mr, h = min64(mr, i0 + mc - i);
-        if (trans_a) { // A stored (K, M): the panel's rows are contiguous in each row of A
-            for (int64_t k = 0; k < kc; k++) {
-                const real *src = A + (k0 + k) * M + i;
-                for (int64_t r = 0; r < h; r++) dst[k * mr + r] = src[r];
-                for (int64_t r = h; r < mr; r++) dst[k * mr + r] = 0;
-            }
-        } else {
-            for (int64_t r = 0; r < h; r++) {
-                const real *src = A + (i + r) * K + k0;
-                for (int64_t k = 0; k < kc; k++) dst[k * mr + r] = src[k];
-            }
-            for (int64_t r = h; r < mr; r++)
-                for (int64_t k = 0; k < kc; k++) dst[k * mr + r] = 0;
-        }
+    for (int64_t p = 0; p < (mc + mr - 1) / mr; p++) {
+        const int64_t i = i0 + p * mr;
+        ker->pack_a(A + i * rs + k0 * cs, rs, cs, min64(mr, i0 + mc - i), kc, Ap + p * kc * mr);
     }
 }
 

@@ -51,6 +51,10 @@ typedef struct {
 } FN(mt_tile);
 
 typedef void (*FN(mt_kernel_fn))(const FN(mt_tile) *t);
+// one micro-panel of op(A) (h <= MR rows) or op(B) (w <= NR columns) over kc, with
+// op(X)(row, col) = src[row*rs + col*cs]
+typedef void (*FN(mt_pack_fn))(const real *src, int64_t rs, int64_t cs, int64_t len,
+                               int64_t kc, real *dst);
 
 // A micro-kernel and the blocking that fits it to the caches.
 typedef struct {
@@ -59,6 +63,7 @@ typedef struct {
     int64_t kc, mc, nc;        // k block (B micro-panel in L1), A block rows (L2), B block columns
     FN(mt_kernel_fn) packed;   // both operands packed
     FN(mt_kernel_fn) strided;  // either read in place
+    FN(mt_pack_fn) pack_a, pack_b;
 } FN(mt_kernel);
 
 extern const FN(mt_kernel) FN(mt_kernel_generic);

@@ -76,6 +76,12 @@ static inline __attribute__((always_inline)) void kernel_body(const FN(mt_tile) 
     int64_t aoff[MR];
     for (int i = 0; i < MR; i++) aoff[i] = packed ? i : (i < m ? i : m - 1) * t->a_rs;
 
+    // the C tile is read or written only after the k loop: fetch it while computing
+    for (int64_t i = 0; i < m; i++) {
+        __builtin_prefetch(t->c + i * t->ldc, 1);
+        __builtin_prefetch(t->c + i * t->ldc + n - 1, 1);
+    }
+
     vec acc[MR][NV];
 #pragma GCC unroll 32
     for (int i = 0; i < MR; i++)
@@ -110,3 +116,44 @@ static inline __attribute__((always_inline)) void kernel_body(const FN(mt_tile) 
 
 static void kernel_packed(const FN(mt_tile) *t) { kernel_body(t, 1); }
 static void kernel_strided(const FN(mt_tile) *t) { kernel_body(t, 0); }
+
+// h <= MR rows i of op(A), k in [0, kc) -> dst[k*MR + i], zero rows past h.
+// op(A)(i, k) = src[i*rs + k*cs]: cs == 1 transposes (rows of A are contiguous in k).
+static void pack_a_panel(const real *src, int64_t rs, int64_t cs, int64_t h, int64_t kc,
+                         real *dst) {
+    if (h == MR && (cs == 1 || rs == 1)) { // constant trip counts: unrolled, vectorized
+        if (cs == 1)
+            for (int64_t k = 0; k < kc; k++)
+#pragma GCC unroll 32
+                for (int i = 0; i < MR; i++) dst[k * MR + i] = src[i * rs + k];
+        else
+            for (int64_t k = 0; k < kc; k++)
+#pragma GCC unroll 32
+                for (int i = 0; i < MR; i++) dst[k * MR + i] = src[k * cs + i];
+        return;
+    }
+    for (int64_t k = 0; k < kc; k++)
+        for (int i = 0; i < MR; i++) dst[k * MR + i] = i < h ? src[i * rs + k * cs] : 0;
+}
+
+// w <= NR columns j of op(B), k in [0, kc) -> dst[k*NR + j], zero columns past w.
+// op(B)(k, j) = src[k*rs + j*cs]: rs == 1 transposes (B stored (N, K)).
+static void pack_b_panel(const real *src, int64_t rs, int64_t cs, int64_t w, int64_t kc,
+                         real *dst) {
+    if (rs == 1) {
+        if (w == NR) {
+            for (int64_t k = 0; k < kc; k++)
+#pragma GCC unroll 64
+                for (int j = 0; j < NR; j++) dst[k * NR + j] = src[j * cs + k];
+            return;
+        }
+        for (int64_t k = 0; k < kc; k++)
+            for (int j = 0; j < NR; j++) dst[k * NR + j] = j < w ? src[j * cs + k] : 0;
+        return;
+    }
+    vmask mk[NV];
+    for (int v = 0; v < NV; v++) mk[v] = M_FIRST(w - v * VL);
+    for (int64_t k = 0; k < kc; k++)
+#pragma GCC unroll 8
+        for (int v = 0; v < NV; v++) V_STORE(dst + k * NR + v * VL, V_LOADM(mk[v], src + k * rs + v * VL));
+}
