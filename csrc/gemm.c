@@ -53,29 +53,37 @@ size_t FN(mt_gemm_pack_size)(int64_t dim) {
     return most;
 }
 
-// op(B)[k0:k0+kc, j0:j0+nc] -> NR-column panels (kc x NR each), zero-padded to NR
-static void pack_b(const FN(mt_kernel) *ker, int trans_b, const real *B, int64_t N,
-                   int64_t K, int64_t k0, int64_t kc, int64_t j0, int64_t nc, real *Bp) {
+typedef struct {
+    int trans_a, trans_b;
+    int64_t M, N, K;
+    const real *A, *B;
+    real *C;
+    int accumulate;
+    const mt_epilogue *ep;
+    int pack_a, pack_b;
+} problem;
+
+// NR-column panels [q0, q1) of op(B)[k0:k0+kc, j0:j0+nc] (kc x NR each, zero-padded to NR)
+static void pack_b(const FN(mt_kernel) *ker, const problem *P, int64_t j0, int64_t nc,
+                   int64_t k0, int64_t kc, int64_t q0, int64_t q1, real *Bp) {
     const int nr = ker->nr;
     // op(B)(k, j) = B[k*rs + j*cs]
-    const int64_t rs = trans_b ? 1 : N, cs = trans_b ? K : 1;
-#pragma omp for schedule(static)
-    for (int64_t p = 0; p < (nc + nr - 1) / nr; p++) {
-        const int64_t j = j0 + p * nr;
-        ker->pack_b(B + k0 * rs + j * cs, rs, cs, min64(nr, j0 + nc - j), kc, Bp + p * kc * nr);
+    const int64_t rs = P->trans_b ? 1 : P->N, cs = P->trans_b ? P->K : 1;
+    for (int64_t q = q0; q < q1; q++) {
+        const int64_t j = j0 + q * nr;
+        ker->pack_b(P->B + k0 * rs + j * cs, rs, cs, min64(nr, j0 + nc - j), kc, Bp + q * kc * nr);
     }
 }
 
-// op(A)[i0:i0+mc, k0:k0+kc] -> MR-row panels (kc x MR each), zero-padded to MR
-static void pack_a(const FN(mt_kernel) *ker, int trans_a, const real *A, int64_t M,
-                   int64_t K, int64_t i0, int64_t mc, int64_t k0, int64_t kc, real *Ap) {
+// MR-row panels [p0, p1) of op(A)[i0:i0+mc, k0:k0+kc] (kc x MR each, zero-padded to MR)
+static void pack_a(const FN(mt_kernel) *ker, const problem *P, int64_t i0, int64_t mc,
+                   int64_t k0, int64_t kc, int64_t p0, int64_t p1, real *Ap) {
     const int mr = ker->mr;
     // op(A)(i, k) = A[i*rs + k*cs]
-    const int64_t rs = trans_a ? 1 : K, cs = trans_a ? M : 1;
-#pragma omp for schedule(static)
-    for (int64_t p = 0; p < (mc + mr - 1) / mr; p++) {
+    const int64_t rs = P->trans_a ? 1 : P->K, cs = P->trans_a ? P->M : 1;
+    for (int64_t p = p0; p < p1; p++) {
         const int64_t i = i0 + p * mr;
-        ker->pack_a(A + i * rs + k0 * cs, rs, cs, min64(mr, i0 + mc - i), kc, Ap + p * kc * mr);
+        ker->pack_a(P->A + i * rs + k0 * cs, rs, cs, min64(mr, i0 + mc - i), kc, Ap + p * kc * mr);
     }
 }
 
@@ -93,23 +101,14 @@ static void tile_epilogue(const FN(mt_tile) *t) {
     }
 }
 
-typedef struct {
-    int trans_a, trans_b;
-    int64_t M, N, K;
-    const real *A, *B;
-    real *C;
-    int accumulate;
-    const mt_epilogue *ep;
-    int pack_a, pack_b;
-} problem;
 
-// The tiles [lo, hi) of the block C[ic:ic+mc, jc:jc+nc], numbered column-panel-major so
-// that a thread's tiles share B micro-panels.
+// The tiles in row panels [p0, p1) and column panels [q0, q1) of the block
+// C[ic:ic+mc, jc:jc+nc], column panel by column panel so that a B micro-panel stays in L1
 static void run_tiles(const FN(mt_kernel) *ker, const problem *P, int64_t ic, int64_t mc,
                       int64_t jc, int64_t nc, int64_t pc, int64_t kc, const real *Ap,
-                      const real *Bp, int64_t lo, int64_t hi) {
+                      const real *Bp, int64_t p0, int64_t p1, int64_t q0, int64_t q1) {
     const int mr = ker->mr, nr = ker->nr;
-    const int64_t row_tiles = (mc + mr - 1) / mr, N = P->N;
+    const int64_t N = P->N;
     const int last = pc + kc >= P->K;
     const mt_epilogue *ep = P->ep;
     FN(mt_tile) t = {.kc = kc, .ldc = N, .load_c = P->accumulate || pc > 0,
@@ -122,20 +121,9 @@ static void run_tiles(const FN(mt_kernel) *ker, const problem *P, int64_t ic, in
     // op(A)(i, k) at A[i*a_rs + k*a_cs] when read in place
     const int64_t a_rs = P->trans_a ? 1 : P->K, a_cs = P->trans_a ? P->M : 1;
     FN(mt_kernel_fn) kernel = P->pack_a && P->pack_b ? ker->packed : ker->strided;
-    for (int64_t tile = lo; tile < hi; tile++) {
-        const int64_t jr = tile / row_tiles * nr, ir = tile % row_tiles * mr;
-        const int64_t i = ic + ir, j = jc + jr;
-        t.m = min64(mr, mc - ir);
+    for (int64_t q = q0; q < q1; q++) {
+        const int64_t jr = q * nr, j = jc + jr;
         t.n = min64(nr, nc - jr);
-        if (P->pack_a) {
-            t.a = Ap + ir * kc;
-            t.a_rs = 1;
-            t.a_cs = mr;
-        } else {
-            t.a = P->A + i * a_rs + pc * a_cs;
-            t.a_rs = a_rs;
-            t.a_cs = a_cs;
-        }
         if (P->pack_b) {
             t.b = Bp + jr * kc;
             t.ldb = nr;
@@ -143,41 +131,79 @@ static void run_tiles(const FN(mt_kernel) *ker, const problem *P, int64_t ic, in
             t.b = P->B + pc * N + j;
             t.ldb = N;
         }
-        const int64_t off = i * N + j;
-        t.c = P->C + off;
-        if (t.ep == MT_EP_FORWARD) {
-            t.bias = ep->bias ? (const real *)ep->bias + j : NULL;
-            t.out = (real *)ep->out + off;
-        } else if (t.ep == MT_EP_DACT) {
-            t.z = (const real *)ep->z + off;
-            t.za = (const real *)ep->a + off;
+        for (int64_t p = p0; p < p1; p++) {
+            const int64_t ir = p * mr, i = ic + ir;
+            t.m = min64(mr, mc - ir);
+            if (P->pack_a) {
+                t.a = Ap + ir * kc;
+                t.a_rs = 1;
+                t.a_cs = mr;
+            } else {
+                t.a = P->A + i * a_rs + pc * a_cs;
+                t.a_rs = a_rs;
+                t.a_cs = a_cs;
+            }
+            const int64_t off = i * N + j;
+            t.c = P->C + off;
+            if (t.ep == MT_EP_FORWARD) {
+                t.bias = ep->bias ? (const real *)ep->bias + j : NULL;
+                t.out = (real *)ep->out + off;
+            } else if (t.ep == MT_EP_DACT) {
+                t.z = (const real *)ep->z + off;
+                t.za = (const real *)ep->a + off;
+            }
+            kernel(&t);
+            if (t.ep != MT_EP_NONE && !fused) tile_epilogue(&t);
         }
-        kernel(&t);
-        if (t.ep != MT_EP_NONE && !fused) tile_epilogue(&t);
     }
 }
 
+// The five loops, run by each thread of the team. Threads share the packed B block.
+// When the A block has enough row panels each thread packs and computes its own rows
+// of it: one barrier per B block. Otherwise they split the columns and share the
+// packed A block too, with a barrier around each.
 static void gemm_blocks(const FN(mt_kernel) *ker, const problem *P, real *pack) {
     const int64_t M = P->M, N = P->N, K = P->K;
     const int64_t KC = ker->kc, MC = ker->mc, NC = ker->nc;
-    const int t = omp_get_thread_num(), T = omp_get_num_threads();
-    real *Bp = pack, *Ap = pack + b_block_elems(min64(KC, K), min64(NC, round_up(N, ker->nr)));
+    const int mr = ker->mr, nr = ker->nr;
+    const int64_t t = omp_get_thread_num(), T = omp_get_num_threads();
+    const int split_rows = (min64(MC, M) + mr - 1) / mr >= 2 * T;
+    real *Bp = pack, *Ap = pack + b_block_elems(min64(KC, K), min64(NC, round_up(N, nr)));
     for (int64_t jc = 0; jc < N; jc += NC) {
-        const int64_t nc = min64(NC, N - jc);
+        const int64_t nc = min64(NC, N - jc), cols = (nc + nr - 1) / nr;
         // K == 0 still runs one empty k block: C = 0 (+ C), then the epilogue
         for (int64_t pc = 0; pc < K || pc == 0; pc += KC) {
             const int64_t kc = min64(KC, K - pc);
-            if (P->pack_b) pack_b(ker, P->trans_b, P->B, N, K, pc, kc, jc, nc, Bp);
+            if (P->pack_b) {
+#pragma omp for schedule(static)
+                for (int64_t q = 0; q < cols; q++) pack_b(ker, P, jc, nc, pc, kc, q, q + 1, Bp);
+            }
             for (int64_t ic = 0; ic < M; ic += MC) {
-                const int64_t mc = min64(MC, M - ic);
-                if (P->pack_a) pack_a(ker, P->trans_a, P->A, M, K, ic, mc, pc, kc, Ap);
-                const int64_t tiles = (mc + ker->mr - 1) / ker->mr * ((nc + ker->nr - 1) / ker->nr);
-                run_tiles(ker, P, ic, mc, jc, nc, pc, kc, Ap, Bp, tiles * t / T,
-                          tiles * (t + 1) / T);
-                // the packed blocks are overwritten next: wait until every thread is done
-                if (P->pack_a || P->pack_b) {
+                const int64_t mc = min64(MC, M - ic), rows = (mc + mr - 1) / mr;
+                if (split_rows) {
+                    const int64_t p0 = rows * t / T, p1 = rows * (t + 1) / T;
+                    // a shorter last block moves the split: wait until the A panels
+                    // about to be overwritten are no longer read by their last owner
+                    if (P->pack_a && ic > 0 && mc < MC) {
 #pragma omp barrier
+                    }
+                    if (P->pack_a) pack_a(ker, P, ic, mc, pc, kc, p0, p1, Ap);
+                    run_tiles(ker, P, ic, mc, jc, nc, pc, kc, Ap, Bp, p0, p1, 0, cols);
+                } else {
+                    if (P->pack_a) {
+#pragma omp for schedule(static)
+                        for (int64_t p = 0; p < rows; p++) pack_a(ker, P, ic, mc, pc, kc, p, p + 1, Ap);
+                    }
+                    run_tiles(ker, P, ic, mc, jc, nc, pc, kc, Ap, Bp, 0, rows, cols * t / T,
+                              cols * (t + 1) / T);
+                    if (P->pack_a) {
+#pragma omp barrier
+                    }
                 }
+            }
+            // the packed B block is overwritten next: wait until every thread is done
+            if (P->pack_b) {
+#pragma omp barrier
             }
         }
     }

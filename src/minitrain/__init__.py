@@ -6,7 +6,7 @@
 >>> hist = model.fit(X, y, epochs=10, batch_size=32, optimizer=mt.SGD(lr=0.1, momentum=0.9))
 """
 
-from .backends import get_num_threads, set_num_threads
+from .backends import cpu_info, get_num_threads, set_num_threads
 from .datasets import load_digits, train_test_split
 from .history import History
 from .layers import Dense, Layer
@@ -17,5 +17,5 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Adam", "AdamW", "Dense", "History", "Layer", "Optimizer", "SGD", "Sequential",
-    "get_num_threads", "load_digits", "set_num_threads", "train_test_split",
+    "cpu_info", "get_num_threads", "load_digits", "set_num_threads", "train_test_split",
 ]

@@ -147,3 +147,14 @@ def set_num_threads(n):
 
 def get_num_threads():
     return _core.get_num_threads() if _core is not None else 1
+
+
+def cpu_info():
+    """What the C core runs on: ``isa`` (the instruction set of its GEMM micro-kernels:
+    ``"avx512"``, ``"avx2"`` or ``"generic"``; the best the CPU supports unless lowered
+    with the environment variable ``MINITRAIN_ISA``), ``available_isas`` and
+    ``num_threads``. Without the extension, ``isa`` is None."""
+    if _core is None:
+        return {"isa": None, "available_isas": (), "num_threads": 1}
+    return {"isa": _core.isa(), "available_isas": _core.available_isas(),
+            "num_threads": _core.get_num_threads()}
