@@ -124,6 +124,7 @@ static void run_tiles(const FN(mt_kernel) *ker, const problem *P, int64_t ic, in
     for (int64_t q = q0; q < q1; q++) {
         const int64_t jr = q * nr, j = jc + jr;
         t.n = min64(nr, nc - jr);
+        FN(mt_kernel_fn) run = t.n <= ker->vl ? ker->narrow : kernel;
         if (P->pack_b) {
             t.b = Bp + jr * kc;
             t.ldb = nr;
@@ -152,7 +153,7 @@ static void run_tiles(const FN(mt_kernel) *ker, const problem *P, int64_t ic, in
                 t.z = (const real *)ep->z + off;
                 t.za = (const real *)ep->a + off;
             }
-            kernel(&t);
+            run(&t);
             if (t.ep != MT_EP_NONE && !fused) tile_epilogue(&t);
         }
     }

@@ -59,10 +59,11 @@ typedef void (*FN(mt_pack_fn))(const real *src, int64_t rs, int64_t cs, int64_t 
 // A micro-kernel and the blocking that fits it to the caches.
 typedef struct {
     const char *name;
-    int mr, nr;                // register tile
+    int mr, nr, vl;            // register tile, lanes per vector
     int64_t kc, mc, nc;        // k block (B micro-panel in L1), A block rows (L2), B block columns
     FN(mt_kernel_fn) packed;   // both operands packed
     FN(mt_kernel_fn) strided;  // either read in place
+    FN(mt_kernel_fn) narrow;   // any operands, tiles of at most one vector of columns
     FN(mt_pack_fn) pack_a, pack_b;
 } FN(mt_kernel);
 

@@ -45,6 +45,5 @@ typedef __m256 vec;
 
 #include "gemm_kernel.h"
 
-const FN(mt_kernel) FN(mt_kernel_avx2) = {"avx2", MR, NR, 256, 144, MT_DOUBLE ? 512 : 1024,
-                                         kernel_packed, kernel_strided, pack_a_panel, pack_b_panel};
+KERNEL_DESCRIPTOR(avx2, 256, 144, MT_DOUBLE ? 512 : 1024);
 #endif

@@ -45,6 +45,5 @@ typedef __mmask16 vmask;
 #include "gemm_kernel.h"
 
 // KC: a KC x NR micro-panel of B (32 KB) stays in L1 while MC/MR panels of A stream past
-const FN(mt_kernel) FN(mt_kernel_avx512) = {"avx512", MR, NR, 256, 144, MT_DOUBLE ? 512 : 1024,
-                                           kernel_packed, kernel_strided, pack_a_panel, pack_b_panel};
+KERNEL_DESCRIPTOR(avx512, 256, 144, MT_DOUBLE ? 512 : 1024);
 #endif

@@ -23,5 +23,4 @@ typedef int vmask;
 
 #include "gemm_kernel.h"
 
-const FN(mt_kernel) FN(mt_kernel_generic) = {"generic", MR, NR, 256, 144, 1024,
-                                            kernel_packed, kernel_strided, pack_a_panel, pack_b_panel};
+KERNEL_DESCRIPTOR(generic, 256, 144, 1024);

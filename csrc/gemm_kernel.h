@@ -64,12 +64,13 @@ static inline void store_vec(const FN(mt_tile) *t, int64_t i, int v, vec x, vmas
     store_part(c, m, full, x);
 }
 
-// Inlined into both variants so that the packed one sees constant strides.
+// Inlined into every variant so that each sees constant strides (packed) and a constant
+// number nv <= NV of vectors per row.
 static inline __attribute__((always_inline)) void kernel_body(const FN(mt_tile) *t,
-                                                              int packed) {
+                                                              int packed, int nv) {
     const int64_t kc = t->kc, m = t->m, n = t->n;
     const int64_t a_cs = packed ? MR : t->a_cs, ldb = packed ? NR : t->ldb;
-    const int full = n >= NR;
+    const int full = n >= nv * VL;
     vmask mk[NV];
     for (int v = 0; v < NV; v++) mk[v] = M_FIRST(n - v * VL);
     // rows past m of an unpacked A re-read row m-1: in bounds, results discarded
@@ -86,18 +87,18 @@ static inline __attribute__((always_inline)) void kernel_body(const FN(mt_tile) 
 #pragma GCC unroll 32
     for (int i = 0; i < MR; i++)
 #pragma GCC unroll 8
-        for (int v = 0; v < NV; v++) acc[i][v] = V_ZERO();
+        for (int v = 0; v < nv; v++) acc[i][v] = V_ZERO();
     const real *a = t->a, *b = t->b;
     for (int64_t k = 0; k < kc; k++) {
         vec bv[NV];
 #pragma GCC unroll 8
-        for (int v = 0; v < NV; v++)
+        for (int v = 0; v < nv; v++)
             bv[v] = packed || full ? V_LOAD(b + v * VL) : V_LOADM(mk[v], b + v * VL);
 #pragma GCC unroll 32
         for (int i = 0; i < MR; i++) {
             const vec ai = V_SET1(a[aoff[i]]);
 #pragma GCC unroll 8
-            for (int v = 0; v < NV; v++) acc[i][v] = V_FMA(ai, bv[v], acc[i][v]);
+            for (int v = 0; v < nv; v++) acc[i][v] = V_FMA(ai, bv[v], acc[i][v]);
         }
         a += a_cs;
         b += ldb;
@@ -109,13 +110,15 @@ static inline __attribute__((always_inline)) void kernel_body(const FN(mt_tile) 
     for (int i = 0; i < MR; i++) {
         if (i >= m) break;
 #pragma GCC unroll 8
-        for (int v = 0; v < NV; v++)
+        for (int v = 0; v < nv; v++)
             if (v * VL < n) store_vec(t, i, v, acc[i][v], mk[v], full, fused, alpha);
     }
 }
 
-static void kernel_packed(const FN(mt_tile) *t) { kernel_body(t, 1); }
-static void kernel_strided(const FN(mt_tile) *t) { kernel_body(t, 0); }
+static void kernel_packed(const FN(mt_tile) *t) { kernel_body(t, 1, NV); }
+static void kernel_strided(const FN(mt_tile) *t) { kernel_body(t, 0, NV); }
+// tiles at most one vector wide (the 10 outputs of a classifier): half the work or less
+static void kernel_narrow(const FN(mt_tile) *t) { kernel_body(t, 0, 1); }
 
 // h <= MR rows i of op(A), k in [0, kc) -> dst[k*MR + i], zero rows past h.
 // op(A)(i, k) = src[i*rs + k*cs]: cs == 1 transposes (rows of A are contiguous in k).
@@ -157,3 +160,10 @@ static void pack_b_panel(const real *src, int64_t rs, int64_t cs, int64_t w, int
 #pragma GCC unroll 8
         for (int v = 0; v < NV; v++) V_STORE(dst + k * NR + v * VL, V_LOADM(mk[v], src + k * rs + v * VL));
 }
+
+// the descriptor FN(mt_kernel_<isa>) of these functions, with their cache blocking
+#define KERNEL_DESCRIPTOR(isa, KC, MC, NC)                                                 \
+    const FN(mt_kernel) FN(mt_kernel_##isa) = {                                            \
+        .name = #isa, .mr = MR, .nr = NR, .vl = VL, .kc = KC, .mc = MC, .nc = NC,          \
+        .packed = kernel_packed, .strided = kernel_strided, .narrow = kernel_narrow,       \
+        .pack_a = pack_a_panel, .pack_b = pack_b_panel}

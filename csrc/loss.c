@@ -11,11 +11,14 @@ static double softmax_ce_row(const real *z, int64_t label, real *dz, int64_t C, 
     double m = z[0];
     for (int64_t j = 1; j < C; j++) m = z[j] > m ? z[j] : m;
     double s = 0;
-    for (int64_t j = 0; j < C; j++) s += exp((double)z[j] - m);
-    double lse = m + log(s);
-    for (int64_t j = 0; j < C; j++) dz[j] = (real)(exp((double)z[j] - lse) * scale);
+    for (int64_t j = 0; j < C; j++) { // one exp per logit: dz holds exp(z - m) meanwhile
+        const double e = exp((double)z[j] - m);
+        dz[j] = (real)e;
+        s += e;
+    }
+    for (int64_t j = 0; j < C; j++) dz[j] = (real)(dz[j] / s * scale);
     dz[label] -= (real)scale;
-    return lse - z[label];
+    return m + log(s) - z[label];
 }
 
 // P (n, out), y -> dP (n, out); returns the mean loss. Row losses go to rowloss (n)

@@ -31,15 +31,20 @@ void FN(mt_optim_update)(const mt_optim *o, real *p, real *g, real *state, int64
     const real lr = (real)o->lr, wd = (real)o->weight_decay;
     const int64_t nd = o->n_decay;
     if (o->kind == MT_OPT_SGD) {
+        // local copies: loop invariants the compiler can hoist out of the vector loop
         const real mu = (real)o->momentum;
+        const int nesterov = o->nesterov;
+        if (mu == 0) {
 #pragma omp parallel for simd schedule(static) if (n >= MT_PAR_ELEMS)
-        for (int64_t i = 0; i < n; i++) {
-            real gi = g[i] * gscale + (i < nd ? wd * p[i] : 0);
-            if (mu != 0) {
-                state[i] = mu * state[i] + gi;
-                gi = o->nesterov ? gi + mu * state[i] : state[i];
+            for (int64_t i = 0; i < n; i++) p[i] -= lr * (g[i] * gscale + (i < nd ? wd * p[i] : 0));
+        } else {
+#pragma omp parallel for simd schedule(static) if (n >= MT_PAR_ELEMS)
+            for (int64_t i = 0; i < n; i++) {
+                const real gi = g[i] * gscale + (i < nd ? wd * p[i] : 0);
+                const real buf = mu * state[i] + gi;
+                state[i] = buf;
+                p[i] -= lr * (nesterov ? gi + mu * buf : buf);
             }
-            p[i] -= lr * gi;
         }
     } else {
         const real b1 = (real)o->beta1, b2 = (real)o->beta2, eps = (real)o->eps;
