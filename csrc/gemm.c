@@ -219,9 +219,7 @@ void FN(mt_gemm)(int trans_a, int trans_b, int64_t M, int64_t N, int64_t K, cons
     const problem P = {trans_a, trans_b, M, N, K, A, B, C, accumulate, ep,
                        .pack_a = N > ker->nr,
                        .pack_b = trans_b || K > ker->kc || M > 4 * ker->mr};
-    const int par = (double)M * N * K >= GEMM_PAR_FLOPS;
-#pragma omp parallel if (par)
-    gemm_blocks(ker, &P, pack);
+    MT_PARALLEL_IF((double)M * N * K >= GEMM_PAR_FLOPS, gemm_blocks(ker, &P, pack));
 }
 
 int FN(mt_gemm_alloc)(int trans_a, int trans_b, int64_t M, int64_t N, int64_t K,

@@ -26,7 +26,7 @@ void FN(mt_act_backward)(const mt_layer *L, const real *Z, const real *A, real *
 // summed in row order, so the result does not depend on the thread count.
 static void bias_backward(const real *dZ, int64_t n, int64_t out, real *db) {
     enum { CHUNK = 256 };
-#pragma omp parallel for schedule(static) if (n * out >= MT_PAR_ELEMS)
+#pragma omp for schedule(static)
     for (int64_t j0 = 0; j0 < out; j0 += CHUNK) {
         const int64_t j1 = j0 + CHUNK < out ? j0 + CHUNK : out;
         for (int64_t j = j0; j < j1; j++) db[j] = 0;
@@ -45,7 +45,7 @@ void FN(mt_dense_backward)(const mt_layer *L, const real *params, real *grads,
                            const real *X, const real *dZ, real *dX, int64_t n,
                            const mt_layer *below, const real *Zin, real *pack) {
     const int64_t in = L->in, out = L->out;
-    bias_backward(dZ, n, out, grads + L->b_off);
+    MT_PARALLEL_IF(n * out >= MT_PAR_ELEMS, bias_backward(dZ, n, out, grads + L->b_off));
     FN(mt_gemm)(1, 0, in, out, n, X, dZ, grads + L->w_off, 0, NULL, pack);
     if (!dX) return;
     mt_epilogue ep = {.kind = MT_EP_NONE};

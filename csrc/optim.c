@@ -21,6 +21,23 @@ static double grad_sq_norm(const real *g, int64_t n) {
     return s;
 }
 
+// SGD on [lo, hi): buf = mu*buf + g + decay*p; p -= lr * (nesterov ? g + mu*buf : buf)
+// (without momentum, mu == 0: p -= lr * (g + decay*p))
+static void sgd_range(real *restrict p, const real *restrict g, real *restrict buf, int64_t lo,
+                      int64_t hi, real lr, real gscale, real decay, real mu, int nesterov) {
+    if (mu == 0) {
+#pragma omp for simd schedule(static)
+        for (int64_t i = lo; i < hi; i++) p[i] -= lr * (g[i] * gscale + decay * p[i]);
+        return;
+    }
+#pragma omp for simd schedule(static)
+    for (int64_t i = lo; i < hi; i++) {
+        const real gi = g[i] * gscale + decay * p[i];
+        buf[i] = mu * buf[i] + gi;
+        p[i] -= lr * (nesterov ? gi + mu * buf[i] : buf[i]);
+    }
+}
+
 // params (n), grads (n), state: SGD momentum buffer (n) or Adam moments m (n), v (n)
 void FN(mt_optim_update)(const mt_optim *o, real *p, real *g, real *state, int64_t n) {
     real gscale = 1;
@@ -31,28 +48,19 @@ void FN(mt_optim_update)(const mt_optim *o, real *p, real *g, real *state, int64
     const real lr = (real)o->lr, wd = (real)o->weight_decay;
     const int64_t nd = o->n_decay;
     if (o->kind == MT_OPT_SGD) {
-        // local copies: loop invariants the compiler can hoist out of the vector loop
+        // weights with L2 decay, then biases without: no test per element
         const real mu = (real)o->momentum;
-        const int nesterov = o->nesterov;
-        if (mu == 0) {
-#pragma omp parallel for simd schedule(static) if (n >= MT_PAR_ELEMS)
-            for (int64_t i = 0; i < n; i++) p[i] -= lr * (g[i] * gscale + (i < nd ? wd * p[i] : 0));
-        } else {
-#pragma omp parallel for simd schedule(static) if (n >= MT_PAR_ELEMS)
-            for (int64_t i = 0; i < n; i++) {
-                const real gi = g[i] * gscale + (i < nd ? wd * p[i] : 0);
-                const real buf = mu * state[i] + gi;
-                state[i] = buf;
-                p[i] -= lr * (nesterov ? gi + mu * buf : buf);
-            }
-        }
+        MT_PARALLEL_IF(n >= MT_PAR_ELEMS, {
+            sgd_range(p, g, state, 0, nd, lr, gscale, wd, mu, o->nesterov);
+            sgd_range(p, g, state, nd, n, lr, gscale, 0, mu, o->nesterov);
+        });
     } else {
         const real b1 = (real)o->beta1, b2 = (real)o->beta2, eps = (real)o->eps;
         const real c1 = (real)(1 - pow(o->beta1, (double)o->t));
         const real c2 = (real)sqrt(1 - pow(o->beta2, (double)o->t));
         const real l2 = o->decoupled ? 0 : wd, decay = o->decoupled ? lr * wd : 0;
         real *m = state, *v = state + n;
-#pragma omp parallel for simd schedule(static) if (n >= MT_PAR_ELEMS)
+#pragma omp parallel for simd schedule(static) if (parallel: n >= MT_PAR_ELEMS)
         for (int64_t i = 0; i < n; i++) {
             real gi = g[i] * gscale;
             if (i < nd) {
