@@ -62,11 +62,22 @@ cdef inline void *ptr(cnp.ndarray a):
     return cnp.PyArray_DATA(a)
 
 
-def _require(a, dtype, ndim, name):
-    if not isinstance(a, np.ndarray) or a.dtype != dtype or a.ndim != ndim \
-            or not a.flags.c_contiguous:
+cdef int _require(a, dtype, int ndim, str name) except -1:
+    # C-level attribute access: this runs several times per iteration
+    if not isinstance(a, cnp.ndarray) or (<cnp.ndarray>a).dtype != dtype \
+            or cnp.PyArray_NDIM(<cnp.ndarray>a) != ndim \
+            or not cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>a):
         raise TypeError(f"{name} must be a C-contiguous {ndim}-D {np.dtype(dtype).name} "
                         f"array")
+
+
+cdef bint _labels_below(const int64_t[::1] y, int64_t n_out):
+    """All labels in [0, n_out): a loop, cheaper than two NumPy reductions on a batch."""
+    cdef Py_ssize_t i
+    for i in range(y.shape[0]):
+        if y[i] < 0 or y[i] >= n_out:
+            return False
+    return True
 
 
 cdef class Net:
@@ -159,7 +170,7 @@ cdef class Net:
             raise ValueError(f"X must have {self.net.layers[0].in_} columns")
         if self.net.loss == MT_LOSS_CROSS_ENTROPY:
             _require(y, np.int64, 1, "y")
-            if y.size and (y.min() < 0 or y.max() >= self.n_out):
+            if not _labels_below(y, self.n_out):
                 raise ValueError(f"labels must lie in [0, {self.n_out})")
         else:
             _require(y, self.dtype, 2, "y")
