@@ -63,15 +63,34 @@ typedef struct {
     int pack_a, pack_b;
 } problem;
 
-// NR-column panels [q0, q1) of op(B)[k0:k0+kc, j0:j0+nc] (kc x NR each, zero-padded to NR)
+// NR-column panel q of op(B)[k0:k0+kc, j0:j0+nc] (kc x NR, zero-padded to NR). With
+// ep->b_sums, adds the panel's column sums to them, in k order, while it is in L1.
 static void pack_b(const FN(mt_kernel) *ker, const problem *P, int64_t j0, int64_t nc,
-                   int64_t k0, int64_t kc, int64_t q0, int64_t q1, real *Bp) {
+                   int64_t k0, int64_t kc, int64_t q, real *Bp) {
     const int nr = ker->nr;
     // op(B)(k, j) = B[k*rs + j*cs]
     const int64_t rs = P->trans_b ? 1 : P->N, cs = P->trans_b ? P->K : 1;
-    for (int64_t q = q0; q < q1; q++) {
-        const int64_t j = j0 + q * nr;
-        ker->pack_b(P->B + k0 * rs + j * cs, rs, cs, min64(nr, j0 + nc - j), kc, Bp + q * kc * nr);
+    const int64_t j = j0 + q * nr, w = min64(nr, j0 + nc - j);
+    real *panel = Bp + q * kc * nr;
+    ker->pack_b(P->B + k0 * rs + j * cs, rs, cs, w, kc, panel);
+    if (P->ep && P->ep->b_sums) {
+        real *sums = (real *)P->ep->b_sums + j;
+        if (k0 == 0)
+            for (int64_t c = 0; c < w; c++) sums[c] = 0;
+        for (int64_t k = 0; k < kc; k++)
+            for (int64_t c = 0; c < w; c++) sums[c] += panel[k * nr + c];
+    }
+}
+
+// sums (N) = Σ_k B[k, :] for a B read in place, in k order; threads split the columns
+static void column_sums(const real *B, int64_t K, int64_t N, real *sums) {
+    enum { CHUNK = 256 };
+#pragma omp for schedule(static)
+    for (int64_t j0 = 0; j0 < N; j0 += CHUNK) {
+        const int64_t j1 = min64(N, j0 + CHUNK);
+        for (int64_t j = j0; j < j1; j++) sums[j] = 0;
+        for (int64_t k = 0; k < K; k++)
+            for (int64_t j = j0; j < j1; j++) sums[j] += B[k * N + j];
     }
 }
 
@@ -177,7 +196,7 @@ static void gemm_blocks(const FN(mt_kernel) *ker, const problem *P, real *pack) 
             const int64_t kc = min64(KC, K - pc);
             if (P->pack_b) {
 #pragma omp for schedule(static)
-                for (int64_t q = 0; q < cols; q++) pack_b(ker, P, jc, nc, pc, kc, q, q + 1, Bp);
+                for (int64_t q = 0; q < cols; q++) pack_b(ker, P, jc, nc, pc, kc, q, Bp);
             }
             for (int64_t ic = 0; ic < M; ic += MC) {
                 const int64_t mc = min64(MC, M - ic), rows = (mc + mr - 1) / mr;
@@ -223,6 +242,8 @@ void FN(mt_gemm)(int trans_a, int trans_b, int64_t M, int64_t N, int64_t K, cons
                        .pack_a = N > ker->nr && (trans_a || a_aliases),
                        .pack_b = trans_b || K > ker->kc || M > 4 * ker->mr};
     MT_PARALLEL_IF((double)M * N * K >= GEMM_PAR_FLOPS, gemm_blocks(ker, &P, pack));
+    if (ep && ep->b_sums && !P.pack_b)
+        MT_PARALLEL_IF(K * N >= MT_PAR_ELEMS, column_sums(B, K, N, ep->b_sums));
 }
 
 int FN(mt_gemm_alloc)(int trans_a, int trans_b, int64_t M, int64_t N, int64_t K,

@@ -19,6 +19,8 @@ typedef struct {
     const void *bias; // FORWARD: (N,), or NULL
     void *out;        // FORWARD: (M, N) like C; == C for the identity
     const void *z, *a; // DACT: (M, N) like C
+    void *b_sums;      // or NULL: (N,) = Σ_k op(B)(k, :) in k order (the bias gradient
+                       // when B = dZ), summed while op(B) is packed
 } mt_epilogue;
 
 // The epilogues a micro-kernel applies in vector registers; the others (transcendental

@@ -22,22 +22,6 @@ void FN(mt_act_backward)(const mt_layer *L, const real *Z, const real *A, real *
     for (int64_t i = 0; i < len; i++) dA[i] *= act_derivative(L->act, alpha, Z[i], A[i]);
 }
 
-// dZ (n, out) -> db (out) = Σ_rows dZ. Threads split the columns and each column is
-// summed in row order, so the result does not depend on the thread count.
-static void bias_backward(const real *dZ, int64_t n, int64_t out, real *db) {
-    enum { CHUNK = 256 };
-#pragma omp for schedule(static)
-    for (int64_t j0 = 0; j0 < out; j0 += CHUNK) {
-        const int64_t j1 = j0 + CHUNK < out ? j0 + CHUNK : out;
-        for (int64_t j = j0; j < j1; j++) db[j] = 0;
-        for (int64_t i = 0; i < n; i++) {
-            const real *row = dZ + i * out;
-#pragma omp simd
-            for (int64_t j = j0; j < j1; j++) db[j] += row[j];
-        }
-    }
-}
-
 // dZ (n, out) -> dW (in, out) = Xᵀ dZ; db (out) = Σ_rows dZ; unless dX is NULL,
 // dX (n, in) = (dZ Wᵀ) ⊙ act'(Zin): the dZ of the layer `below` whose output X = act(Zin)
 // is this layer's input (below == NULL: X is the data, or reached without activation)
@@ -45,8 +29,9 @@ void FN(mt_dense_backward)(const mt_layer *L, const real *params, real *grads,
                            const real *X, const real *dZ, real *dX, int64_t n,
                            const mt_layer *below, const real *Zin, real *pack) {
     const int64_t in = L->in, out = L->out;
-    MT_PARALLEL_IF(n * out >= MT_PAR_ELEMS, bias_backward(dZ, n, out, grads + L->b_off));
-    FN(mt_gemm)(1, 0, in, out, n, X, dZ, grads + L->w_off, 0, NULL, pack);
+    // the GEMM sums dZ's columns into db while it packs dZ: one pass over dZ for both
+    const mt_epilogue sums = {.kind = MT_EP_NONE, .b_sums = grads + L->b_off};
+    FN(mt_gemm)(1, 0, in, out, n, X, dZ, grads + L->w_off, 0, &sums, pack);
     if (!dX) return;
     mt_epilogue ep = {.kind = MT_EP_NONE};
     if (below && below->act != MT_ACT_IDENTITY)
