@@ -178,16 +178,17 @@ static void run_tiles(const FN(mt_kernel) *ker, const problem *P, int64_t ic, in
     }
 }
 
-// The five loops, run by each thread of the team. Threads share the packed B block.
-// When the A block has enough row panels each thread packs and computes its own rows
-// of it: one barrier per B block. Otherwise they split the columns and share the
-// packed A block too, with a barrier around each.
+// The five loops, run by each thread of the team. Threads share the packed B block and
+// split each block of C by row panels or by column panels, whichever balances better.
+// By rows, each thread packs and computes its own rows of the A block: one barrier per
+// B block. By columns, they share the packed A block too, with a barrier around each.
 static void gemm_blocks(const FN(mt_kernel) *ker, const problem *P, real *pack) {
     const int64_t M = P->M, N = P->N, K = P->K;
     const int64_t KC = ker->kc, MC = ker->mc, NC = ker->nc;
     const int mr = ker->mr, nr = ker->nr;
     const int64_t t = omp_get_thread_num(), T = omp_get_num_threads();
-    const int split_rows = (min64(MC, M) + mr - 1) / mr >= 2 * T;
+    const int64_t rows0 = (min64(MC, M) + mr - 1) / mr, cols0 = (min64(NC, N) + nr - 1) / nr;
+    const int split_rows = (rows0 + T - 1) / T * cols0 <= (cols0 + T - 1) / T * rows0;
     real *Bp = pack, *Ap = pack + b_block_elems(min64(KC, K), min64(NC, round_up(N, nr)));
     for (int64_t jc = 0; jc < N; jc += NC) {
         const int64_t nc = min64(NC, N - jc), cols = (nc + nr - 1) / nr;
