@@ -44,6 +44,6 @@ typedef __mmask16 vmask;
 
 #include "gemm_kernel.h"
 
-// KC: a KC x NR micro-panel of B (32 KB) stays in L1 while MC/MR panels of A stream past
-KERNEL_DESCRIPTOR(avx512, 256, 144, MT_DOUBLE ? 512 : 1024);
+// KC: fewer passes over C pay more than keeping the whole KC x NR micro-panel of B in L1
+KERNEL_DESCRIPTOR(avx512, 512, 144, MT_DOUBLE ? 512 : 1024);
 #endif

@@ -11,7 +11,7 @@ ISAS = _core.available_isas()
 DTYPES = [np.float32, np.float64]
 TRANSPOSES = [(False, False), (True, False), (False, True), (True, True)]
 # (M, N, K): ones, batch 1, odd sizes, and sizes past every register tile (MR 12/6,
-# NR 32/16/8/4) and cache block (KC 256, MC 144, NC 512/1024) without being multiples
+# NR 32/16/8/4) and cache block (KC 256/512, MC 144, NC 512/1024) without being multiples
 SHAPES = [(1, 1, 1), (7, 17, 1), (1, 1023, 7), (17, 7, 255), (255, 17, 1023),
           (1023, 33, 17), (145, 1025, 257), (10, 128, 32), (128, 10, 32), (32, 128, 10)]
 
