@@ -234,14 +234,15 @@ void FN(mt_gemm)(int trans_a, int trans_b, int64_t M, int64_t N, int64_t K, cons
                  const real *B, real *C, int accumulate, const mt_epilogue *ep, real *pack) {
     if (M <= 0 || N <= 0) return;
     const FN(mt_kernel) *ker = kernel_for(mt_isa_active);
-    // B is packed to transpose it, or when its panels are reused by enough row tiles.
+    // B is packed to transpose it, or when more than one block of A rows reads it: one
+    // block reads each row of B once, as well in place as from a packed copy.
     // A is packed to transpose it when reused by more than one column panel; rows of a
     // row-major A are read in place unless they are 4 KB apart (then the MR rows a tile
     // reads compete for one L1 set).
     const int a_aliases = (K * (int64_t)sizeof(real)) % 4096 == 0;
     const problem P = {trans_a, trans_b, M, N, K, A, B, C, accumulate, ep,
                        .pack_a = N > ker->nr && (trans_a || a_aliases),
-                       .pack_b = trans_b || K > ker->kc || M > 4 * ker->mr};
+                       .pack_b = trans_b || M > ker->mc};
     MT_PARALLEL_IF((double)M * N * K >= GEMM_PAR_FLOPS, gemm_blocks(ker, &P, pack));
     if (ep && ep->b_sums && !P.pack_b)
         MT_PARALLEL_IF(K * N >= MT_PAR_ELEMS, column_sums(B, K, N, ep->b_sums));
