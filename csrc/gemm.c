@@ -10,13 +10,12 @@
 // Threads split the tiles of each block (and the packing), never k: every element of C
 // is reduced over k in increasing order by exactly one thread, with a blocking that does
 // not depend on the thread count, so results are bit-identical on any number of threads.
-// Operands that are small or already laid out well are read in place (no packing).
+// Operands that gain nothing from a packed copy are read in place (see mt_gemm).
 #define MT_REAL_SOURCE
 #include "gemm.h"
 #include "activation.h"
 #include <omp.h>
 #include <stdlib.h>
-#include <string.h>
 
 // Below this many multiply-adds a GEMM stays on one thread: the fork and the barriers
 // cost more than the second thread saves.
@@ -33,8 +32,6 @@ static const FN(mt_kernel) *kernel_for(int isa) {
     (void)isa;
     return &FN(mt_kernel_generic);
 }
-
-const char *FN(mt_gemm_kernel_name)(int isa) { return kernel_for(isa)->name; }
 
 // elements of the packed B block, rounded so that the A block after it stays aligned
 static size_t b_block_elems(int64_t kc, int64_t nc) {
@@ -119,7 +116,6 @@ static void tile_epilogue(const FN(mt_tile) *t) {
         }
     }
 }
-
 
 // The tiles in row panels [p0, p1) and column panels [q0, q1) of the block
 // C[ic:ic+mc, jc:jc+nc], column panel by column panel so that a B micro-panel stays in L1

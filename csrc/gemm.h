@@ -60,7 +60,6 @@ typedef void (*FN(mt_pack_fn))(const real *src, int64_t rs, int64_t cs, int64_t 
 
 // A micro-kernel and the blocking that fits it to the caches.
 typedef struct {
-    const char *name;
     int mr, nr, vl;            // register tile, lanes per vector
     int64_t kc, mc, nc;        // k block (B micro-panel in L1), A block rows (L2), B block columns
     FN(mt_kernel_fn) packed;   // both operands packed

@@ -164,6 +164,6 @@ static void pack_b_panel(const real *src, int64_t rs, int64_t cs, int64_t w, int
 // the descriptor FN(mt_kernel_<isa>) of these functions, with their cache blocking
 #define KERNEL_DESCRIPTOR(isa, KC, MC, NC)                                                 \
     const FN(mt_kernel) FN(mt_kernel_##isa) = {                                            \
-        .name = #isa, .mr = MR, .nr = NR, .vl = VL, .kc = KC, .mc = MC, .nc = NC,          \
+        .mr = MR, .nr = NR, .vl = VL, .kc = KC, .mc = MC, .nc = NC,                        \
         .packed = kernel_packed, .strided = kernel_strided, .narrow = kernel_narrow,       \
         .pack_a = pack_a_panel, .pack_b = pack_b_panel}
