@@ -41,17 +41,16 @@ class NumpyNet:
         self.opt = None
         self.X = self.y = None
         # below the first layer with parameters no gradient is needed
-        kinds = [L["kind"] for L in self.layers]
-        self._first = next(l for l, k in enumerate(kinds) if k in ("dense", "batchnorm"))
+        self._first = next((l for l, L in enumerate(self.layers)
+                            if L["kind"] in ("dense", "batchnorm")), len(self.layers) - 1)
 
     @staticmethod
     def _pair(flat, L):
-        """Views of a layer's two parameter blocks: (W, b) or (gamma, beta)."""
-        n_in, n_out, w = L["in"], L["out"], L["w_off"]
-        size = n_in * n_out if L["kind"] == "dense" else n_out
-        first = flat[w:w + size]
-        return first.reshape(n_in, n_out) if L["kind"] == "dense" else first, \
-            flat[L["b_off"]:L["b_off"] + n_out]
+        """A layer's two blocks of `flat`: (W, b) for dense, (gamma, beta) for batchnorm."""
+        w, b, n_in, n_out = L["w_off"], L["b_off"], L["in"], L["out"]
+        if L["kind"] == "dense":
+            return flat[w:w + n_in * n_out].reshape(n_in, n_out), flat[b:b + n_out]
+        return flat[w:w + n_out], flat[b:b + n_out]
 
     def _running(self, L):
         s, c = L["s_off"], L["out"]
@@ -81,7 +80,7 @@ class NumpyNet:
                 X = F.activation_forward(L["act"], L["act_param"], keep)
             elif kind == "activation":
                 X = F.activation_forward(L["act"], L["act_param"], X)
-            elif kind == "dropout" and training:
+            elif kind == "dropout" and training:  # in inference, the identity
                 keep = F.dropout_mask(self.seed, iteration, l, X.shape, L["rate"], self.dtype)
                 X = X * keep
             elif kind == "batchnorm":
