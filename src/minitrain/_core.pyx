@@ -80,7 +80,7 @@ cdef _set_layer(mt_layer *L, int l, spec, int64_t n_params, int64_t n_buffers):
     L.rate, L.momentum, L.eps = spec.get("rate", 0), spec.get("momentum", 0), spec.get("eps", 0)
     if L.in_ < 1 or L.out < 1 or (L.kind != MT_LAYER_DENSE and L.in_ != L.out):
         raise ValueError(f"layer {l}: bad widths {L.in_} -> {L.out}")
-    if not 0 <= L.act <= MT_ACT_GELU:
+    if not 0 <= L.act <= MT_ACT_GELU:  # the last mt_act
         raise ValueError(f"layer {l}: unknown activation code {L.act}")
     if L.kind == MT_LAYER_DENSE:
         _inside(f"layer {l} W", L.w_off, L.in_ * L.out, n_params)

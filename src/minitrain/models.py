@@ -312,10 +312,11 @@ class Sequential:
 
     def summary(self):
         """A table of the layers and their parameter counts."""
-        rows = [f"{'layer':<28}{'output':>10}{'params':>12}"]
+        width = max([28] + [len(repr(layer)) + 2 for layer in self.layers])
+        rows = [f"{'layer':<{width}}{'output':>10}{'params':>12}"]
         for layer in self.layers:
             n = layer.n_params if layer.n_in else "?"
-            rows.append(f"{layer!r:<28}{layer.units or '?':>10}{n:>12}")
+            rows.append(f"{layer!r:<{width}}{layer.units or '?':>10}{n:>12}")
         if self.built:
             rows.append(f"total parameters: {self.params_flat.size}")
         return "\n".join(rows)
