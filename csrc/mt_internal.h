@@ -17,7 +17,7 @@
                        const real *A, const real *B, real *C, int accumulate);             \
     size_t mt_workspace_bytes_##sfx(const mt_net *net, int64_t max_batch);                 \
     int mt_step_##sfx(mt_net *net, const real *X, const void *y, const int64_t *idx,       \
-                      int64_t n, const mt_optim *opt, double *loss);                       \
+                      int64_t n, int64_t iteration, const mt_optim *opt, double *loss);    \
     int mt_forward_##sfx(mt_net *net, const real *X, const int64_t *idx, int64_t n,        \
                          real *out);
 
@@ -39,6 +39,24 @@ void FN(mt_dense_forward)(const mt_layer *L, const real *params, const real *X, 
 void FN(mt_dense_backward)(const mt_layer *L, const real *params, real *grads,
                            const real *X, const real *Z, const real *A, real *dA,
                            real *dX, int64_t n);
+void FN(mt_activation_forward)(const mt_layer *L, const real *X, real *Y, int64_t n);
+void FN(mt_activation_backward)(const mt_layer *L, const real *X, const real *Y,
+                                const real *dY, real *dX, int64_t n);
+// dropout.c
+void FN(mt_dropout_forward)(const mt_layer *L, uint64_t seed, int64_t iteration, int layer,
+                            const real *X, real *M, real *Y, int64_t n);
+void FN(mt_dropout_backward)(const mt_layer *L, const real *M, const real *dY, real *dX,
+                             int64_t n);
+// batchnorm.c
+void FN(mt_batchnorm_forward)(const mt_layer *L, const real *params, const real *X,
+                              real *Xhat, real *stats, real *Y, int64_t n);
+void FN(mt_batchnorm_inference)(const mt_layer *L, const real *params, const real *buffers,
+                                const real *X, real *Y, int64_t n);
+void FN(mt_batchnorm_backward)(const mt_layer *L, const real *params, real *grads,
+                               const real *Xhat, const real *stats, const real *dY,
+                               real *dX, int64_t n);
+void FN(mt_batchnorm_update_running)(const mt_layer *L, const real *stats, real *buffers,
+                                     int64_t n);
 // loss.c
 double FN(mt_loss_forward_backward)(int loss, const real *P, const void *y,
                                     const int64_t *idx, real *dP, int64_t n, int64_t out,

@@ -12,9 +12,9 @@ class RecordingNet:
     def __init__(self, net):
         self.net, self.batches = net, []
 
-    def step_rows(self, idx, start, stop, lr, t, update=True):
+    def step_rows(self, idx, start, stop, *args, **kwargs):
         self.batches.append(idx[start:stop].copy())
-        return self.net.step_rows(idx, start, stop, lr, t, update)
+        return self.net.step_rows(idx, start, stop, *args, **kwargs)
 
     def __getattr__(self, name):
         return getattr(self.net, name)

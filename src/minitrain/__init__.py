@@ -9,13 +9,13 @@
 from .backends import get_num_threads, set_num_threads
 from .datasets import load_digits, train_test_split
 from .history import History
-from .layers import Dense, Layer
+from .layers import Activation, BatchNorm, Dense, Dropout, Layer
 from .models import Sequential
 from .optimizers import SGD, Adam, AdamW, Optimizer
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Adam", "AdamW", "Dense", "History", "Layer", "Optimizer", "SGD", "Sequential",
-    "get_num_threads", "load_digits", "set_num_threads", "train_test_split",
+    "Activation", "Adam", "AdamW", "BatchNorm", "Dense", "Dropout", "History", "Layer",
+    "Optimizer", "SGD", "Sequential", "get_num_threads", "load_digits", "set_num_threads", "train_test_split",
 ]

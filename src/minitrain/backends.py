@@ -22,22 +22,39 @@ except ImportError:  # the extension was not built: the NumPy backend still work
 BACKENDS = ("c", "numpy")
 
 
+_KIND = {v: k for k, v in F.LAYER_KINDS.items()}
+_ACT = {v: k for k, v in F.ACTIVATIONS.items()}
+
+
 class NumpyNet:
     """The C core's iteration written with NumPy."""
 
-    def __init__(self, dtype, loss, layers, params, grads, state):
+    def __init__(self, dtype, loss, layers, params, grads, state, buffers=None, seed=0):
         self.dtype = np.dtype(dtype)
         self.loss = {v: k for k, v in F.LOSSES.items()}[loss]
-        acts = {v: k for k, v in F.ACTIVATIONS.items()}
-        self.layers = [(acts[a], alpha, n_in, n_out, w, b) for a, alpha, n_in, n_out, w, b in layers]
+        # the mt_layer fields, with the kind and activation as names
+        self.layers = [{**spec, "kind": _KIND[spec["kind"]], "act": _ACT[spec.get("act", 0)]}
+                       for spec in layers]
         self.params, self.grads, self.state = params, grads, state
+        self.buffers, self.seed = buffers, seed
         self.max_batch = 0
         self.opt = None
         self.X = self.y = None
+        # below the first layer with parameters no gradient is needed
+        self._first = next((l for l, L in enumerate(self.layers)
+                            if L["kind"] in ("dense", "batchnorm")), len(self.layers) - 1)
 
-    def _views(self, flat, layer):
-        _, _, n_in, n_out, w, b = layer
-        return flat[w:w + n_in * n_out].reshape(n_in, n_out), flat[b:b + n_out]
+    @staticmethod
+    def _pair(flat, L):
+        """A layer's two blocks of `flat`: (W, b) for dense, (gamma, beta) for batchnorm."""
+        w, b, n_in, n_out = L["w_off"], L["b_off"], L["in"], L["out"]
+        if L["kind"] == "dense":
+            return flat[w:w + n_in * n_out].reshape(n_in, n_out), flat[b:b + n_out]
+        return flat[w:w + n_out], flat[b:b + n_out]
+
+    def _running(self, L):
+        s, c = L["s_off"], L["out"]
+        return self.buffers[s:s + c], self.buffers[s + c:s + 2 * c]
 
     def reserve(self, max_batch):
         self.max_batch = max(self.max_batch, max_batch)
@@ -52,42 +69,73 @@ class NumpyNet:
     def set_data(self, X, y):
         self.X, self.y = X, y
 
-    def _forward(self, X):
-        zs, acts = [], [X]
-        for layer in self.layers:
-            act, alpha, *_ = layer
-            W, b = self._views(self.params, layer)
-            z = X @ W + b
-            X = F.activation_forward(act, alpha, z)
-            zs.append(z)
-            acts.append(X)
-        return zs, acts
+    def _forward(self, X, training, iteration=0):
+        """Outputs of every layer (X first) and what each keeps for backward."""
+        outs, kept = [X], []
+        for l, L in enumerate(self.layers):
+            kind, keep = L["kind"], None
+            if kind == "dense":
+                W, b = self._pair(self.params, L)
+                keep = X @ W + b
+                X = F.activation_forward(L["act"], L["act_param"], keep)
+            elif kind == "activation":
+                X = F.activation_forward(L["act"], L["act_param"], X)
+            elif kind == "dropout" and training:  # in inference, the identity
+                keep = F.dropout_mask(self.seed, iteration, l, X.shape, L["rate"], self.dtype)
+                X = X * keep
+            elif kind == "batchnorm":
+                gamma, beta = self._pair(self.params, L)
+                if training:
+                    X, *keep = F.batchnorm_forward(X, gamma, beta, L["eps"])
+                else:
+                    X = F.batchnorm_inference(X, gamma, beta, *self._running(L), L["eps"])
+            outs.append(X)
+            kept.append(keep)
+        return outs, kept
 
     def forward(self, X, out):
-        out[...] = self._forward(X)[1][-1]
+        out[...] = self._forward(X, training=False)[0][-1]
 
-    def step_rows(self, idx, start, stop, lr, t, update=True):
+    def step_rows(self, idx, start, stop, lr, t, update=True, iteration=0):
         rows = idx[start:stop]
-        return self.step(self.X[rows], self.y[rows], lr, t, update)
+        return self.step(self.X[rows], self.y[rows], lr, t, update, iteration)
 
-    def step(self, X, y, lr=0.0, t=0, update=True):
-        zs, acts = self._forward(X)
-        loss = F.loss_value(self.loss, acts[-1], y)
+    def step(self, X, y, lr=0.0, t=0, update=True, iteration=0):
+        outs, kept = self._forward(X, training=True, iteration=iteration)
+        loss = F.loss_value(self.loss, outs[-1], y)
         if not np.isfinite(loss):
             raise FloatingPointError(f"the loss is not finite ({loss})")
-        d = F.loss_gradient(self.loss, acts[-1], y)
-        for l in range(len(self.layers) - 1, -1, -1):
-            act, alpha, *_ = self.layers[l]
-            d = d * F.activation_derivative(act, alpha, zs[l], acts[l + 1])
-            W, _ = self._views(self.params, self.layers[l])
-            dW, db = self._views(self.grads, self.layers[l])
-            db[...] = d.sum(axis=0)
-            dW[...] = acts[l].T @ d
-            if l > 0:
-                d = d @ W.T
+        d = F.loss_gradient(self.loss, outs[-1], y)
+        for l in range(len(self.layers) - 1, self._first - 1, -1):
+            d = self._backward(l, outs[l], outs[l + 1], kept[l], d, l > self._first)
         if update:
             self._update(lr, t)
+            for L, keep in zip(self.layers, kept):
+                if L["kind"] == "batchnorm":
+                    F.batchnorm_update_running(*self._running(L), keep[1], L["momentum"],
+                                               len(X))
         return loss
+
+    def _backward(self, l, x, a, keep, d, need_dx):
+        """Layer l's parameter gradients from d = dloss/da; returns dloss/dx (or None)."""
+        L = self.layers[l]
+        kind = L["kind"]
+        if kind == "dense":
+            d = d * F.activation_derivative(L["act"], L["act_param"], keep, a)
+            W, _ = self._pair(self.params, L)
+            dW, db = self._pair(self.grads, L)
+            db[...] = d.sum(axis=0)
+            dW[...] = x.T @ d
+            return d @ W.T if need_dx else None
+        if kind == "activation":
+            return d * F.activation_derivative(L["act"], L["act_param"], x, a)
+        if kind == "dropout":
+            return d * keep
+        gamma, _ = self._pair(self.params, L)
+        dgamma, dbeta = self._pair(self.grads, L)
+        xhat, stats = keep
+        dgamma[...], dbeta[...], dx = F.batchnorm_backward(d, xhat, gamma, stats[2])
+        return dx
 
     def _update(self, lr, t):
         o, p, g = self.opt, self.params, self.grads

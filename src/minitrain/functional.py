@@ -11,6 +11,7 @@ import numpy as np
 ACTIVATIONS = {"identity": 0, "relu": 1, "leaky_relu": 2, "tanh": 3, "sigmoid": 4, "gelu": 5}
 ACTIVATION_ALIASES = {None: "identity", "linear": "identity", "logistic": "sigmoid"}
 LOSSES = {"cross_entropy": 0, "mse": 1, "binary_cross_entropy": 2}
+LAYER_KINDS = {"dense": 0, "dropout": 1, "batchnorm": 2, "activation": 3}
 LOSS_ALIASES = {
     "categorical_crossentropy": "cross_entropy",
     "sparse_categorical_crossentropy": "cross_entropy",
@@ -107,3 +108,75 @@ def output_transform(loss, p):
     if loss == "binary_cross_entropy":
         return sigmoid(p)
     return p
+
+
+# ------------------------------------------------------------------ dropout
+_U64 = np.uint64
+_GOLDEN = 0x9E3779B97F4A7C15  # splitmix64's increment: 2^64 / golden ratio
+
+
+def _mix64(z):
+    """splitmix64's output function on a uint64 array (wrapping arithmetic)."""
+    z = (z ^ (z >> _U64(30))) * _U64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> _U64(27))) * _U64(0x94D049BB133111EB)
+    return z ^ (z >> _U64(31))
+
+
+def _word(v):
+    """v modulo 2**64 as a one-element uint64 array: array arithmetic wraps silently,
+    as C's does, where NumPy scalars would warn."""
+    return np.array([v % 2**64], dtype=_U64)
+
+
+def dropout_mask(seed, iteration, layer, shape, rate, dtype):
+    """The C core's dropout mask: 0 or ``1/(1-rate)`` for each element of `shape`.
+
+    Element ``e`` (row-major) is the ``e``-th output of the splitmix64 stream keyed by
+    (seed, iteration, layer) and is dropped when its top 53 bits fall below
+    ``rate * 2**53``: a counter-based draw, independent of how the work is split.
+    """
+    key = _mix64(_mix64(_mix64(_word(seed)) + _word(iteration)) + _word(layer))
+    e = np.arange(1, math.prod(shape) + 1, dtype=_U64)
+    u = _mix64(key + e * _U64(_GOLDEN))
+    keep = (u >> _U64(11)) >= _U64(int(rate * 2.0**53))
+    dtype = np.dtype(dtype)
+    return np.where(keep, dtype.type(1 / (1 - rate)), dtype.type(0)).reshape(shape)
+
+
+# --------------------------------------------------------------- batch norm
+def batchnorm_forward(x, gamma, beta, eps):
+    """Training mode over the rows of x (n, c): returns y, the normalised x and the
+    batch (mean, biased variance, 1/sqrt(var + eps)), each in x's dtype."""
+    x64 = x.astype(np.float64)
+    mean = x64.mean(axis=0)
+    var = ((x64 - mean) ** 2).mean(axis=0)
+    t = x.dtype
+    stats = (mean.astype(t), var.astype(t), (1 / np.sqrt(var + eps)).astype(t))
+    xhat = (x - stats[0]) * stats[2]
+    return gamma * xhat + beta, xhat, stats
+
+
+def batchnorm_inference(x, gamma, beta, running_mean, running_var, eps):
+    """Inference mode: normalise x (n, c) with the running statistics."""
+    invstd = (1 / np.sqrt(running_var.astype(np.float64) + eps)).astype(x.dtype)
+    return gamma * ((x - running_mean) * invstd) + beta
+
+
+def batchnorm_backward(dy, xhat, gamma, invstd):
+    """Gradients (dgamma, dbeta, dx) of a training-mode batch norm from dy (n, c)."""
+    dy64 = dy.astype(np.float64)
+    dbeta = dy64.sum(axis=0)
+    dgamma = (dy64 * xhat).sum(axis=0)
+    n = len(dy)
+    k = gamma.astype(np.float64) * invstd / n
+    dx = k * (n * dy64 - dbeta - xhat * dgamma)
+    return dgamma.astype(dy.dtype), dbeta.astype(dy.dtype), dx.astype(dy.dtype)
+
+
+def batchnorm_update_running(running_mean, running_var, stats, momentum, n):
+    """running = momentum*running + (1-momentum)*batch, in place; the batch variance
+    enters unbiased (times n/(n-1)), as in PyTorch."""
+    mean, var = (s.astype(np.float64) for s in stats[:2])
+    unbias = n / (n - 1) if n > 1 else 1.0
+    running_mean[...] = momentum * running_mean.astype(np.float64) + (1 - momentum) * mean
+    running_var[...] = momentum * running_var.astype(np.float64) + (1 - momentum) * var * unbias

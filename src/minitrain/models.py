@@ -54,6 +54,11 @@ class Sequential:
     params_flat, grads_flat, state_flat : numpy.ndarray
         All parameters, their gradients and the optimizer state, each one flat array;
         every layer's ``W`` and ``b`` are views into ``params_flat``.
+    buffers_flat : numpy.ndarray
+        Non-trainable state, one flat array: the BatchNorm running statistics.
+    dropout_seed : int
+        Keys the dropout masks with the iteration: `seed`, or drawn from the generator
+        when `seed` is None.
     epoch, iteration : int
         Epochs and iterations trained so far.
     """
@@ -105,7 +110,7 @@ class Sequential:
         if allowed and out_act not in allowed:
             raise ValueError(f"the last layer of a {self.loss} model must output logits "
                              f"(activation {' or '.join(map(repr, allowed))}), got {out_act!r}")
-        if any(l.activation == "softmax" for l in self.layers[:-1]) or (
+        if any(isinstance(l, Dense) and l.activation == "softmax" for l in self.layers[:-1]) or (
                 out_act == "softmax" and self.loss != "cross_entropy"):
             raise ValueError("softmax is only supported on the last layer with cross_entropy")
 
@@ -116,29 +121,31 @@ class Sequential:
         width = n_features
         for layer in self.layers:
             width = layer.build(width)
-        # weights first, then biases: weight decay applies to params_flat[:n_decay]
+        # weights first, then biases, gammas and betas: weight decay applies to
+        # params_flat[:n_decay]
         n_weights = sum(l.n_weights for l in self.layers)
-        n_params = n_weights + sum(l.units for l in self.layers)
+        n_params = sum(l.n_params for l in self.layers)
         self.params_flat = np.zeros(n_params, dtype=self.dtype)
         self.grads_flat = np.zeros(n_params, dtype=self.dtype)
         self.state_flat = np.zeros(2 * n_params, dtype=self.dtype)
+        self.buffers_flat = np.zeros(sum(l.n_buffers for l in self.layers), dtype=self.dtype)
         self._n_decay = n_weights
-        spec, w_off, b_off = [], 0, n_weights
+        spec, w_off, p_off, s_off = [], 0, n_weights, 0
         for layer in self.layers:
-            layer.W = self.params_flat[w_off:w_off + layer.n_weights].reshape(layer.n_in, layer.units)
-            layer.b = self.params_flat[b_off:b_off + layer.units]
-            limit = layer.init_limit()
-            layer.W[...] = self.rng.uniform(-limit, limit, size=layer.W.shape)
-            # a softmax / sigmoid output is fused into its loss, which takes logits
-            act = "identity" if layer is self.layers[-1] and layer.activation == \
-                _FUSED_OUTPUT.get(self.loss) else layer.activation
-            spec.append((F.ACTIVATIONS[act], layer.negative_slope, layer.n_in, layer.units,
-                         w_off, b_off))
+            spec.append(layer.bind(self.params_flat, w_off, p_off, self.buffers_flat, s_off,
+                                   self.rng))
             w_off += layer.n_weights
-            b_off += layer.units
+            p_off += layer.n_params - layer.n_weights
+            s_off += layer.n_buffers
+        # a softmax / sigmoid output is fused into its loss, which takes logits
+        if self.layers[-1].activation == _FUSED_OUTPUT.get(self.loss):
+            spec[-1]["act"] = F.ACTIVATIONS["identity"]
+        self.dropout_seed = self.seed if self.seed is not None else int(
+            self.rng.integers(2**63))
         self.n_features_in_ = n_features
         self._net = make_net(self.backend, self.dtype, F.LOSSES[self.loss], spec,
-                             self.params_flat, self.grads_flat, self.state_flat)
+                             self.params_flat, self.grads_flat, self.state_flat,
+                             self.buffers_flat, self.dropout_seed)
         self._net_optimizer = None
         return self
 
@@ -216,7 +223,8 @@ class Sequential:
                 start = it * batch_size
                 try:
                     losses[it] = net.step_rows(order, start, min(start + batch_size, n),
-                                               opt.lr, opt.iterations + 1)
+                                               opt.lr, opt.iterations + 1,
+                                               iteration=self.iteration)
                 except FloatingPointError as err:
                     raise FloatingPointError(
                         f"training diverged at epoch {self.epoch + 1}, iteration {it + 1} "
@@ -245,18 +253,19 @@ class Sequential:
             self.build(X.shape[1])
         opt = self._use_optimizer(optimizer)
         self._net.reserve(X.shape[0])
-        loss = self._net.step(X, y, opt.lr, opt.iterations + 1)
+        loss = self._net.step(X, y, opt.lr, opt.iterations + 1, iteration=self.iteration)
         opt.iterations += 1
         self.iteration += 1
         return loss
 
     def loss_and_gradient(self, X, y):
         """The mean loss on X, y and its gradient (a copy, laid out like ``params_flat``),
-        without updating anything."""
+        without updating anything. Training mode: dropout draws the masks of the next
+        iteration, batch norm uses the batch statistics."""
         X, y = self._check_xy(X, y)
         self._require_built()
         self._net.reserve(X.shape[0])
-        loss = self._net.step(X, y, 0.0, 0, False)
+        loss = self._net.step(X, y, 0.0, 0, False, iteration=self.iteration)
         return loss, self.grads_flat.copy()
 
     # ---------------------------------------------------------------- inference
@@ -307,10 +316,11 @@ class Sequential:
 
     def summary(self):
         """A table of the layers and their parameter counts."""
-        rows = [f"{'layer':<28}{'output':>10}{'params':>12}"]
+        width = max([28] + [len(repr(layer)) + 2 for layer in self.layers])
+        rows = [f"{'layer':<{width}}{'output':>10}{'params':>12}"]
         for layer in self.layers:
-            n = (layer.n_weights + layer.units) if layer.n_in else "?"
-            rows.append(f"{layer!r:<28}{layer.units:>10}{n:>12}")
+            n = layer.n_params if layer.n_in else "?"
+            rows.append(f"{layer!r:<{width}}{layer.units or '?':>10}{n:>12}")
         if self.built:
             rows.append(f"total parameters: {self.params_flat.size}")
         return "\n".join(rows)
