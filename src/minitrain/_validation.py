@@ -1,6 +1,7 @@
 """Input checks shared by the models and fronts. Every error names the argument."""
 
 import numbers
+import warnings
 
 import numpy as np
 
@@ -48,6 +49,11 @@ def check_X(X, dtype, n_features=None, name="X"):
     if arr.dtype.kind == "f":
         _check_finite(name, arr)
     out = np.ascontiguousarray(arr, dtype=dtype)
+    if isinstance(arr, np.memmap) and not np.may_share_memory(out, arr):
+        warnings.warn(f"{name} is memory-mapped as {arr.dtype} (C-contiguous: "
+                      f"{arr.flags.c_contiguous}); it was loaded whole to convert it to a "
+                      f"C-contiguous {np.dtype(dtype).name} array. Store it that way to keep "
+                      f"it on disk.", UserWarning, stacklevel=3)
     if out.dtype.kind == "f" and arr.dtype.kind == "f" and arr.dtype.itemsize > out.dtype.itemsize:
         _check_finite(name, out)  # float64 values too large for float32
     return out
