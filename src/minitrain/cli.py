@@ -41,6 +41,20 @@ def load_table(path, target):
     return np.delete(table, target, axis=1), table[:, target]
 
 
+def schedule(name, lr, total_iterations):
+    """The --schedule choices, scaled to the run's length."""
+    return {
+        "constant": lambda: lr,
+        "step": lambda: mt.schedules.StepDecay(lr, step_size=max(total_iterations // 3, 1)),
+        "exponential": lambda: mt.schedules.ExponentialDecay(
+            lr, decay_rate=0.01, decay_steps=max(total_iterations, 1)),
+        "cosine": lambda: mt.schedules.CosineDecay(
+            lr, decay_steps=max(total_iterations - total_iterations // 20, 1),
+            warmup_steps=total_iterations // 20),
+        "invscaling": lambda: mt.schedules.InverseScaling(lr),
+    }[name]()
+
+
 def parse_args(argv):
     p = argparse.ArgumentParser(
         prog="minitrain",
@@ -59,11 +73,25 @@ def parse_args(argv):
     p.add_argument("--lr", type=float, default=None,
                    help="learning rate (default: 0.05 for sgd, 0.001 for adam)")
     p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
-    p.add_argument("--test-size", type=float, default=0.2)
+    p.add_argument("--schedule", choices=sorted(mt.schedules.SCHEDULES), default="constant",
+                   help="learning-rate schedule over the run's iterations (step: x0.1 after "
+                        "each third of the run; exponential: x0.01 over the run; cosine: "
+                        "5%% linear warm-up then cosine to 0; invscaling: lr/sqrt(t+1))")
+    p.add_argument("--patience", type=int, default=None,
+                   help="stop when the test loss has not improved for this many epochs "
+                        "and keep the best epoch's weights")
+    p.add_argument("--test-size", type=float, default=0.2,
+                   help="fraction held out, evaluated after every epoch (default: 0.2)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--backend", choices=["c", "numpy"], default="c")
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    p.add_argument("--plot", metavar="PNG", help="write the learning curves to this PNG "
+                                                 "(needs matplotlib)")
+    p.add_argument("--checkpoint", metavar="NPZ",
+                   help="save the model and its training state here after every epoch")
+    p.add_argument("--resume", metavar="NPZ",
+                   help="continue the run saved in this checkpoint up to --epochs")
     p.add_argument("-q", "--quiet", action="store_true", help="print only the final result")
     return p.parse_args(argv)
 
@@ -101,21 +129,39 @@ def main(argv=None):
     layers = [mt.Dense(h, activation=args.activation) for h in args.hidden] + [mt.Dense(n_out)]
     model = mt.Sequential(layers, loss="cross_entropy" if classes is not None else "mse",
                           seed=args.seed, dtype=args.dtype, backend=args.backend)
+    lr = args.lr or (0.05 if args.optimizer == "sgd" else 0.001)
+    lr = schedule(args.schedule, lr, args.epochs * -(-len(X_train) // args.batch_size))
     if args.optimizer == "sgd":
-        opt = mt.SGD(lr=args.lr or 0.05, momentum=args.momentum)
+        opt = mt.SGD(lr=lr, momentum=args.momentum)
     else:
-        opt = (mt.Adam if args.optimizer == "adam" else mt.AdamW)(lr=args.lr or 0.001)
+        opt = (mt.Adam if args.optimizer == "adam" else mt.AdamW)(lr=lr)
+    callbacks = []
+    if args.patience is not None:
+        callbacks.append(mt.EarlyStopping(patience=args.patience, restore_best_weights=True))
+    if args.checkpoint:
+        callbacks.append(mt.ModelCheckpoint(args.checkpoint))
     log.info("minitrain: %s — %d train / %d test rows, %d features, %s, %s threads",
              name, len(X_train), len(X_test), X.shape[1], task, mt.get_num_threads())
     log.info("model: %d-%s-%d, %s, batch %d", X.shape[1], "-".join(map(str, args.hidden)),
              n_out, opt, args.batch_size)
     t0 = time.perf_counter()
     hist = model.fit(X_train, y_train, epochs=args.epochs, batch_size=args.batch_size,
-                     optimizer=opt, seed=args.seed, verbose=0)
+                     optimizer=None if args.resume else opt, seed=args.seed, verbose=0,
+                     validation_data=(X_test, y_test), callbacks=callbacks,
+                     resume_from=args.resume)
     wall = time.perf_counter() - t0
-    log.info("%6s %10s %10s %10s", "epoch", "iterations", "loss", "time (s)")
-    for e, loss, sec in zip(hist.epoch, hist.history["loss"], hist.history["time"]):
-        log.info("%6d %10d %10.4f %10.4f", e, hist.iterations_per_epoch, loss, sec)
+    columns = [k for k in hist.history if k not in ("lr", "time")]
+    log.info("%6s %10s " + "%14s " * len(columns) + "%10s %10s", "epoch", "iterations",
+             *columns, "lr", "time (s)")
+    for i, e in enumerate(hist.epoch):
+        log.info("%6d %10d " + "%14.4f " * len(columns) + "%10.4g %10.4f", e,
+                 hist.iterations_per_epoch, *(hist.history[k][i] for k in columns),
+                 hist.history["lr"][i], hist.history["time"][i])
+    if hist.stop_reason != "completed":
+        log.info("stopped: %s", hist.stop_reason.replace("_", " "))
+    if args.plot:
+        hist.plot(args.plot)
+        log.info("learning curves written to %s", args.plot)
     result = model.evaluate(X_test, y_test)
     summary = f"test loss {result['loss']:.4f}"
     if "accuracy" in result:

@@ -76,9 +76,12 @@ class History:
         matplotlib (``pip install "minitrain[plot]"``)."""
         try:
             from matplotlib.figure import Figure
+            from matplotlib.ticker import MaxNLocator
         except ImportError:
             raise ImportError("History.plot needs matplotlib: pip install \"minitrain[plot]\" "
                               "(or pip install matplotlib)") from None
+        if not self.epoch:
+            raise ValueError("nothing to plot: the history has no epochs")
         names = [k for k in self.history if k not in ("lr", "time") and not k.startswith("val_")]
         fig = Figure(figsize=(5 * len(names), 3.6))
         for ax, name in zip(fig.subplots(1, len(names), squeeze=False)[0], names):
@@ -86,6 +89,7 @@ class History:
             if "val_" + name in self.history:
                 ax.plot(self.epoch, self.history["val_" + name], marker=".", label="validation")
             ax.set_xlabel("epoch")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.set_ylabel(name)
             ax.grid(alpha=0.3)
             ax.legend()
