@@ -430,6 +430,7 @@ class ProgressBar(EpochLine):
         if self._tqdm is not None:
             self._tqdm.set_postfix_str(status, refresh=False)
             self._tqdm.update(self.done - self.shown)
+            self._tqdm.refresh()  # tqdm's own throttle could skip the epoch's last state
         else:
             total = self.params["iterations_per_epoch"]
             width = 24
