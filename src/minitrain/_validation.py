@@ -5,7 +5,7 @@ import warnings
 
 import numpy as np
 
-_CHUNK_ROWS = 65536
+_CHUNK_ELEMENTS = 1 << 18
 
 
 def check_int(name, value, low, high=None):
@@ -31,9 +31,10 @@ def _numeric(name, a):
 
 
 def _check_finite(name, a):
-    # chunked so a memory-mapped X is never loaded whole
-    for start in range(0, a.shape[0], _CHUNK_ROWS):
-        if not np.isfinite(a[start:start + _CHUNK_ROWS]).all():
+    # chunked so a memory-mapped X is never loaded whole, nor a temporary as large made
+    rows = max(1, _CHUNK_ELEMENTS // max(1, a.size // max(1, a.shape[0])))
+    for start in range(0, a.shape[0], rows):
+        if not np.isfinite(a[start:start + rows]).all():
             raise ValueError(f"{name} contains NaN or infinity")
 
 

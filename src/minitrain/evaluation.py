@@ -59,9 +59,9 @@ def resolve(metrics, loss):
     return tuple(names)
 
 
-def compute(loss, names, out, y):
+def compute(loss, names, out, y, with_loss=True):
     """{"loss": mean loss, name: value for each metric} of outputs `out` for targets `y`."""
-    logs = {"loss": F.loss_value(loss, out, y)}
+    logs = {"loss": F.loss_value(loss, out, y)} if with_loss else {}
     for name in names:
         logs[name] = METRICS[name][0](loss, out, y)
     return logs

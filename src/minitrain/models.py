@@ -27,6 +27,9 @@ def _positive(name, value):
     return float(value)
 
 _PREDICT_BATCH = 1024
+# training-set metrics use at most this many rows, evenly spaced, as scikit-learn's
+# HistGradientBoosting scores training data: their cost stays bounded on large sets
+_TRAIN_METRIC_ROWS = 10_000
 _FLOAT_DTYPES = (np.float32, np.float64)
 
 
@@ -202,8 +205,9 @@ class Sequential:
         metrics : "auto", list of str, or None
             Metrics logged per epoch besides the loss, on the training rows and the
             validation data: ``"auto"`` is ``accuracy`` for classification and ``r2`` for
-            regression; see ``minitrain.evaluation.METRICS``. Training-set metrics cost
-            one inference pass over the training rows per epoch; ``None`` skips them.
+            regression; see ``minitrain.evaluation.METRICS``. Training-set metrics are
+            computed at the end of each epoch on the training rows (at most 10,000 of
+            them, evenly spaced), an inference pass; ``None`` skips them.
         callbacks : list of Callback
         tol, n_iter_no_change : float, int
             With `tol` set, stop as scikit-learn's MLP does when the training loss has
@@ -284,6 +288,9 @@ class Sequential:
         if not drop_last:
             sizes[-1] = n - batch_size * (per_epoch - 1)
         rows = np.arange(n, dtype=np.int64) if train_rows is None else train_rows
+        metric_rows = train_rows
+        if n > _TRAIN_METRIC_ROWS:
+            metric_rows = rows[np.linspace(0, n - 1, _TRAIN_METRIC_ROWS).astype(np.int64)]
         on_iteration = cbs.on_iteration_end
         deadline = None if max_time is None else time.perf_counter() + max_time
         for epoch in range(first + 1, last + 1):
@@ -316,8 +323,7 @@ class Sequential:
             self.epoch = epoch
             logs = {"loss": float(np.dot(losses[:done], sizes[:done]) / sizes[:done].sum())}
             if metric_names:
-                train = self._evaluate_rows(X, y, train_rows, metric_names)
-                logs.update((k, train[k]) for k in metric_names)
+                logs.update(self._evaluate_rows(X, y, metric_rows, metric_names, with_loss=False))
             if validation is not None:
                 logs.update(("val_" + k, v)
                             for k, v in self._evaluate_rows(*validation, metric_names).items())
@@ -399,9 +405,10 @@ class Sequential:
             self._net.forward(batch, out[start:stop])
         return out
 
-    def _evaluate_rows(self, X, y, rows, metric_names, batch_size=None):
+    def _evaluate_rows(self, X, y, rows, metric_names, batch_size=None, with_loss=True):
         out = self._forward_rows(X, rows, batch_size)
-        return evaluation.compute(self.loss, metric_names, out, y if rows is None else y[rows])
+        return evaluation.compute(self.loss, metric_names, out, y if rows is None else y[rows],
+                                  with_loss)
 
     def predict_proba(self, X, batch_size=None):
         """Class probabilities: softmax (cross-entropy) or per-output sigmoid."""
