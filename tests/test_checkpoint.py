@@ -14,14 +14,12 @@ import numpy as np
 import pytest
 
 import minitrain as mt
+import test_validation_metrics
 from minitrain import checkpoint
 
 
 def blobs(n=200, seed=0):
-    rng = np.random.default_rng(seed)
-    y = np.arange(n) % 4
-    X = rng.standard_normal((n, 6)) + 1.5 * np.eye(4, 6)[y]
-    return X, y.astype(np.int64)
+    return test_validation_metrics.blobs(n, seed, classes=4, features=6, spread=1.5)
 
 
 def model_and_optimizer(width=12, seed=0):

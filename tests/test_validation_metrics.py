@@ -7,10 +7,11 @@ import minitrain as mt
 from minitrain import cli, evaluation
 
 
-def blobs(n=150, seed=0):
+def blobs(n=150, seed=0, classes=3, features=4, spread=2.0):
+    """Gaussian blobs around the first unit vectors; the classes cycle row by row."""
     rng = np.random.default_rng(seed)
-    y = np.arange(n) % 3
-    X = rng.standard_normal((n, 4)) + 2.0 * np.eye(3, 4)[y]
+    y = np.arange(n) % classes
+    X = rng.standard_normal((n, features)) + spread * np.eye(classes, features)[y]
     return X, y.astype(np.int64)
 
 
