@@ -5,6 +5,7 @@ import math
 import numbers
 import sys
 import time
+import types
 import warnings
 
 import numpy as np
@@ -18,6 +19,10 @@ from .history import History
 from .layers import Dense, Layer
 
 logger = logging.getLogger("minitrain")
+
+
+class _Run(types.SimpleNamespace):
+    """The layout of one fit: its checked data, rows, batches, epochs and callbacks."""
 
 
 def _positive(name, value):
@@ -225,6 +230,33 @@ class Sequential:
             0 prints nothing; 1 shows a progress bar on interactive terminals and a line
             per epoch; 2 a line per epoch.
         """
+        run = self._plan_fit(X, y, epochs, batch_size, optimizer, shuffle, drop_last, seed,
+                             verbose, validation_data, validation_split, metrics, callbacks,
+                             tol, n_iter_no_change, max_time, resume_from)
+        # every argument is checked: from here on the model changes
+        self._begin_fit(run)
+        for epoch in range(run.first + 1, run.last + 1):
+            run.callbacks.call("on_epoch_begin", epoch)
+            start_time = time.perf_counter()
+            losses = self._train_epoch(run, epoch)
+            if losses.size == 0:  # stopped before the epoch's first iteration
+                break
+            self.epoch = epoch
+            logs = self._epoch_logs(run, losses, start_time)
+            self.history.record_epoch(epoch, losses, logs)
+            run.callbacks.call("on_epoch_end", epoch, logs)
+            if self.stop_training:
+                break
+        self.history.stop_reason = (self.stop_reason or "callback") if self.stop_training \
+            else "completed"
+        self._net.set_data(run.X[:1], run.y[:1])  # do not keep the training set alive
+        run.callbacks.call("on_train_end")
+        return self.history
+
+    def _plan_fit(self, X, y, epochs, batch_size, optimizer, shuffle, drop_last, seed,
+                  verbose, validation_data, validation_split, metrics, callbacks, tol,
+                  n_iter_no_change, max_time, resume_from):
+        """Check every argument of fit and lay the run out, changing nothing."""
         if optimizer is not None:
             optimizer = optimizers.get(optimizer)
         saved = checkpoint.load(resume_from) if resume_from is not None else None
@@ -241,12 +273,11 @@ class Sequential:
         metric_names = evaluation.resolve(metrics, self.loss)
         train_rows, validation = self._validation_set(X, y, validation_data, validation_split)
         n = X.shape[0] if train_rows is None else len(train_rows)
-        if optimizer is None and saved is not None:
-            optimizer = saved.optimizer
-        opt = optimizers.get(optimizer if optimizer is not None else self.optimizer)
+        if optimizer is None:
+            optimizer = saved.optimizer if saved is not None else self.optimizer
         if batch_size > n:
             warnings.warn(f"batch_size={batch_size} is larger than the {n} samples; "
-                          f"it is clipped to {n}", UserWarning, stacklevel=2)
+                          f"it is clipped to {n}", UserWarning, stacklevel=3)
             batch_size = n
         per_epoch = n // batch_size if drop_last else math.ceil(n / batch_size)
         if per_epoch == 0:
@@ -262,80 +293,85 @@ class Sequential:
         log_keys = {"loss", "lr", "time", *metric_names}
         if validation is not None:
             log_keys |= {"val_" + k for k in ("loss", *metric_names)}
-        cbs.check_fit(log_keys, opt)
+        cbs.check_fit(log_keys, optimizer)
 
-        # every argument is checked: from here on the model changes
-        if saved is not None:
-            checkpoint.transfer(saved, self, optimizer)
-        elif not self.built:
-            self.build(X.shape[1])
-        if seed is not None and saved is None:
-            self.rng = np.random.default_rng(seed)
-        opt = self._use_optimizer(opt)
-        net = self._net
-        net.reserve(batch_size)
-        net.set_data(X, y)
-        if verbose:
-            _ensure_console_logging()
-        history = self.history if saved is not None and self.history is not None else History(params)
-        history.params = params
-        self.history, self._callbacks = history, cbs
-        self.stop_training, self.stop_reason = False, None
-        cbs.call("on_train_begin")
-        cbs.set_states(self._saved_callback_states if saved is not None else {})
-
-        sizes = np.full(per_epoch, batch_size, dtype=np.float64)
-        if not drop_last:
-            sizes[-1] = n - batch_size * (per_epoch - 1)
         rows = np.arange(n, dtype=np.int64) if train_rows is None else train_rows
         metric_rows = train_rows
         if n > _TRAIN_METRIC_ROWS:
             metric_rows = rows[np.linspace(0, n - 1, _TRAIN_METRIC_ROWS).astype(np.int64)]
-        on_iteration = cbs.on_iteration_end
-        deadline = None if max_time is None else time.perf_counter() + max_time
-        for epoch in range(first + 1, last + 1):
-            cbs.call("on_epoch_begin", epoch)
-            start_time = time.perf_counter()
-            order = rows[self.rng.permutation(n)] if shuffle else rows
-            losses = np.empty(per_epoch)
-            done = 0
-            while done < per_epoch and not self.stop_training:
-                start = done * batch_size
-                lr = opt.next_lr()
-                try:
-                    losses[done] = net.step_rows(order, start, min(start + batch_size, n),
-                                                 lr, opt.iterations + 1)
-                except FloatingPointError as err:
-                    raise FloatingPointError(
-                        f"training diverged at epoch {epoch}, iteration {done + 1} "
-                        f"(iteration {self.iteration + 1} overall): {err}; the weights of the "
-                        f"last finite iteration are kept. Lower the learning rate or "
-                        f"scale the inputs.") from None
-                opt.iterations += 1
-                self.iteration += 1
-                done += 1
-                if on_iteration:
-                    logs = {"loss": losses[done - 1], "lr": lr, "epoch": epoch, "batch": done}
-                    for fn in on_iteration:
-                        fn(self.iteration, logs)
-                if deadline is not None and time.perf_counter() >= deadline:
-                    self.stop_training, self.stop_reason = True, "max_time"
-            self.epoch = epoch
-            logs = {"loss": float(np.dot(losses[:done], sizes[:done]) / sizes[:done].sum())}
-            if metric_names:
-                logs.update(self._evaluate_rows(X, y, metric_rows, metric_names, with_loss=False))
-            if validation is not None:
-                logs.update(("val_" + k, v)
-                            for k, v in self._evaluate_rows(*validation, metric_names).items())
-            logs.update(lr=opt.lr, time=time.perf_counter() - start_time)
-            history.record_epoch(epoch, losses[:done], logs)
-            cbs.call("on_epoch_end", epoch, logs)
-            if self.stop_training:
-                break
-        history.stop_reason = (self.stop_reason or "callback") if self.stop_training else "completed"
-        net.set_data(X[:1], y[:1])  # do not keep the training set alive
-        cbs.call("on_train_end")
-        return history
+        sizes = np.full(per_epoch, batch_size, dtype=np.float64)
+        if not drop_last:
+            sizes[-1] = n - batch_size * (per_epoch - 1)
+        return _Run(X=X, y=y, rows=rows, shuffle=shuffle, batch_size=batch_size,
+                    per_epoch=per_epoch, sizes=sizes, first=first, last=last, params=params,
+                    optimizer=optimizer, saved=saved, seed=seed, verbose=verbose,
+                    metric_names=metric_names, metric_rows=metric_rows, validation=validation,
+                    callbacks=cbs, max_time=max_time)
+
+    def _begin_fit(self, run):
+        if run.saved is not None:
+            checkpoint.transfer(run.saved, self, run.optimizer)
+        elif not self.built:
+            self.build(run.X.shape[1])
+        if run.seed is not None and run.saved is None:
+            self.rng = np.random.default_rng(run.seed)
+        run.optimizer = self._use_optimizer(run.optimizer)
+        self._net.reserve(run.batch_size)
+        self._net.set_data(run.X, run.y)
+        if run.verbose:
+            _ensure_console_logging()
+        if run.saved is None or self.history is None:
+            self.history = History(run.params)
+        self.history.params = run.params
+        self._callbacks = run.callbacks
+        self.stop_training, self.stop_reason = False, None
+        run.callbacks.call("on_train_begin")
+        run.callbacks.set_states(self._saved_callback_states if run.saved is not None else {})
+        run.deadline = None if run.max_time is None else time.perf_counter() + run.max_time
+
+    def _train_epoch(self, run, epoch):
+        """The iterations of one epoch; returns their losses (fewer when stopped)."""
+        net, opt, n, batch_size = self._net, run.optimizer, len(run.rows), run.batch_size
+        order = run.rows[self.rng.permutation(n)] if run.shuffle else run.rows
+        on_iteration = run.callbacks.on_iteration_end
+        losses = np.empty(run.per_epoch)
+        done = 0
+        while done < run.per_epoch and not self.stop_training:
+            start = done * batch_size
+            lr = opt.next_lr()
+            try:
+                losses[done] = net.step_rows(order, start, min(start + batch_size, n), lr,
+                                             opt.iterations + 1)
+            except FloatingPointError as err:
+                raise FloatingPointError(
+                    f"training diverged at epoch {epoch}, iteration {done + 1} "
+                    f"(iteration {self.iteration + 1} overall): {err}; the weights of the "
+                    f"last finite iteration are kept. Lower the learning rate or "
+                    f"scale the inputs.") from None
+            opt.iterations += 1
+            self.iteration += 1
+            done += 1
+            if on_iteration:
+                logs = {"loss": losses[done - 1], "lr": lr, "epoch": epoch, "batch": done}
+                for fn in on_iteration:
+                    fn(self.iteration, logs)
+            if run.deadline is not None and time.perf_counter() >= run.deadline:
+                self.stop_training, self.stop_reason = True, "max_time"
+        return losses[:done]
+
+    def _epoch_logs(self, run, losses, start_time):
+        """loss (sample-weighted mean over the epoch's iterations), metrics on the
+        training rows, validation loss and metrics, lr, time."""
+        sizes = run.sizes[:len(losses)]
+        logs = {"loss": float(np.dot(losses, sizes) / sizes.sum())}
+        if run.metric_names:
+            logs.update(self._evaluate_rows(run.X, run.y, run.metric_rows, run.metric_names,
+                                            with_loss=False))
+        if run.validation is not None:
+            val = self._evaluate_rows(*run.validation, run.metric_names)
+            logs.update(("val_" + k, v) for k, v in val.items())
+        logs.update(lr=run.optimizer.lr, time=time.perf_counter() - start_time)
+        return logs
 
     def _validation_set(self, X, y, validation_data, validation_split):
         """(training rows or None, (X_val, y_val, rows of them or None) or None)."""
