@@ -7,8 +7,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
-import zipfile
 
 import numpy as np
 import pytest
@@ -44,7 +42,7 @@ def test_round_trip_restores_everything(tmp_path):
     loaded = mt.load(path)
     for name in ("params_flat", "grads_flat", "state_flat"):
         np.testing.assert_array_equal(getattr(loaded, name), getattr(model, name))
-    assert [l.get_config() for l in loaded.layers] == [l.get_config() for l in model.layers]
+    assert [la.get_config() for la in loaded.layers] == [la.get_config() for la in model.layers]
     assert (loaded.loss, loaded.dtype, loaded.seed) == (model.loss, model.dtype, model.seed)
     assert loaded.optimizer.get_config() == model.optimizer.get_config()
     assert loaded.optimizer.iterations == model.optimizer.iterations == 10

@@ -22,6 +22,6 @@ __version__ = "0.1.0"
 __all__ = [
     "Adam", "AdamW", "CSVLogger", "Callback", "Dense", "EarlyStopping", "History",
     "JSONLogger", "Layer", "ModelCheckpoint", "Optimizer", "ProgressBar", "ReduceLROnPlateau",
-    "SGD", "Sequential", "get_num_threads", "load", "load_digits", "schedules",
+    "SGD", "Sequential", "evaluation", "get_num_threads", "load", "load_digits", "schedules",
     "set_num_threads", "train_test_split",
 ]

@@ -15,8 +15,6 @@ import os
 import sys
 import time
 
-import numpy as np
-
 logger = logging.getLogger("minitrain")
 
 _HOOKS = ("on_train_begin", "on_train_end", "on_epoch_begin", "on_epoch_end",
@@ -285,8 +283,8 @@ class ConvergenceCheck(Callback):
 
     def __init__(self, tol=1e-4, n_iter_no_change=10):
         self.tol = _nonneg("tol", tol)
-        if isinstance(n_iter_no_change, bool) or not isinstance(n_iter_no_change, numbers.Integral) \
-                or n_iter_no_change < 1:
+        if isinstance(n_iter_no_change, bool) \
+                or not isinstance(n_iter_no_change, numbers.Integral) or n_iter_no_change < 1:
             raise ValueError(f"n_iter_no_change must be an integer >= 1, got {n_iter_no_change!r}")
         self.n_iter_no_change = int(n_iter_no_change)
         self.best = math.inf

@@ -84,7 +84,7 @@ class History:
             raise ValueError("nothing to plot: the history has no epochs")
         names = [k for k in self.history if k not in ("lr", "time") and not k.startswith("val_")]
         fig = Figure(figsize=(5 * len(names), 3.6))
-        for ax, name in zip(fig.subplots(1, len(names), squeeze=False)[0], names):
+        for ax, name in zip(fig.subplots(1, len(names), squeeze=False)[0], names, strict=True):
             ax.plot(self.epoch, self.history[name], marker=".", label="training")
             if "val_" + name in self.history:
                 ax.plot(self.epoch, self.history["val_" + name], marker=".", label="validation")

@@ -20,6 +20,12 @@ from .layers import Dense, Layer
 
 logger = logging.getLogger("minitrain")
 
+_PREDICT_BATCH = 1024
+# training-set metrics use at most this many rows, evenly spaced, as scikit-learn's
+# HistGradientBoosting scores training data: their cost stays bounded on large sets
+_TRAIN_METRIC_ROWS = 10_000
+_FLOAT_DTYPES = (np.float32, np.float64)
+
 
 class _Run(types.SimpleNamespace):
     """The layout of one fit: its checked data, rows, batches, epochs and callbacks."""
@@ -30,12 +36,6 @@ def _positive(name, value):
             or not math.isfinite(value) or value <= 0:
         raise ValueError(f"{name} must be a finite number of seconds > 0, got {value!r}")
     return float(value)
-
-_PREDICT_BATCH = 1024
-# training-set metrics use at most this many rows, evenly spaced, as scikit-learn's
-# HistGradientBoosting scores training data: their cost stays bounded on large sets
-_TRAIN_METRIC_ROWS = 10_000
-_FLOAT_DTYPES = (np.float32, np.float64)
 
 
 def _ensure_console_logging():
