@@ -104,6 +104,18 @@ def test_early_stopping_stops_at_the_right_epoch_and_restores_the_best_weights()
     assert not np.array_equal(snaps.params[6], snaps.params[3])
 
 
+def test_a_reused_early_stopping_starts_afresh_in_each_fit():
+    X, y = small_problem()
+    stop = mt.EarlyStopping(patience=1)
+    model = small_model()
+    model.fit(X, y, epochs=3, batch_size=40, validation_split=0.25, verbose=0,
+              callbacks=[Curve("val_loss", [0.5, 0.6, 0.7]), stop])
+    assert stop.stopped_epoch == 2
+    hist = model.fit(X, y, epochs=3, batch_size=40, validation_split=0.25, verbose=0,
+                     callbacks=[Curve("val_loss", [None, None, 0.9, 0.8, 0.7]), stop])
+    assert hist.epochs == 3 and hist.stop_reason == "completed" and stop.best == 0.7
+
+
 def test_early_stopping_min_delta_and_mode_max():
     X, y = small_problem()
     model = small_model()

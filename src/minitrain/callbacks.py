@@ -192,9 +192,12 @@ class EarlyStopping(_Monitor):
         super().__init__(monitor, mode, min_delta)
         self.patience = _count("patience", patience)
         self.restore_best_weights = bool(restore_best_weights)
-        self.wait = 0
-        self.best_epoch = 0
-        self.stopped_epoch = 0
+        self.on_train_begin()
+
+    def on_train_begin(self, logs=None):
+        """Each fit starts afresh (a resumed one then gets its saved state back)."""
+        self.best = math.inf if self.mode == "min" else -math.inf
+        self.wait = self.best_epoch = self.stopped_epoch = 0
         self.best_weights = None
 
     def on_epoch_end(self, epoch, logs=None):
@@ -242,8 +245,12 @@ class ReduceLROnPlateau(_Monitor):
         self.patience = _count("patience", patience)
         self.cooldown = _count("cooldown", cooldown)
         self.min_lr = _nonneg("min_lr", min_lr)
-        self.wait = 0
-        self.cooldown_counter = 0
+        self.on_train_begin()
+
+    def on_train_begin(self, logs=None):
+        """Each fit starts afresh (a resumed one then gets its saved state back)."""
+        self.best = math.inf if self.mode == "min" else -math.inf
+        self.wait = self.cooldown_counter = 0
 
     def check_fit(self, log_keys, optimizer):
         super().check_fit(log_keys, optimizer)

@@ -217,6 +217,7 @@ def check_resumable(saved, model, optimizer):
 
 def transfer(saved, model, optimizer):
     """Give `model` the state of the loaded checkpoint `saved` (after check_resumable)."""
+    model.seed = saved.seed  # keys the C core's random streams (dropout)
     if not model.built:
         model.build(saved.n_features_in_)
     for name, buf in flat_arrays(model).items():
