@@ -50,7 +50,7 @@ def test_fit_never_loads_the_memmap_whole(on_disk):
     assert np.shares_memory(check_X(X_mm, np.float32), X_mm)  # checked, not copied
     m = model()
     # a first fit sizes the workspaces (for the training and the inference batches)
-    m.fit(X_mm, y, epochs=1, batch_size=256, validation_split=0.2, verbose=0)
+    m.fit(X_mm[:2048], y[:2048], epochs=1, batch_size=256, validation_split=0.5, verbose=0)
     tracemalloc.start()
     try:
         m.fit(X_mm, y, epochs=1, batch_size=256, validation_split=0.2, verbose=0)
