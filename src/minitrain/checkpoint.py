@@ -12,7 +12,7 @@ previous checkpoint intact.
 import contextlib
 import json
 import os
-import tempfile
+import secrets
 import zipfile
 
 import numpy as np
@@ -89,8 +89,9 @@ def atomic_write(path, write):
     `path`: readers see the old file or the new one, never a part."""
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.",
-                               suffix=".tmp")
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.{secrets.token_hex(4)}.tmp")
+    # O_EXCL: never write through someone else's file; mode 0o666 & umask as open() does
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -101,7 +102,8 @@ def atomic_write(path, write):
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    if hasattr(os, "O_DIRECTORY"):  # make the rename itself durable (POSIX)
+    # make the rename itself durable where directories can be synced (POSIX)
+    with contextlib.suppress(OSError, AttributeError):
         dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
         try:
             os.fsync(dfd)
@@ -115,7 +117,7 @@ def _read(path):
     damaged = (zipfile.BadZipFile, EOFError, OSError, ValueError)
     try:
         data = np.load(path, allow_pickle=False)
-    except FileNotFoundError:
+    except (FileNotFoundError, PermissionError, IsADirectoryError):
         raise
     except damaged as err:
         raise ValueError(f"{bad}, or it is truncated or corrupted ({err})") from None
