@@ -23,7 +23,9 @@ class History:
     epochs : int
         Number of epochs run.
     params : dict
-        The run's settings: ``epochs``, ``batch_size``, ``n_samples``, ``iterations_per_epoch``.
+        The run's settings: ``epochs`` (the epoch number it trains up to, counted over
+        fits), ``batch_size``, ``n_samples`` (training rows), ``iterations_per_epoch``.
+        A resumed run continues the History saved in its checkpoint.
     stop_reason : str
         Why training stopped: ``"completed"`` (all its epochs), ``"early_stopping"``,
         ``"converged"`` (``tol``), ``"max_time"``, or ``"callback"`` (a callback set
