@@ -302,3 +302,31 @@ def test_resume_refuses_another_architecture_and_changes_nothing(tmp_path):
     with pytest.raises(ValueError, match="truncated"):
         same.fit(X, y, epochs=4, resume_from=cut, verbose=0)
     assert not same.built
+
+
+def test_resume_keeps_a_reduced_learning_rate_and_the_plateau_state(tmp_path):
+    X, y = blobs()
+    curve = [1.0, 0.9, 0.95, 0.97, 0.99, 0.98]
+
+    class Curve(mt.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            logs["val_loss"] = curve[epoch - 1]
+
+    def run(epochs, resume_from=None):
+        # the NumPy backend saves and resumes like the C one
+        model = mt.Sequential([mt.Dense(8, activation="tanh"), mt.Dense(4)], seed=0,
+                              backend="numpy", dtype="float64")
+        cbs = [Curve(), mt.ReduceLROnPlateau(factor=0.5, patience=2, min_delta=0.0),
+               mt.ModelCheckpoint(tmp_path / "plateau.npz")]
+        hist = model.fit(X, y, epochs=epochs, batch_size=50, validation_split=0.2, verbose=0,
+                         optimizer=None if resume_from else mt.SGD(lr=0.1, momentum=0.9),
+                         callbacks=cbs, resume_from=resume_from)
+        return model, hist
+
+    straight, hist = run(6)
+    assert hist.history["lr"] == [0.1] * 4 + [0.05] * 2
+    run(3)
+    resumed, hist_resumed = run(6, resume_from=tmp_path / "plateau.npz")
+    assert hist_resumed.history["lr"] == hist.history["lr"]
+    assert resumed.optimizer.lr == straight.optimizer.lr == 0.025
+    np.testing.assert_array_equal(resumed.params_flat, straight.params_flat)
