@@ -4,11 +4,13 @@ import csv
 import io
 import json
 import sys
+import types
 
 import numpy as np
 import pytest
 
 import minitrain as mt
+from minitrain import models
 from minitrain.callbacks import CallbackList
 
 
@@ -149,17 +151,18 @@ def test_convergence_check_follows_scikit_learn():
     assert hist.epochs == 7 and hist.stop_reason == "completed"
 
 
-def test_max_time_cuts_the_run_and_records_the_partial_epoch():
+def test_max_time_cuts_the_run_and_records_the_partial_epoch(monkeypatch):
     X, y = small_problem()
     model = small_model()
+    clock = types.SimpleNamespace(now=0.0)
+    clock.perf_counter = lambda: clock.now
+    monkeypatch.setattr(models, "time", clock)  # fit's clock: time passes when we say
 
     class Slow(mt.Callback):
         def on_iteration_end(self, iteration, logs=None):
-            if iteration == 4:
-                import time
-                time.sleep(0.6)
+            clock.now += 10.0 if iteration == 4 else 0.1
 
-    hist = model.fit(X, y, epochs=50, batch_size=40, max_time=0.5, callbacks=[Slow()],
+    hist = model.fit(X, y, epochs=50, batch_size=40, max_time=5.0, callbacks=[Slow()],
                      verbose=0)
     assert hist.stop_reason == "max_time"
     assert model.iteration == 4 and hist.epochs == 2
