@@ -74,8 +74,9 @@ int FN(mt_step)(mt_net *net, const real *X, const void *y, const int64_t *idx, i
     const real *x = forward(net, &ws, X, idx, n);
     const int last = net->nlayers - 1;
     const int64_t out = net->layers[last].out;
-    *loss = FN(mt_loss_forward_backward)(net->loss, ws.a[last], y, idx, ws.d[0], n, out,
-                                         ws.rowloss);
+    double batch_weight;
+    *loss = FN(mt_loss_forward_backward)(net, ws.a[last], y, idx, ws.d[0], n, out,
+                                         ws.rowloss, &batch_weight);
     if (!isfinite(*loss)) return MT_ERR_NONFINITE_LOSS;
     int cur = 0;
     for (int l = last; l >= 0; l--) {
@@ -85,7 +86,9 @@ int FN(mt_step)(mt_net *net, const real *X, const void *y, const int64_t *idx, i
                               ws.a[l], ws.d[cur], dx, n);
         cur = 1 - cur;
     }
-    if (opt) FN(mt_optim_update)(opt, net->params, net->grads, net->state, net->n_params);
+    if (opt)
+        FN(mt_optim_update)(opt, net->params, net->grads, net->state, net->n_params,
+                            batch_weight);
     return MT_OK;
 }
 

@@ -7,12 +7,13 @@ Both expose the same object, built over the model's flat buffers:
 operations wherever NumPy allows, and is the reference the C core is tested against.
 """
 
+import math
 import warnings
 
 import numpy as np
 
 from . import functional as F
-from .optimizers import SGD_KIND
+from .optimizers import SGD_KIND, STYLE_SKLEARN
 
 try:
     from . import _core
@@ -33,7 +34,8 @@ class NumpyNet:
         self.params, self.grads, self.state = params, grads, state
         self.max_batch = 0
         self.opt = None
-        self.X = self.y = None
+        self.reduction = "mean"
+        self.X = self.y = self.sample_weight = None
 
     def _views(self, flat, layer):
         _, _, n_in, n_out, w, b = layer
@@ -44,13 +46,17 @@ class NumpyNet:
 
     def set_optimizer(self, kind, momentum=0.0, nesterov=False, weight_decay=0.0,
                       decoupled=False, beta1=0.9, beta2=0.999, eps=1e-8, clip_norm=0.0,
-                      n_decay=0):
+                      n_decay=0, style=0):
         self.opt = dict(kind=kind, momentum=momentum, nesterov=nesterov,
                         weight_decay=weight_decay, decoupled=decoupled, beta1=beta1,
-                        beta2=beta2, eps=eps, clip_norm=clip_norm, n_decay=n_decay)
+                        beta2=beta2, eps=eps, clip_norm=clip_norm, n_decay=n_decay,
+                        style=style)
 
-    def set_data(self, X, y):
-        self.X, self.y = X, y
+    def set_reduction(self, reduction):
+        self.reduction = {v: k for k, v in F.REDUCTIONS.items()}[reduction]
+
+    def set_data(self, X, y, sample_weight=None):
+        self.X, self.y, self.sample_weight = X, y, sample_weight
 
     def _forward(self, X):
         zs, acts = [], [X]
@@ -68,14 +74,15 @@ class NumpyNet:
 
     def step_rows(self, idx, start, stop, lr, t, update=True):
         rows = idx[start:stop]
-        return self.step(self.X[rows], self.y[rows], lr, t, update)
+        w = None if self.sample_weight is None else self.sample_weight[rows]
+        return self.step(self.X[rows], self.y[rows], lr, t, update, w)
 
-    def step(self, X, y, lr=0.0, t=0, update=True):
+    def step(self, X, y, lr=0.0, t=0, update=True, sample_weight=None):
         zs, acts = self._forward(X)
-        loss = F.loss_value(self.loss, acts[-1], y)
+        loss = F.loss_value(self.loss, acts[-1], y, self.reduction, sample_weight)
         if not np.isfinite(loss):
             raise FloatingPointError(f"the loss is not finite ({loss})")
-        d = F.loss_gradient(self.loss, acts[-1], y)
+        d = F.loss_gradient(self.loss, acts[-1], y, self.reduction, sample_weight)
         for l in range(len(self.layers) - 1, -1, -1):
             act, alpha, *_ = self.layers[l]
             d = d * F.activation_derivative(act, alpha, zs[l], acts[l + 1])
@@ -86,17 +93,22 @@ class NumpyNet:
             if l > 0:
                 d = d @ W.T
         if update:
-            self._update(lr, t)
+            batch_weight = len(X) if sample_weight is None else float(
+                sample_weight.astype(np.float64).sum())
+            self._update(lr, t, batch_weight)
         return loss
 
-    def _update(self, lr, t):
+    def _update(self, lr, t, batch_weight):
         o, p, g = self.opt, self.params, self.grads
         t_ = self.dtype.type
-        lr, wd, nd = t_(lr), t_(o["weight_decay"]), o["n_decay"]
         if o["clip_norm"] > 0:
             norm = np.sqrt(np.dot(g.astype(np.float64), g.astype(np.float64)))
             if norm > o["clip_norm"]:
                 g = g * t_(o["clip_norm"] / norm)
+        if o["style"] == STYLE_SKLEARN:
+            self._sklearn_update(lr, t, g, t_(o["weight_decay"] / batch_weight))
+            return
+        lr, wd, nd = t_(lr), t_(o["weight_decay"]), o["n_decay"]
         if o["kind"] == SGD_KIND:
             g = g.copy()
             g[:nd] += wd * p[:nd]
@@ -123,6 +135,23 @@ class NumpyNet:
         v *= b2
         v += (1 - b2) * g * g
         p -= lr * (m / c1) / (np.sqrt(v) / c2 + eps)
+
+    def _sklearn_update(self, lr, t, g, wd):
+        """scikit-learn's MLP updates, in its order of operations (MT_OPT_STYLE_SKLEARN)."""
+        o, p, n, t_ = self.opt, self.params, self.params.size, self.dtype.type
+        g = g.copy()
+        g[:o["n_decay"]] += wd * p[:o["n_decay"]]
+        if o["kind"] == SGD_KIND:
+            mu, v, lr = t_(o["momentum"]), self.state[:n], t_(lr)
+            v[...] = mu * v - lr * g
+            p += mu * v - lr * g if o["nesterov"] else v
+            return
+        b1, b2 = o["beta1"], o["beta2"]
+        m, v = self.state[:n], self.state[n:2 * n]
+        m[...] = t_(b1) * m + t_(1 - b1) * g
+        v[...] = t_(b2) * v + t_(1 - b2) * (g * g)
+        lr_t = t_(lr * math.sqrt(1 - b2 ** float(t)) / (1 - b1 ** float(t)))
+        p += -lr_t * m / (np.sqrt(v) + t_(o["eps"]))
 
 
 def make_net(backend, *args):
