@@ -17,7 +17,7 @@ import minitrain.sklearn as mts  # noqa: E402
 from minitrain import datasets  # noqa: E402
 from minitrain import functional as F  # noqa: E402
 from minitrain.backends import make_net  # noqa: E402
-from minitrain.optimizers import ADAM_KIND, SGD_KIND, STYLE_SKLEARN  # noqa: E402
+from minitrain.optimizers import ADAM_KIND, SGD_KIND, STYLE_SKLEARN, STYLE_TORCH  # noqa: E402
 
 RTOL = {"sgd": 1e-8, "adam": 1e-8, "lbfgs": 1e-5}
 
@@ -204,15 +204,15 @@ def test_float32_is_trained_in_float32(solver):
 LAYERS = [(F.ACTIVATIONS["tanh"], 0.0, 4, 5, 0, 35), (0, 0.0, 5, 3, 20, 40)]
 
 
-def _nets(loss):
-    """The C net and its NumPy twin over copies of the same parameters, with the
-    scikit-learn reduction: (net, params, grads) each."""
+def _nets(loss, reduction="sklearn"):
+    """The C net and its NumPy twin over copies of the same parameters:
+    (net, params, grads) each."""
     params = np.random.RandomState(0).uniform(-0.5, 0.5, 43)
     nets = []
     for backend in ("c", "numpy"):
         p, g = params.copy(), np.zeros_like(params)
         net = make_net(backend, np.float64, F.LOSSES[loss], LAYERS, p, g, np.zeros(86))
-        net.set_reduction(F.REDUCTIONS["sklearn"])
+        net.set_reduction(F.REDUCTIONS[reduction])
         net.reserve(16)
         nets.append((net, p, g))
     return nets
@@ -231,15 +231,17 @@ def _targets(loss, rng, n=16):
 @pytest.mark.parametrize("loss", ["cross_entropy", "binary_cross_entropy", "mse", "poisson"])
 @pytest.mark.parametrize("kind,nesterov", [(SGD_KIND, True), (SGD_KIND, False),
                                            (ADAM_KIND, False)])
-def test_sklearn_style_core_matches_numpy_twin(loss, kind, nesterov):
+@pytest.mark.parametrize("reduction,style", [("sklearn", STYLE_SKLEARN),
+                                             ("mean", STYLE_TORCH)])
+def test_weighted_core_matches_numpy_twin(loss, kind, nesterov, reduction, style):
     rng = np.random.RandomState(1)
     Xs, ys, w = rng.randn(40, 4), _targets(loss, rng, 40), rng.rand(40)
     idx = rng.permutation(40).astype(np.int64)
-    (c, pc, _), (n, pn, _) = _nets(loss)
+    (c, pc, _), (n, pn, _) = _nets(loss, reduction)
     losses = []
     for net in (c, n):
         net.set_optimizer(kind, momentum=0.9, nesterov=nesterov, weight_decay=0.01,
-                          n_decay=35, style=STYLE_SKLEARN)
+                          n_decay=35, style=style)
         net.set_data(Xs, ys, w)
         losses.append([net.step_rows(idx, s, s + 16 if s < 32 else 40, 0.05, t + 1)
                        for t, s in enumerate((0, 16, 32) * 2)])
@@ -248,10 +250,11 @@ def test_sklearn_style_core_matches_numpy_twin(loss, kind, nesterov):
 
 
 @pytest.mark.parametrize("loss", ["cross_entropy", "binary_cross_entropy", "mse", "poisson"])
-def test_sklearn_reduction_gradient_matches_finite_differences(loss):
+@pytest.mark.parametrize("reduction", ["sklearn", "mean"])
+def test_weighted_gradient_matches_finite_differences(loss, reduction):
     rng = np.random.RandomState(2)
     Xs, ys, w = rng.randn(16, 4), _targets(loss, rng), rng.rand(16)
-    (net, p, g), _ = _nets(loss)
+    (net, p, g), _ = _nets(loss, reduction)
     numeric = np.empty_like(p)
     for i in range(p.size):
         old = p[i]

@@ -75,25 +75,24 @@ def loss_rows(loss, p, y, reduction="mean"):
     """Per-row loss (n,) in float64 for outputs p (n, out) and targets y: the sum over
     the outputs; with the scikit-learn reduction the squared error is halved and the log
     losses are capped at -log(eps), as scikit-learn clips probabilities."""
+    sklearn = reduction == "sklearn"
     dtype = p.dtype
     p = p.astype(np.float64)
     if loss == "cross_entropy":
         m = p.max(axis=1, keepdims=True)
-        lse = (m + np.log(np.exp(p - m).sum(axis=1, keepdims=True)))[:, 0]
-        rows = lse - p[np.arange(len(p)), y]
+        lse = m + np.log(np.exp(p - m).sum(axis=1, keepdims=True))
+        elements = lse - p[np.arange(len(p)), y][:, None]
     elif loss == "mse":
         d = p - y
-        rows = (0.5 * d * d if reduction == "sklearn" else d * d).sum(axis=1)
-    elif loss == "poisson":
+        elements = 0.5 * d * d if sklearn else d * d
+    elif loss == "poisson":  # half deviance, y log(y/mu) taken as 0 at y = 0
         mu = np.exp(p)
-        ylogy = np.where(y > 0, y * np.log(np.where(y > 0, y, 1) / mu), 0)
-        return (ylogy - y + mu).sum(axis=1)
+        elements = np.where(y > 0, y * np.log(np.where(y > 0, y, 1) / mu), 0) - y + mu
     else:
         elements = np.maximum(p, 0) - p * y + np.log1p(np.exp(-np.abs(p)))
-        if reduction == "sklearn":
-            elements = _cap(elements, dtype)
-        return elements.sum(axis=1)
-    return _cap(rows, dtype) if reduction == "sklearn" and loss == "cross_entropy" else rows
+    if sklearn and loss in ("cross_entropy", "binary_cross_entropy"):
+        elements = _cap(elements, dtype)
+    return elements.sum(axis=1)
 
 
 def _cap(loss, dtype):

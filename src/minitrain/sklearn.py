@@ -239,14 +239,17 @@ class _BaseMLP(BaseEstimator):
             self._initialize(y, layer_units, X.dtype)
         model = self._synced_model(X.dtype)
 
+        # the core refuses an update whose loss is not finite, so the weights stay
+        # those of the last finite iteration; scikit-learn's end non-finite
+        diverged = False
         try:
             if self.solver in _STOCHASTIC_SOLVERS:
                 self._fit_stochastic(model, X, y, sample_weight, incremental)
             else:
                 self._fit_lbfgs(model, X, y, sample_weight)
         except FloatingPointError:
-            model.params_flat[...] = np.nan  # as scikit-learn's weights end up
-        if not np.isfinite(model.params_flat).all():
+            diverged = True
+        if diverged or not np.isfinite(model.params_flat).all():
             raise ValueError(
                 "Solver produced non-finite parameter weights. The input data may"
                 " contain large values and need to be preprocessed.")
@@ -328,6 +331,7 @@ class _BaseMLP(BaseEstimator):
                 if self.shuffle:
                     sample_idx = shuffle(sample_idx, random_state=self._random_state)
                 accumulated_loss = 0.0
+                lr = solver.step_lr()
                 for batch in gen_batches(n_samples, batch_size):
                     size = batch.stop - batch.start
                     if self.alpha:  # the L2 term on the weights before this update
@@ -337,8 +341,7 @@ class _BaseMLP(BaseEstimator):
                     else:
                         l2 = 0.0
                     solver.t += 1
-                    loss = net.step_rows(sample_idx, batch.start, batch.stop,
-                                         solver.step_lr(), solver.t)
+                    loss = net.step_rows(sample_idx, batch.start, batch.stop, lr, solver.t)
                     accumulated_loss += (loss * scale + l2) * size
                 self.n_iter_ += 1
                 self.loss_ = accumulated_loss / X_train.shape[0]
@@ -474,6 +477,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     """
 
     _parameter_constraints = dict(_SkMLPClassifier._parameter_constraints)
+    loss = "log_loss"  # the classifier's loss, fixed: not a parameter
 
     def __init__(self, hidden_layer_sizes=(100,), activation="relu", *, solver="adam",
                  alpha=0.0001, batch_size="auto", learning_rate="constant",
@@ -504,8 +508,6 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         self.epsilon = epsilon
         self.n_iter_no_change = n_iter_no_change
         self.max_fun = max_fun
-
-    loss = "log_loss"  # scikit-learn's fixed loss of the classifier; not a parameter
 
     def _validate_input(self, X, y, incremental, reset):
         X, y = validate_data(self, X, y, accept_sparse=["csr", "csc"], multi_output=True,
