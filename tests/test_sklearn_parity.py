@@ -194,6 +194,7 @@ def test_float32_is_trained_in_float32(solver):
         ref = mts.MLPRegressor(**params).fit(X, Y_REG)
     assert all(c.dtype == np.float32 for c in ours.coefs_ + ours.intercepts_)
     assert ours.predict(X32).dtype == np.float32
+    assert isinstance(ours.loss_, float)  # accumulated in float64, as scikit-learn does
     # float32 rounding only: the float64 fit is the same function
     assert_close([c.astype(np.float64) for c in ours.coefs_], ref.coefs_, 1e-3)
 

@@ -210,9 +210,9 @@ class _BaseMLP(BaseEstimator):
         """0.5 * alpha * ||W||^2 / weight_sum, summed layer by layer as scikit-learn does."""
         if self.alpha == 0:
             return 0.0
-        values = 0
+        values = 0.0  # a Python float: the loss is accumulated in float64 for float32 too
         for c in coefs:
-            values += np.dot(c, c)
+            values += float(np.dot(c, c))
         return (0.5 * self.alpha) * values / weight_sum
 
     # -------------------------------------------------------------------- fit
@@ -257,7 +257,7 @@ class _BaseMLP(BaseEstimator):
 
     def _fit_lbfgs(self, model, X, y, sample_weight):
         net, params, n_decay = model._net, model.params_flat, _n_weights(model)
-        weight_sum = X.shape[0] if sample_weight is None else sample_weight.sum()
+        weight_sum = X.shape[0] if sample_weight is None else float(sample_weight.sum())
         targets = self._targets(y, model.dtype)
         sw = None if sample_weight is None else sample_weight.astype(model.dtype)
         coefs = [c.reshape(-1) for c in self.coefs_]
@@ -335,8 +335,8 @@ class _BaseMLP(BaseEstimator):
                 for batch in gen_batches(n_samples, batch_size):
                     size = batch.stop - batch.start
                     if self.alpha:  # the L2 term on the weights before this update
-                        weight_sum = size if sw is None else sample_weight_train[
-                            sample_idx[batch]].sum()
+                        weight_sum = size if sw is None else float(
+                            sample_weight_train[sample_idx[batch]].sum())
                         l2 = self._l2_term(coefs, weight_sum)
                     else:
                         l2 = 0.0
