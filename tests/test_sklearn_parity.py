@@ -283,3 +283,25 @@ def test_sklearn_reduction_values():
     ys = np.array([[0.0, 0.0, 1.0], [0.0, 1.0, 1.0]])
     cap = -np.log(np.finfo(np.float64).eps)
     assert net.step(Xs, ys, 0.0, 0, False) == pytest.approx((2 * cap + cap) / 2)
+
+
+def test_same_bits_on_one_and_two_threads():
+    import minitrain as mt
+
+    rng = np.random.RandomState(0)
+    # batches of 400 x 100 hidden units: large enough for the core to use both threads
+    Xb, yb, w = rng.rand(600, 32), rng.randint(0, 5, 600), rng.rand(600)
+    before = mt.get_num_threads()
+    fits = []
+    try:
+        for threads in (1, 2):
+            mt.set_num_threads(threads)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                clf = mts.MLPClassifier(hidden_layer_sizes=(100,), max_iter=2, batch_size=400,
+                                        random_state=0).fit(Xb, yb, sample_weight=w)
+            fits.append(clf.coefs_ + clf.intercepts_ + [np.array(clf.loss_curve_)])
+    finally:
+        mt.set_num_threads(before)
+    for a, b in zip(*fits):
+        np.testing.assert_array_equal(a, b)
