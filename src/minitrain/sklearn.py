@@ -23,8 +23,14 @@ Needs the ``sklearn`` extra: ``pip install "minitrain[sklearn]"``.
 import warnings
 
 import numpy as np
-import scipy.optimize
-import scipy.sparse as sp
+
+try:
+    import scipy.optimize
+    import scipy.sparse as sp
+    import sklearn  # noqa: F401
+except ImportError as e:  # an optional extra
+    raise ImportError('minitrain.sklearn needs scikit-learn and SciPy: pip install '
+                      '"minitrain[sklearn]"') from e
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin, _fit_context
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import accuracy_score, r2_score
