@@ -6,18 +6,15 @@ import unittest
 import warnings
 
 import numpy as np
+import pandas as pd
 import pytest
+import scipy.sparse as sp
+import sklearn.neural_network as sk
+from sklearn.base import clone
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.utils.estimator_checks import parametrize_with_checks
 
-pytest.importorskip("sklearn")
-pd = pytest.importorskip("pandas")
-
-import scipy.sparse as sp  # noqa: E402
-import sklearn.neural_network as sk  # noqa: E402
-from sklearn.base import clone  # noqa: E402
-from sklearn.exceptions import ConvergenceWarning  # noqa: E402
-from sklearn.utils.estimator_checks import parametrize_with_checks  # noqa: E402
-
-from minitrain.sklearn import MLPClassifier, MLPRegressor  # noqa: E402
+from minitrain.sklearn import MLPClassifier, MLPRegressor
 
 # Checks that skip themselves, and why. Any other skip fails the test.
 JUSTIFIED_SKIPS = {

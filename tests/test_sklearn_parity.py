@@ -6,18 +6,15 @@ import warnings
 
 import numpy as np
 import pytest
+import sklearn.neural_network as sk
+from sklearn.base import is_classifier
+from sklearn.exceptions import ConvergenceWarning
 
-pytest.importorskip("sklearn")
-
-import sklearn.neural_network as sk  # noqa: E402
-from sklearn.base import is_classifier  # noqa: E402
-from sklearn.exceptions import ConvergenceWarning  # noqa: E402
-
-import minitrain.sklearn as mts  # noqa: E402
-from minitrain import datasets  # noqa: E402
-from minitrain import functional as F  # noqa: E402
-from minitrain.backends import make_net  # noqa: E402
-from minitrain.optimizers import ADAM_KIND, SGD_KIND, STYLE_SKLEARN, STYLE_TORCH  # noqa: E402
+import minitrain.sklearn as mts
+from minitrain import datasets
+from minitrain import functional as F
+from minitrain.backends import make_net
+from minitrain.optimizers import ADAM_KIND, SGD_KIND, STYLE_SKLEARN, STYLE_TORCH
 
 RTOL = {"sgd": 1e-8, "adam": 1e-8, "lbfgs": 1e-5}
 
