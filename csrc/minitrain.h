@@ -27,7 +27,15 @@ typedef enum {
     MT_LOSS_CROSS_ENTROPY = 0, // softmax over logits, integer (int64) labels
     MT_LOSS_MSE,               // mean over all n*out elements of (p - y)^2
     MT_LOSS_BINARY_CROSS_ENTROPY, // sigmoid over logits, 0/1 targets, mean over n*out
+    MT_LOSS_POISSON,           // exp over log-means z, counts y: exp(z) - y z + y log y - y
 } mt_loss;
+
+// How a batch's element losses become the batch loss (rows weighted by sample_weight).
+typedef enum {
+    MT_REDUCE_MEAN = 0,  // mean over the n*out elements (over the n rows for cross-entropy)
+    MT_REDUCE_SKLEARN,   // scikit-learn's MLP: mean over rows of the sum over outputs,
+                         // squared error halved, log losses capped at -log(eps)
+} mt_reduction;
 
 typedef enum {
     MT_LAYER_DENSE = 0,   // act(X W + b)
@@ -37,6 +45,14 @@ typedef enum {
 } mt_layer_kind;
 
 typedef enum { MT_OPT_SGD = 0, MT_OPT_ADAM } mt_opt_kind;
+
+typedef enum {
+    MT_OPT_STYLE_TORCH = 0,  // PyTorch's forms (below); weight_decay added to the gradient
+    MT_OPT_STYLE_SKLEARN,    // scikit-learn's MLP: velocity v = momentum*v - lr*g, p += v
+                             // (nesterov: p += momentum*v - lr*g); Adam p -= lr_t*m/(sqrt(v)+eps)
+                             // with lr_t = lr*sqrt(1-beta2^t)/(1-beta1^t); weight_decay is the
+                             // L2 alpha of the batch's summed loss, so divided by its weight
+} mt_opt_style;
 
 typedef enum {
     MT_OK = 0,
@@ -68,11 +84,14 @@ typedef struct {
     int64_t t;            // 1-based update count, for Adam's bias correction
     double clip_norm;     // > 0: rescale the gradient to this global L2 norm when larger
     int64_t n_decay;      // weight decay applies to params [0, n_decay): the weights
+    int style;            // mt_opt_style
 } mt_optim;
 
 typedef struct {
     int dtype;             // mt_dtype: of params, grads, state, X and float targets
     int loss;              // mt_loss
+    int reduction;         // mt_reduction
+    const void *sample_weight; // (rows,) in dtype, indexed like y; NULL: every row weighs 1
     int nlayers;
     mt_layer layers[MT_MAX_LAYERS];
     int64_t n_params;
@@ -92,7 +111,7 @@ size_t mt_workspace_bytes(const mt_net *net, int64_t max_batch);
 // `iteration` keys the dropout masks: the same iteration gives the same masks.
 // With opt == NULL the gradient is left in net->grads and nothing is updated (neither
 // the parameters nor the batchnorm running statistics).
-// *loss receives the batch's mean loss.
+// *loss receives the batch loss (see mt_reduction).
 int mt_step(mt_net *net, const void *X, const void *y, const int64_t *idx, int64_t n,
             int64_t iteration, const mt_optim *opt, double *loss);
 

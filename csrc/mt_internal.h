@@ -58,12 +58,12 @@ void FN(mt_batchnorm_backward)(const mt_layer *L, const real *params, real *grad
 void FN(mt_batchnorm_update_running)(const mt_layer *L, const real *stats, real *buffers,
                                      int64_t n);
 // loss.c
-double FN(mt_loss_forward_backward)(int loss, const real *P, const void *y,
+double FN(mt_loss_forward_backward)(const mt_net *net, const real *P, const void *y,
                                     const int64_t *idx, real *dP, int64_t n, int64_t out,
-                                    double *rowloss);
+                                    double *rowloss, double *batch_weight);
 // optim.c
 void FN(mt_optim_update)(const mt_optim *o, real *params, real *grads, real *state,
-                         int64_t n);
+                         int64_t n, double batch_weight);
 #endif
 
 #endif

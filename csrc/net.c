@@ -129,7 +129,9 @@ int FN(mt_step)(mt_net *net, const real *X, const void *y, const int64_t *idx, i
     const real *P = forward(net, &ws, x, n, 1, iteration);
     const int last = net->nlayers - 1;
     const int64_t out = net->layers[last].out;
-    *loss = FN(mt_loss_forward_backward)(net->loss, P, y, idx, ws.d[0], n, out, ws.rowloss);
+    double batch_weight;
+    *loss = FN(mt_loss_forward_backward)(net, P, y, idx, ws.d[0], n, out, ws.rowloss,
+                                         &batch_weight);
     if (!isfinite(*loss)) return MT_ERR_NONFINITE_LOSS;
     // below the first layer with parameters no gradient is needed
     int first = 0;
@@ -143,7 +145,7 @@ int FN(mt_step)(mt_net *net, const real *X, const void *y, const int64_t *idx, i
         cur = 1 - cur;
     }
     if (!opt) return MT_OK;
-    FN(mt_optim_update)(opt, net->params, net->grads, net->state, net->n_params);
+    FN(mt_optim_update)(opt, net->params, net->grads, net->state, net->n_params, batch_weight);
     for (int l = 0; l <= last; l++)
         if (net->layers[l].kind == MT_LAYER_BATCHNORM)
             FN(mt_batchnorm_update_running)(&net->layers[l], ws.stats[l], net->buffers, n);

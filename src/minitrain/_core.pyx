@@ -34,8 +34,11 @@ cdef extern from "minitrain.h":
         int64_t t
         double clip_norm
         int64_t n_decay
+        int style
     ctypedef struct mt_net:
-        int dtype, loss, nlayers
+        int dtype, loss, reduction
+        const void *sample_weight
+        int nlayers
         mt_layer layers[64]
         int64_t n_params
         void *params
@@ -112,7 +115,7 @@ cdef class Net:
     cdef mt_optim opt
     cdef readonly object dtype
     cdef object _params, _grads, _state, _buffers, _work
-    cdef object _X, _y
+    cdef object _X, _y, _w
     cdef int64_t n_out
 
     def __init__(self, dtype, int loss, layers, params, grads, state, buffers=None,
@@ -131,6 +134,7 @@ cdef class Net:
             raise ValueError("grads must have the size of params")
         self.net.dtype = MT_FLOAT64 if self.dtype == np.float64 else MT_FLOAT32
         self.net.loss = loss
+        self.net.reduction = 0
         self.net.nlayers = len(layers)
         for l, spec in enumerate(layers):
             _set_layer(&self.net.layers[l], l, spec, params.size, buffers.size)
@@ -147,6 +151,7 @@ cdef class Net:
         self.net.seed = <uint64_t>(int(seed) % 2**64)
         self.net.max_batch = 0
         self.net.work = NULL
+        self.net.sample_weight = NULL
         self.opt.kind = -1
 
     @property
@@ -167,7 +172,7 @@ cdef class Net:
     def set_optimizer(self, int kind, double momentum=0, bint nesterov=False,
                       double weight_decay=0, bint decoupled=False, double beta1=0.9,
                       double beta2=0.999, double eps=1e-8, double clip_norm=0,
-                      int64_t n_decay=0):
+                      int64_t n_decay=0, int style=0):
         needed = self.net.n_params * (2 if kind == 1 else 1)
         if self._state.size < needed:
             raise ValueError(f"optimizer state needs {needed} elements")
@@ -181,6 +186,13 @@ cdef class Net:
         self.opt.beta1, self.opt.beta2, self.opt.eps = beta1, beta2, eps
         self.opt.clip_norm = clip_norm
         self.opt.n_decay = n_decay
+        self.opt.style = style
+
+    def set_reduction(self, int reduction):
+        """How element losses become the batch loss: 0 mean (minitrain), 1 scikit-learn's."""
+        if reduction not in (0, 1):
+            raise ValueError("reduction must be 0 (mean) or 1 (scikit-learn)")
+        self.net.reduction = reduction
 
     def _check_xy(self, X, y):
         _require(X, self.dtype, 2, "X")
@@ -197,13 +209,22 @@ cdef class Net:
         if y.shape[0] != X.shape[0]:
             raise ValueError("X and y must have the same number of rows")
 
-    def set_data(self, X, y):
-        """Keep X and y for step_rows (checked once, not per iteration)."""
-        self._check_xy(X, y)
-        self._X, self._y = X, y
+    def _check_weight(self, X, sample_weight):
+        if sample_weight is not None:
+            _require(sample_weight, self.dtype, 1, "sample_weight")
+            if sample_weight.shape[0] != X.shape[0]:
+                raise ValueError("sample_weight must have one value per row of X")
 
-    cdef double _run(self, const void *X, const void *y, const int64_t *idx, int64_t n,
-                     double lr, int64_t t, bint update, int64_t iteration) except? -1:
+    def set_data(self, X, y, sample_weight=None):
+        """Keep X, y and the row weights (None: all 1) for step_rows (checked once, not
+        per iteration)."""
+        self._check_xy(X, y)
+        self._check_weight(X, sample_weight)
+        self._X, self._y, self._w = X, y, sample_weight
+
+    cdef double _run(self, const void *X, const void *y, object w, const int64_t *idx,
+                     int64_t n, double lr, int64_t t, bint update,
+                     int64_t iteration) except? -1:
         cdef double loss = 0
         cdef int status
         cdef const mt_optim *opt = NULL
@@ -216,6 +237,7 @@ cdef class Net:
             self.opt.lr = lr
             self.opt.t = t
             opt = &self.opt
+        self.net.sample_weight = NULL if w is None else ptr(w)
         with nogil:
             status = mt_step(&self.net, X, y, idx, n, iteration, opt, &loss)
         if status == MT_ERR_NONFINITE_LOSS:
@@ -236,13 +258,17 @@ cdef class Net:
         for i in range(view.shape[0]):
             if view[i] < 0 or view[i] >= rows:
                 raise ValueError(f"idx holds row {view[i]} outside [0, {rows})")
-        return self._run(ptr(self._X), ptr(self._y), &view[0], stop - start, lr, t, update,
-                         iteration)
+        return self._run(ptr(self._X), ptr(self._y), self._w, &view[0], stop - start, lr, t,
+                         update, iteration)
 
-    def step(self, X, y, double lr=0, int64_t t=0, bint update=True, int64_t iteration=0):
-        """One iteration on all rows of X, y; `iteration` keys the dropout masks."""
+    def step(self, X, y, double lr=0, int64_t t=0, bint update=True, int64_t iteration=0,
+             sample_weight=None):
+        """One iteration on all rows of X, y (rows weighted by sample_weight);
+        `iteration` keys the dropout masks."""
         self._check_xy(X, y)
-        return self._run(ptr(X), ptr(y), NULL, X.shape[0], lr, t, update, iteration)
+        self._check_weight(X, sample_weight)
+        return self._run(ptr(X), ptr(y), sample_weight, NULL, X.shape[0], lr, t, update,
+                         iteration)
 
     def forward(self, X, out):
         """out (n, n_out) = network output for X (n, in), n <= max_batch, in inference

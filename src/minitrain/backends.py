@@ -7,12 +7,13 @@ Both expose the same object, built over the model's flat buffers:
 operations wherever NumPy allows, and is the reference the C core is tested against.
 """
 
+import math
 import warnings
 
 import numpy as np
 
 from . import functional as F
-from .optimizers import SGD_KIND
+from .optimizers import SGD_KIND, STYLE_SKLEARN
 
 try:
     from . import _core
@@ -24,6 +25,8 @@ BACKENDS = ("c", "numpy")
 
 _KIND = {v: k for k, v in F.LAYER_KINDS.items()}
 _ACT = {v: k for k, v in F.ACTIVATIONS.items()}
+_LAYER_DEFAULTS = dict.fromkeys(("act_param", "w_off", "b_off", "rate", "momentum", "eps",
+                                 "s_off"), 0)
 
 
 class NumpyNet:
@@ -32,14 +35,15 @@ class NumpyNet:
     def __init__(self, dtype, loss, layers, params, grads, state, buffers=None, seed=0):
         self.dtype = np.dtype(dtype)
         self.loss = {v: k for k, v in F.LOSSES.items()}[loss]
-        # the mt_layer fields, with the kind and activation as names
-        self.layers = [{**spec, "kind": _KIND[spec["kind"]], "act": _ACT[spec.get("act", 0)]}
-                       for spec in layers]
+        # the mt_layer fields (absent ones 0, as in the binding), kind and activation as names
+        self.layers = [{**_LAYER_DEFAULTS, **spec, "kind": _KIND[spec["kind"]],
+                        "act": _ACT[spec.get("act", 0)]} for spec in layers]
         self.params, self.grads, self.state = params, grads, state
         self.buffers, self.seed = buffers, seed
         self.max_batch = 0
         self.opt = None
-        self.X = self.y = None
+        self.reduction = "mean"
+        self.X = self.y = self.sample_weight = None
         # below the first layer with parameters no gradient is needed
         self._first = next((l for l, L in enumerate(self.layers)
                             if L["kind"] in ("dense", "batchnorm")), len(self.layers) - 1)
@@ -61,13 +65,17 @@ class NumpyNet:
 
     def set_optimizer(self, kind, momentum=0.0, nesterov=False, weight_decay=0.0,
                       decoupled=False, beta1=0.9, beta2=0.999, eps=1e-8, clip_norm=0.0,
-                      n_decay=0):
+                      n_decay=0, style=0):
         self.opt = dict(kind=kind, momentum=momentum, nesterov=nesterov,
                         weight_decay=weight_decay, decoupled=decoupled, beta1=beta1,
-                        beta2=beta2, eps=eps, clip_norm=clip_norm, n_decay=n_decay)
+                        beta2=beta2, eps=eps, clip_norm=clip_norm, n_decay=n_decay,
+                        style=style)
 
-    def set_data(self, X, y):
-        self.X, self.y = X, y
+    def set_reduction(self, reduction):
+        self.reduction = {v: k for k, v in F.REDUCTIONS.items()}[reduction]
+
+    def set_data(self, X, y, sample_weight=None):
+        self.X, self.y, self.sample_weight = X, y, sample_weight
 
     def _forward(self, X, training, iteration=0):
         """Outputs of every layer (X first) and what each keeps for backward."""
@@ -98,18 +106,21 @@ class NumpyNet:
 
     def step_rows(self, idx, start, stop, lr, t, update=True, iteration=0):
         rows = idx[start:stop]
-        return self.step(self.X[rows], self.y[rows], lr, t, update, iteration)
+        w = None if self.sample_weight is None else self.sample_weight[rows]
+        return self.step(self.X[rows], self.y[rows], lr, t, update, iteration, w)
 
-    def step(self, X, y, lr=0.0, t=0, update=True, iteration=0):
+    def step(self, X, y, lr=0.0, t=0, update=True, iteration=0, sample_weight=None):
         outs, kept = self._forward(X, training=True, iteration=iteration)
-        loss = F.loss_value(self.loss, outs[-1], y)
+        loss = F.loss_value(self.loss, outs[-1], y, self.reduction, sample_weight)
         if not np.isfinite(loss):
             raise FloatingPointError(f"the loss is not finite ({loss})")
-        d = F.loss_gradient(self.loss, outs[-1], y)
+        d = F.loss_gradient(self.loss, outs[-1], y, self.reduction, sample_weight)
         for l in range(len(self.layers) - 1, self._first - 1, -1):
             d = self._backward(l, outs[l], outs[l + 1], kept[l], d, l > self._first)
         if update:
-            self._update(lr, t)
+            batch_weight = len(X) if sample_weight is None else float(
+                sample_weight.astype(np.float64).sum())
+            self._update(lr, t, batch_weight)
             for L, keep in zip(self.layers, kept):
                 if L["kind"] == "batchnorm":
                     F.batchnorm_update_running(*self._running(L), keep[1], L["momentum"],
@@ -137,14 +148,17 @@ class NumpyNet:
         dgamma[...], dbeta[...], dx = F.batchnorm_backward(d, xhat, gamma, stats[2])
         return dx
 
-    def _update(self, lr, t):
+    def _update(self, lr, t, batch_weight):
         o, p, g = self.opt, self.params, self.grads
         t_ = self.dtype.type
-        lr, wd, nd = t_(lr), t_(o["weight_decay"]), o["n_decay"]
         if o["clip_norm"] > 0:
             norm = np.sqrt(np.dot(g.astype(np.float64), g.astype(np.float64)))
             if norm > o["clip_norm"]:
                 g = g * t_(o["clip_norm"] / norm)
+        if o["style"] == STYLE_SKLEARN:
+            self._sklearn_update(lr, t, g, t_(o["weight_decay"] / batch_weight))
+            return
+        lr, wd, nd = t_(lr), t_(o["weight_decay"]), o["n_decay"]
         if o["kind"] == SGD_KIND:
             g = g.copy()
             g[:nd] += wd * p[:nd]
@@ -171,6 +185,23 @@ class NumpyNet:
         v *= b2
         v += (1 - b2) * g * g
         p -= lr * (m / c1) / (np.sqrt(v) / c2 + eps)
+
+    def _sklearn_update(self, lr, t, g, wd):
+        """scikit-learn's MLP updates, in its order of operations (MT_OPT_STYLE_SKLEARN)."""
+        o, p, n, t_ = self.opt, self.params, self.params.size, self.dtype.type
+        g = g.copy()
+        g[:o["n_decay"]] += wd * p[:o["n_decay"]]
+        if o["kind"] == SGD_KIND:
+            mu, v, lr = t_(o["momentum"]), self.state[:n], t_(lr)
+            v[...] = mu * v - lr * g
+            p += mu * v - lr * g if o["nesterov"] else v
+            return
+        b1, b2 = o["beta1"], o["beta2"]
+        m, v = self.state[:n], self.state[n:2 * n]
+        m[...] = t_(b1) * m + t_(1 - b1) * g
+        v[...] = t_(b2) * v + t_(1 - b2) * (g * g)
+        lr_t = t_(lr * math.sqrt(1 - b2 ** float(t)) / (1 - b1 ** float(t)))
+        p += -lr_t * m / (np.sqrt(v) + t_(o["eps"]))
 
 
 def make_net(backend, *args):

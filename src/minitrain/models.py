@@ -57,8 +57,9 @@ class Sequential:
     layers : list of Layer
         The input width is taken from the data on the first ``fit`` (or ``build``).
     loss : str
-        ``cross_entropy`` (softmax over the last layer, integer labels), ``mse``, or
-        ``binary_cross_entropy`` (sigmoid over each output, 0/1 targets).
+        ``cross_entropy`` (softmax over the last layer, integer labels), ``mse``,
+        ``binary_cross_entropy`` (sigmoid over each output, 0/1 targets), or ``poisson``
+        (counts; the prediction is exp of the last layer's output).
     seed : int or None
         Seeds the one ``numpy.random.Generator`` behind initialisation and shuffling.
     dtype : ``"float32"`` or ``"float64"``
@@ -460,7 +461,7 @@ class Sequential:
 
     def predict_proba(self, X, batch_size=None):
         """Class probabilities: softmax (cross-entropy) or per-output sigmoid."""
-        if self.loss == "mse":
+        if self.loss in ("mse", "poisson"):
             raise AttributeError("predict_proba is only defined for classification losses")
         return F.output_transform(self.loss, self._output(X, batch_size))
 
@@ -472,6 +473,7 @@ class Sequential:
         if self.loss == "binary_cross_entropy":
             labels = (out > 0).astype(np.int64)
             return labels[:, 0] if labels.shape[1] == 1 else labels
+        out = F.output_transform(self.loss, out)  # Poisson: the mean exp(z)
         return out[:, 0] if out.shape[1] == 1 else out
 
     def evaluate(self, X, y, batch_size=None, metrics="auto"):

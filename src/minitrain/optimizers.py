@@ -7,6 +7,8 @@ import numbers
 from . import schedules
 
 SGD_KIND, ADAM_KIND = 0, 1
+# update forms of the core (mt_opt_style): PyTorch's, or scikit-learn's MLP
+STYLE_TORCH, STYLE_SKLEARN = 0, 1
 
 
 def _check(name, value, low=0.0, low_open=False, high=None, high_open=False):
