@@ -8,9 +8,9 @@ size_t mt_workspace_bytes(const mt_net *net, int64_t max_batch) {
 }
 
 int mt_step(mt_net *net, const void *X, const void *y, const int64_t *idx, int64_t n,
-            const mt_optim *opt, double *loss) {
-    return net->dtype == MT_FLOAT64 ? mt_step_f64(net, X, y, idx, n, opt, loss)
-                                    : mt_step_f32(net, X, y, idx, n, opt, loss);
+            int64_t iteration, const mt_optim *opt, double *loss) {
+    return net->dtype == MT_FLOAT64 ? mt_step_f64(net, X, y, idx, n, iteration, opt, loss)
+                                    : mt_step_f32(net, X, y, idx, n, iteration, opt, loss);
 }
 
 int mt_forward(mt_net *net, const void *X, const int64_t *idx, int64_t n, void *out) {

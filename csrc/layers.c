@@ -39,3 +39,24 @@ void FN(mt_dense_backward)(const mt_layer *L, const real *params, real *grads,
                            .z = Zin, .a = X};
     FN(mt_gemm)(0, 1, n, in, out, dZ, params + L->w_off, dX, 0, &ep, pack);
 }
+
+// Standalone activation layer (Dense -> BatchNorm -> Activation): the same functions as
+// the fused ones above, on a layer that owns no parameters.
+
+// X (n, c) -> Y (n, c) = act(X)
+void FN(mt_activation_forward)(const mt_layer *L, const real *X, real *Y, int64_t n) {
+    const int64_t size = n * L->out;
+    const real alpha = (real)L->act_param;
+#pragma omp parallel for schedule(static) if (size >= MT_PAR_ELEMS)
+    for (int64_t i = 0; i < size; i++) Y[i] = act_forward(L->act, alpha, X[i]);
+}
+
+// dY (n, c) ⊙ act'(X, Y) -> dX (n, c); nothing to do without dX (first layer)
+void FN(mt_activation_backward)(const mt_layer *L, const real *X, const real *Y,
+                                const real *dY, real *dX, int64_t n) {
+    if (!dX) return;
+    const int64_t size = n * L->out;
+    const real alpha = (real)L->act_param;
+#pragma omp parallel for schedule(static) if (size >= MT_PAR_ELEMS)
+    for (int64_t i = 0; i < size; i++) dX[i] = dY[i] * act_derivative(L->act, alpha, X[i], Y[i]);
+}

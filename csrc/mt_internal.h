@@ -33,7 +33,7 @@ extern int mt_isa_active;
     size_t mt_gemm_pack_size_##sfx(int64_t dim);                                           \
     size_t mt_workspace_bytes_##sfx(const mt_net *net, int64_t max_batch);                 \
     int mt_step_##sfx(mt_net *net, const real *X, const void *y, const int64_t *idx,       \
-                      int64_t n, const mt_optim *opt, double *loss);                       \
+                      int64_t n, int64_t iteration, const mt_optim *opt, double *loss);    \
     int mt_forward_##sfx(mt_net *net, const real *X, const int64_t *idx, int64_t n,        \
                          real *out);
 
@@ -57,13 +57,31 @@ void FN(mt_act_backward)(const mt_layer *L, const real *Z, const real *A, real *
 void FN(mt_dense_backward)(const mt_layer *L, const real *params, real *grads,
                            const real *X, const real *dZ, real *dX, int64_t n,
                            const mt_layer *below, const real *Zin, real *pack);
+void FN(mt_activation_forward)(const mt_layer *L, const real *X, real *Y, int64_t n);
+void FN(mt_activation_backward)(const mt_layer *L, const real *X, const real *Y,
+                                const real *dY, real *dX, int64_t n);
+// dropout.c
+void FN(mt_dropout_forward)(const mt_layer *L, uint64_t seed, int64_t iteration, int layer,
+                            const real *X, real *M, real *Y, int64_t n);
+void FN(mt_dropout_backward)(const mt_layer *L, const real *M, const real *dY, real *dX,
+                             int64_t n);
+// batchnorm.c
+void FN(mt_batchnorm_forward)(const mt_layer *L, const real *params, const real *X,
+                              real *Xhat, real *stats, real *Y, int64_t n);
+void FN(mt_batchnorm_inference)(const mt_layer *L, const real *params, const real *buffers,
+                                const real *X, real *Y, int64_t n);
+void FN(mt_batchnorm_backward)(const mt_layer *L, const real *params, real *grads,
+                               const real *Xhat, const real *stats, const real *dY,
+                               real *dX, int64_t n);
+void FN(mt_batchnorm_update_running)(const mt_layer *L, const real *stats, real *buffers,
+                                     int64_t n);
 // loss.c
-double FN(mt_loss_forward_backward)(int loss, const real *P, const void *y,
+double FN(mt_loss_forward_backward)(const mt_net *net, const real *P, const void *y,
                                     const int64_t *idx, real *dP, int64_t n, int64_t out,
-                                    double *rowloss);
+                                    double *rowloss, double *batch_weight);
 // optim.c
 void FN(mt_optim_update)(const mt_optim *o, real *params, real *grads, real *state,
-                         int64_t n);
+                         int64_t n, double batch_weight);
 #endif
 
 #endif

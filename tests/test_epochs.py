@@ -1,7 +1,11 @@
 """Epoch / iteration / batch accounting of the training loop."""
 
+import warnings
+
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import minitrain as mt
 
@@ -12,9 +16,9 @@ class RecordingNet:
     def __init__(self, net):
         self.net, self.batches = net, []
 
-    def step_rows(self, idx, start, stop, lr, t, update=True):
+    def step_rows(self, idx, start, stop, *args, **kwargs):
         self.batches.append(idx[start:stop].copy())
-        return self.net.step_rows(idx, start, stop, lr, t, update)
+        return self.net.step_rows(idx, start, stop, *args, **kwargs)
 
     def __getattr__(self, name):
         return getattr(self.net, name)
@@ -107,3 +111,21 @@ def test_zero_epochs_trains_nothing():
     hist = model.fit(X, y, epochs=0, batch_size=8, verbose=0)
     np.testing.assert_array_equal(model.params_flat, before)
     assert hist.epochs == 0 and model.iteration == 0
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(n=st.integers(1, 300), batch_size=st.integers(1, 350), drop_last=st.booleans(),
+       shuffle=st.booleans())
+def test_accounting_for_any_n_and_batch_size(n, batch_size, drop_last, shuffle):
+    clipped = min(batch_size, n)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # batch_size > n is clipped with a warning
+        model, hist, batches = recorded_fit(n=n, batch_size=batch_size, epochs=2,
+                                            drop_last=drop_last, shuffle=shuffle)
+    per_epoch = n // clipped if drop_last else -(-n // clipped)
+    assert hist.iterations_per_epoch == per_epoch and len(batches) == 2 * per_epoch
+    assert model.iteration == 2 * per_epoch and len(hist.iteration_loss) == 2 * per_epoch
+    for epoch in (batches[:per_epoch], batches[per_epoch:]):
+        rows = np.concatenate(epoch)
+        assert len(np.unique(rows)) == len(rows) == (per_epoch * clipped if drop_last else n)
+        assert all(len(b) == clipped for b in epoch[:-1])
