@@ -31,17 +31,19 @@ def threads():
 
 
 def train_wide(backend, dtype, loss):
-    """Layers wide enough for every GEMM path: several k blocks (300 inputs > KC), packed
-    and in-place operands, every activation in an epilogue, 2 epochs of 2 iterations."""
+    """Layers wide enough for every GEMM path: several k blocks (600 inputs > KC), packed
+    and in-place operands, every activation in an epilogue (and outside one, next to
+    batchnorm and dropout layers), 2 epochs of 2 iterations."""
     rng = np.random.default_rng(5)
-    X = rng.normal(size=(320, 300))
+    X = rng.normal(size=(320, 600))
     if loss == "cross_entropy":
         y, last = rng.integers(0, 7, 320), "identity"
     else:
         y, last = rng.normal(scale=0.5, size=(320, 7)), "tanh"
     layers = [mt.Dense(150, activation="relu"), mt.Dense(40, activation="gelu"),
-              mt.Dense(33, activation="sigmoid"), mt.Dense(20, activation="leaky_relu"),
-              mt.Dense(16, activation="tanh"), mt.Dense(7, activation=last)]
+              mt.Dense(33, activation="sigmoid"), mt.BatchNorm(),
+              mt.Dense(20, activation="leaky_relu"), mt.Dense(16, activation="tanh"),
+              mt.Dropout(0.2), mt.Dense(7, activation=last)]
     model = mt.Sequential(layers, loss=loss, seed=1, dtype=dtype, backend=backend)
     hist = model.fit(X, y, epochs=2, batch_size=160, verbose=0,
                      optimizer=mt.SGD(lr=0.05, momentum=0.9))
@@ -103,14 +105,18 @@ def test_gemm_is_bit_identical_on_one_and_two_threads(isa, threads):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_two_epochs_give_bit_identical_weights_on_one_and_two_threads(dtype, threads):
+@pytest.mark.parametrize("dropout", [False, True])
+def test_two_epochs_give_bit_identical_weights_on_one_and_two_threads(dtype, dropout, threads):
     X, y = mt.load_digits()
     X = (X / 16).astype(dtype)
     params = []
     for n in (1, 2):
         threads(n)
-        model = mt.Sequential([mt.Dense(256, activation="relu"), mt.Dense(256, activation="tanh"),
-                               mt.Dense(10)], seed=3, dtype=dtype)
+        layers = [mt.Dense(256, activation="relu"), mt.Dense(256, activation="tanh"),
+                  mt.Dense(10)]
+        if dropout:
+            layers.insert(1, mt.Dropout(0.25))
+        model = mt.Sequential(layers, seed=3, dtype=dtype)
         model.fit(X, y, epochs=2, batch_size=128, optimizer=mt.SGD(lr=0.1, momentum=0.9),
                   verbose=0)
         assert mt.get_num_threads() == n
