@@ -175,16 +175,20 @@ static void run_tiles(const FN(mt_kernel) *ker, const problem *P, int64_t ic, in
 }
 
 // The five loops, run by each thread of the team. Threads share the packed B block and
-// split each block of C by row panels or by column panels, whichever balances better.
-// By rows, each thread packs and computes its own rows of the A block: one barrier per
-// B block. By columns, they share the packed A block too, with a barrier around each.
+// split C by row panels or by column panels, whichever balances better. By rows, each
+// thread packs and computes its own rows of A: one barrier per B block. By columns,
+// they share each packed A block too, with a barrier around it. Either way every tile
+// is computed as on one thread.
 static void gemm_blocks(const FN(mt_kernel) *ker, const problem *P, real *pack) {
     const int64_t M = P->M, N = P->N, K = P->K;
     const int64_t KC = ker->kc, MC = ker->mc, NC = ker->nc;
     const int mr = ker->mr, nr = ker->nr;
     const int64_t t = omp_get_thread_num(), T = omp_get_num_threads();
-    const int64_t rows0 = (min64(MC, M) + mr - 1) / mr, cols0 = (min64(NC, N) + nr - 1) / nr;
-    const int split_rows = (rows0 + T - 1) / T * cols0 <= (cols0 + T - 1) / T * rows0;
+    const int64_t rows0 = (M + mr - 1) / mr, cols0 = (min64(NC, N) + nr - 1) / nr;
+    // by rows, each thread packs blocks of mct rows into its part of the A buffer
+    const int64_t mct = min64(MC, rows0 * mr) / T / mr * mr;
+    const int split_rows = (rows0 + T - 1) / T * cols0 <= (cols0 + T - 1) / T * rows0 &&
+                           mct > 0;
     real *Bp = pack, *Ap = pack + b_block_elems(min64(KC, K), min64(NC, round_up(N, nr)));
     for (int64_t jc = 0; jc < N; jc += NC) {
         const int64_t nc = min64(NC, N - jc), cols = (nc + nr - 1) / nr;
@@ -195,18 +199,18 @@ static void gemm_blocks(const FN(mt_kernel) *ker, const problem *P, real *pack) 
 #pragma omp for schedule(static)
                 for (int64_t q = 0; q < cols; q++) pack_b(ker, P, jc, nc, pc, kc, q, Bp);
             }
-            for (int64_t ic = 0; ic < M; ic += MC) {
-                const int64_t mc = min64(MC, M - ic), rows = (mc + mr - 1) / mr;
-                if (split_rows) {
-                    const int64_t p0 = rows * t / T, p1 = rows * (t + 1) / T;
-                    // a shorter last block moves the split: wait until the A panels
-                    // about to be overwritten are no longer read by their last owner
-                    if (P->pack_a && ic > 0 && mc < MC) {
-#pragma omp barrier
-                    }
-                    if (P->pack_a) pack_a(ker, P, ic, mc, pc, kc, p0, p1, Ap);
-                    run_tiles(ker, P, ic, mc, jc, nc, pc, kc, Ap, Bp, p0, p1, 0, cols);
-                } else {
+            if (split_rows) {
+                // this thread's row panels of all of M: no thread waits for another's A
+                const int64_t end = min64(M, rows0 * (t + 1) / T * mr);
+                real *At = Ap + t * mct * kc;
+                for (int64_t ic = rows0 * t / T * mr; ic < end; ic += mct) {
+                    const int64_t mc = min64(mct, end - ic), rows = (mc + mr - 1) / mr;
+                    if (P->pack_a) pack_a(ker, P, ic, mc, pc, kc, 0, rows, At);
+                    run_tiles(ker, P, ic, mc, jc, nc, pc, kc, At, Bp, 0, rows, 0, cols);
+                }
+            } else {
+                for (int64_t ic = 0; ic < M; ic += MC) {
+                    const int64_t mc = min64(MC, M - ic), rows = (mc + mr - 1) / mr;
                     if (P->pack_a) {
 #pragma omp for schedule(static)
                         for (int64_t p = 0; p < rows; p++) pack_a(ker, P, ic, mc, pc, kc, p, p + 1, Ap);
