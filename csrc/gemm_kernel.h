@@ -120,15 +120,38 @@ static void kernel_strided(const FN(mt_tile) *t) { kernel_body(t, 0, NV); }
 // tiles at most one vector wide (the 10 outputs of a classifier): half the work or less
 static void kernel_narrow(const FN(mt_tile) *t) { kernel_body(t, 0, 1); }
 
+// dst[k*R + i] = src[i*stride + k] for i < R, k < kc: R rows that are contiguous in k
+// become a k-major panel. With V_TRANSPOSE (an in-register VL x VL transpose), blocks of
+// VL rows and VL values of k at a time, else element by element.
+static inline __attribute__((always_inline)) void transpose_rows(const real *src,
+                                                                 int64_t stride, int R,
+                                                                 int64_t kc, real *dst) {
+    int64_t k0 = 0;
+#ifdef V_TRANSPOSE
+    for (; k0 + VL <= kc; k0 += VL)
+        for (int g = 0; g < R; g += VL) {
+            vec r[VL];
+#pragma GCC unroll 16
+            for (int i = 0; i < VL; i++)
+                r[i] = g + i < R ? V_LOAD(src + (g + i) * stride + k0) : V_ZERO();
+            V_TRANSPOSE(r);
+            const vmask m = M_FIRST(R - g);
+#pragma GCC unroll 16
+            for (int k = 0; k < VL; k++) V_STOREM(dst + (k0 + k) * R + g, m, r[k]);
+        }
+#endif
+    for (int64_t k = k0; k < kc; k++)
+#pragma GCC unroll 32
+        for (int i = 0; i < R; i++) dst[k * R + i] = src[i * stride + k];
+}
+
 // h <= MR rows i of op(A), k in [0, kc) -> dst[k*MR + i], zero rows past h.
 // op(A)(i, k) = src[i*rs + k*cs]: cs == 1 transposes (rows of A are contiguous in k).
 static void pack_a_panel(const real *src, int64_t rs, int64_t cs, int64_t h, int64_t kc,
                          real *dst) {
     if (h == MR && (cs == 1 || rs == 1)) { // constant trip counts: unrolled, vectorized
         if (cs == 1)
-            for (int64_t k = 0; k < kc; k++)
-#pragma GCC unroll 32
-                for (int i = 0; i < MR; i++) dst[k * MR + i] = src[i * rs + k];
+            transpose_rows(src, rs, MR, kc, dst);
         else
             for (int64_t k = 0; k < kc; k++)
 #pragma GCC unroll 32
@@ -145,9 +168,7 @@ static void pack_b_panel(const real *src, int64_t rs, int64_t cs, int64_t w, int
                          real *dst) {
     if (rs == 1) {
         if (w == NR) {
-            for (int64_t k = 0; k < kc; k++)
-#pragma GCC unroll 64
-                for (int j = 0; j < NR; j++) dst[k * NR + j] = src[j * cs + k];
+            transpose_rows(src, cs, NR, kc, dst);
             return;
         }
         for (int64_t k = 0; k < kc; k++)
