@@ -1,12 +1,13 @@
-// The register-blocked micro-kernel, written once for every instruction set. The
-// including file (gemm_avx512.c, gemm_avx2.c, gemm_generic.c) defines the vector type
-// and operations below, then instantiates the kernel descriptor from
-// kernel_packed / kernel_strided:
+// The register-blocked micro-kernel and the packing of its panels, written once for
+// every instruction set. The including file (gemm_avx512.c, gemm_avx2.c, gemm_generic.c)
+// defines the vector type and operations below, includes this file, then defines its
+// descriptor with KERNEL_DESCRIPTOR(isa, KC, MC, NC):
 //   MR, NV, VL       tile rows, vectors per tile row, lanes per vector (NR = NV*VL)
-//   vec, vmask       vector and lane-mask types; vcond the result of V_GT0
+//   vec, vmask       vector and lane-mask types
 //   V_ZERO() V_SET1(x) V_LOAD(p) V_STORE(p, v) V_LOADM(m, p) V_STOREM(p, m, v)
-//   V_FMA(a, b, c) = a*b + c, V_ADD V_SUB V_MUL, V_GT0(v) lanes > 0,
-//   V_SELECT(cond, t, f), M_FIRST(n) the mask of lanes [0, n)
+//   V_FMA(a, b, c) = a*b + c, V_ADD V_SUB V_MUL, V_GT0(v) the lanes > 0 as V_SELECT's
+//   condition, V_SELECT(cond, t, f), M_FIRST(n) the mask of lanes [0, n)
+//   V_TRANSPOSE(r)   optional: transposes the VL x VL block in vec r[VL]
 // The tile loop keeps MR x NV accumulators in registers; per k it loads NV vectors of
 // B and broadcasts MR elements of A. The epilogue runs on the accumulators.
 
