@@ -60,17 +60,26 @@ typedef struct {
     int pack_a, pack_b;
 } problem;
 
-// NR-column panel q of op(B)[k0:k0+kc, j0:j0+nc] (kc x NR, zero-padded to NR). With
-// ep->b_sums, adds the panel's column sums to them, in k order, while it is in L1.
+// NR-column panels [q0, q1) of op(B)[k0:k0+kc, j0:j0+nc] (kc x NR each, zero-padded to
+// NR). With ep->b_sums, adds their column sums to it, in k order, from the packed copy.
 static void pack_b(const FN(mt_kernel) *ker, const problem *P, int64_t j0, int64_t nc,
-                   int64_t k0, int64_t kc, int64_t q, real *Bp) {
+                   int64_t k0, int64_t kc, int64_t q0, int64_t q1, real *Bp) {
     const int nr = ker->nr;
-    // op(B)(k, j) = B[k*rs + j*cs]
-    const int64_t rs = P->trans_b ? 1 : P->N, cs = P->trans_b ? P->K : 1;
-    const int64_t j = j0 + q * nr, w = min64(nr, j0 + nc - j);
-    real *panel = Bp + q * kc * nr;
-    ker->pack_b(P->B + k0 * rs + j * cs, rs, cs, w, kc, panel);
-    if (P->ep && P->ep->b_sums) {
+    if (q0 >= q1) return;
+    if (P->trans_b) { // op(B)(k, j) = B[j*K + k]
+        for (int64_t q = q0; q < q1; q++) {
+            const int64_t j = j0 + q * nr;
+            ker->pack_bt(P->B + j * P->K + k0, P->K, min64(nr, j0 + nc - j), kc,
+                         Bp + q * kc * nr);
+        }
+    } else {
+        ker->pack_b_rows(P->B + k0 * P->N + j0 + q0 * nr, P->N, min64(nc, q1 * nr) - q0 * nr,
+                         kc, Bp + q0 * kc * nr);
+    }
+    if (!P->ep || !P->ep->b_sums) return;
+    for (int64_t q = q0; q < q1; q++) {
+        const int64_t j = j0 + q * nr, w = min64(nr, j0 + nc - j);
+        const real *panel = Bp + q * kc * nr;
         real *sums = (real *)P->ep->b_sums + j;
         if (k0 == 0)
             for (int64_t c = 0; c < w; c++) sums[c] = 0;
@@ -196,8 +205,8 @@ static void gemm_blocks(const FN(mt_kernel) *ker, const problem *P, real *pack) 
         for (int64_t pc = 0; pc < K || pc == 0; pc += KC) {
             const int64_t kc = min64(KC, K - pc);
             if (P->pack_b) {
-#pragma omp for schedule(static)
-                for (int64_t q = 0; q < cols; q++) pack_b(ker, P, jc, nc, pc, kc, q, Bp);
+                pack_b(ker, P, jc, nc, pc, kc, cols * t / T, cols * (t + 1) / T, Bp);
+#pragma omp barrier
             }
             if (split_rows) {
                 // this thread's row panels of all of M: no thread waits for another's A

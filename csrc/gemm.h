@@ -53,10 +53,13 @@ typedef struct {
 } FN(mt_tile);
 
 typedef void (*FN(mt_kernel_fn))(const FN(mt_tile) *t);
-// one micro-panel of op(A) (h <= MR rows) or op(B) (w <= NR columns) over kc, with
-// op(X)(row, col) = src[row*rs + col*cs]
-typedef void (*FN(mt_pack_fn))(const real *src, int64_t rs, int64_t cs, int64_t len,
-                               int64_t kc, real *dst);
+// one micro-panel of op(A) (h <= MR rows) over kc, op(A)(i, k) = src[i*rs + k*cs]
+typedef void (*FN(mt_pack_a_fn))(const real *src, int64_t rs, int64_t cs, int64_t h,
+                                 int64_t kc, real *dst);
+// micro-panels of the first w columns of op(B) over kc, op(B)(k, j) = src[k*rs + j*cs]
+// with rs == 1 (one panel, w <= NR) or cs == 1
+typedef void (*FN(mt_pack_b_fn))(const real *src, int64_t stride, int64_t w, int64_t kc,
+                                 real *dst);
 
 // A micro-kernel and the blocking that fits it to the caches.
 typedef struct {
@@ -65,7 +68,9 @@ typedef struct {
     FN(mt_kernel_fn) packed;   // both operands packed
     FN(mt_kernel_fn) strided;  // either read in place
     FN(mt_kernel_fn) narrow;   // any operands, tiles of at most one vector of columns
-    FN(mt_pack_fn) pack_a, pack_b;
+    FN(mt_pack_a_fn) pack_a;
+    FN(mt_pack_b_fn) pack_bt;     // rs == 1: B stored (N, K), stride cs
+    FN(mt_pack_b_fn) pack_b_rows; // cs == 1: B stored (K, N), stride rs
 } FN(mt_kernel);
 
 extern const FN(mt_kernel) FN(mt_kernel_generic);

@@ -163,24 +163,34 @@ static void pack_a_panel(const real *src, int64_t rs, int64_t cs, int64_t h, int
         for (int i = 0; i < MR; i++) dst[k * MR + i] = i < h ? src[i * rs + k * cs] : 0;
 }
 
-// w <= NR columns j of op(B), k in [0, kc) -> dst[k*NR + j], zero columns past w.
-// op(B)(k, j) = src[k*rs + j*cs]: rs == 1 transposes (B stored (N, K)).
-static void pack_b_panel(const real *src, int64_t rs, int64_t cs, int64_t w, int64_t kc,
-                         real *dst) {
-    if (rs == 1) {
-        if (w == NR) {
-            transpose_rows(src, cs, NR, kc, dst);
-            return;
-        }
-        for (int64_t k = 0; k < kc; k++)
-            for (int j = 0; j < NR; j++) dst[k * NR + j] = j < w ? src[j * cs + k] : 0;
+// w <= NR columns j of op(B) = Bᵀ, B stored (N, K), k in [0, kc) -> dst[k*NR + j],
+// zero columns past w. op(B)(k, j) = src[j*cs + k].
+static void pack_bt_panel(const real *src, int64_t cs, int64_t w, int64_t kc, real *dst) {
+    if (w == NR) {
+        transpose_rows(src, cs, NR, kc, dst);
         return;
     }
-    vmask mk[NV];
-    for (int v = 0; v < NV; v++) mk[v] = M_FIRST(w - v * VL);
     for (int64_t k = 0; k < kc; k++)
+        for (int j = 0; j < NR; j++) dst[k * NR + j] = j < w ? src[j * cs + k] : 0;
+}
+
+// Columns [0, w) of op(B) = B row-major (op(B)(k, j) = src[k*rs + j]), k in [0, kc) ->
+// the NR-column panels dst + q*kc*NR, zero-padded: row by row, so that B is read
+// sequentially rather than a few cache lines per row, rows pages apart
+static void pack_b_rows(const real *src, int64_t rs, int64_t w, int64_t kc, real *dst) {
+    const int64_t panels = (w + NR - 1) / NR;
+    for (int64_t k = 0; k < kc; k++)
+        for (int64_t q = 0; q < panels; q++) {
+            const real *s = src + k * rs + q * NR;
+            real *d = dst + q * kc * NR + k * NR;
+            if (w - q * NR >= NR) {
 #pragma GCC unroll 8
-        for (int v = 0; v < NV; v++) V_STORE(dst + k * NR + v * VL, V_LOADM(mk[v], src + k * rs + v * VL));
+                for (int v = 0; v < NV; v++) V_STORE(d + v * VL, V_LOAD(s + v * VL));
+            } else {
+                for (int v = 0; v < NV; v++)
+                    V_STORE(d + v * VL, V_LOADM(M_FIRST(w - q * NR - v * VL), s + v * VL));
+            }
+        }
 }
 
 // the descriptor FN(mt_kernel_<isa>) of these functions, with their cache blocking
@@ -188,4 +198,4 @@ static void pack_b_panel(const real *src, int64_t rs, int64_t cs, int64_t w, int
     const FN(mt_kernel) FN(mt_kernel_##isa) = {                                            \
         .mr = MR, .nr = NR, .vl = VL, .kc = KC, .mc = MC, .nc = NC,                        \
         .packed = kernel_packed, .strided = kernel_strided, .narrow = kernel_narrow,       \
-        .pack_a = pack_a_panel, .pack_b = pack_b_panel}
+        .pack_a = pack_a_panel, .pack_bt = pack_bt_panel, .pack_b_rows = pack_b_rows}
