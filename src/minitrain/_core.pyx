@@ -309,7 +309,9 @@ cdef class Net:
 
 def gemm(A, B, bint trans_a=False, bint trans_b=False, C=None, isa=None):
     """C = op(A) · op(B) with the core's GEMM (C accumulated into when given), with the
-    micro-kernels of `isa` (default: the ones in use, see isa())."""
+    micro-kernels of `isa` (default: the ones in use, see isa()). For tests and
+    benchmarks: `isa` switches the process-wide choice for the duration of the call, and
+    the packing buffer is allocated per call."""
     dtype = A.dtype if isinstance(A, np.ndarray) else None
     if dtype not in (np.float32, np.float64):
         raise TypeError("A must be a float32 or float64 array")
