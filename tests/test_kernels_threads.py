@@ -16,10 +16,11 @@ ISAS = _core.available_isas()
 
 @pytest.fixture
 def isa(request):
-    """Run the test with the micro-kernels of request.param, then restore the best."""
+    """Run the test with the micro-kernels of request.param, then restore the ISA."""
+    chosen = _core.isa()
     _core.set_isa(request.param)
     yield request.param
-    _core.set_isa(ISAS[-1])
+    _core.set_isa(chosen)
 
 
 @pytest.fixture
