@@ -8,9 +8,9 @@ size_t mt_workspace_bytes(const mt_net *net, int64_t max_batch) {
 }
 
 int mt_step(mt_net *net, const void *X, const void *y, const int64_t *idx, int64_t n,
-            const mt_optim *opt, double *loss) {
-    return net->dtype == MT_FLOAT64 ? mt_step_f64(net, X, y, idx, n, opt, loss)
-                                    : mt_step_f32(net, X, y, idx, n, opt, loss);
+            int64_t iteration, const mt_optim *opt, double *loss) {
+    return net->dtype == MT_FLOAT64 ? mt_step_f64(net, X, y, idx, n, iteration, opt, loss)
+                                    : mt_step_f32(net, X, y, idx, n, iteration, opt, loss);
 }
 
 int mt_forward(mt_net *net, const void *X, const int64_t *idx, int64_t n, void *out) {
@@ -18,10 +18,11 @@ int mt_forward(mt_net *net, const void *X, const int64_t *idx, int64_t n, void *
                                     : mt_forward_f32(net, X, idx, n, out);
 }
 
-void mt_gemm(int dtype, int trans_a, int trans_b, int64_t M, int64_t N, int64_t K,
-             const void *A, const void *B, void *C, int accumulate) {
-    if (dtype == MT_FLOAT64) mt_gemm_f64(trans_a, trans_b, M, N, K, A, B, C, accumulate);
-    else mt_gemm_f32(trans_a, trans_b, M, N, K, A, B, C, accumulate);
+int mt_gemm(int dtype, int trans_a, int trans_b, int64_t M, int64_t N, int64_t K,
+            const void *A, const void *B, void *C, int accumulate) {
+    return dtype == MT_FLOAT64
+               ? mt_gemm_alloc_f64(trans_a, trans_b, M, N, K, A, B, C, accumulate)
+               : mt_gemm_alloc_f32(trans_a, trans_b, M, N, K, A, B, C, accumulate);
 }
 
 void mt_set_num_threads(int n) { omp_set_num_threads(n); }

@@ -1,7 +1,14 @@
-// Losses over the network output P (n, out): mean loss and dP = d loss / dP.
+// Losses over the network output P (n, out): batch loss and dP = d loss / dP.
 #define MT_REAL_SOURCE
 #include "mt_internal.h"
+#include <float.h>
 #include <math.h>
+
+#if MT_DOUBLE
+#define REAL_EPS DBL_EPSILON
+#else
+#define REAL_EPS FLT_EPSILON
+#endif
 
 // one row of targets: labels for cross-entropy are int64, others rows of `real`
 static inline int64_t row_of(const int64_t *idx, int64_t i) { return idx ? idx[i] : i; }
@@ -11,42 +18,75 @@ static double softmax_ce_row(const real *z, int64_t label, real *dz, int64_t C, 
     double m = z[0];
     for (int64_t j = 1; j < C; j++) m = z[j] > m ? z[j] : m;
     double s = 0;
-    for (int64_t j = 0; j < C; j++) s += exp((double)z[j] - m);
-    double lse = m + log(s);
-    for (int64_t j = 0; j < C; j++) dz[j] = (real)(exp((double)z[j] - lse) * scale);
+    for (int64_t j = 0; j < C; j++) { // one exp per logit: dz holds exp(z - m) meanwhile
+        const double e = exp((double)z[j] - m);
+        dz[j] = (real)e;
+        s += e;
+    }
+    for (int64_t j = 0; j < C; j++) dz[j] = (real)(dz[j] / s * scale);
     dz[label] -= (real)scale;
-    return lse - z[label];
+    return m + log(s) - z[label];
 }
 
-// P (n, out), y -> dP (n, out); returns the mean loss. Row losses go to rowloss (n)
-// and are summed in order so the result does not depend on the thread count.
-double FN(mt_loss_forward_backward)(int loss, const real *P, const void *y,
+// loss of one output z against target t; *d = d loss / dz. `half` halves the squared
+// error (scikit-learn's), whose gradient is then z - t.
+static inline double element_loss(int loss, int half, double z, double t, double *d) {
+    if (loss == MT_LOSS_MSE) {
+        double e = z - t;
+        *d = half ? e : 2 * e;
+        return half ? 0.5 * e * e : e * e;
+    }
+    if (loss == MT_LOSS_POISSON) { // half deviance, y log(y/mu) taken as 0 at y = 0
+        double mu = exp(z);
+        *d = mu - t;
+        return (t > 0 ? t * log(t / mu) : 0) - t + mu;
+    }
+    // binary cross-entropy on logits, stable for any sign of z
+    double sig = z >= 0 ? 1 / (1 + exp(-z)) : exp(z) / (1 + exp(z));
+    *d = sig - t;
+    return fmax(z, 0) - z * t + log1p(exp(-fabs(z)));
+}
+
+// P (n, out), y -> dP (n, out); returns the batch loss: the sum over rows of
+// w_i * loss_i over the batch weight W = sum w_i (n when unweighted), with loss_i the
+// row's sum over outputs (over out more for the mean reduction, except cross-entropy).
+// Row losses go to rowloss (n) and are summed in order, so the result does not depend
+// on the thread count; *batch_weight receives W.
+double FN(mt_loss_forward_backward)(const mt_net *net, const real *P, const void *y,
                                     const int64_t *idx, real *dP, int64_t n, int64_t out,
-                                    double *rowloss) {
-    const double inv = loss == MT_LOSS_CROSS_ENTROPY ? 1.0 / n : 1.0 / ((double)n * out);
+                                    double *rowloss, double *batch_weight) {
+    const int loss = net->loss, sk = net->reduction == MT_REDUCE_SKLEARN;
+    const real *w = (const real *)net->sample_weight;
+    double wsum = (double)n;
+    if (w) {
+        wsum = 0;
+        for (int64_t i = 0; i < n; i++) wsum += w[row_of(idx, i)];
+    }
+    *batch_weight = wsum;
+    const double inv = loss == MT_LOSS_CROSS_ENTROPY || sk ? 1.0 / wsum : 1.0 / (wsum * out);
+    // scikit-learn clips probabilities to [eps, 1 - eps] before taking logs
+    const int capped = sk && (loss == MT_LOSS_CROSS_ENTROPY ||
+                              loss == MT_LOSS_BINARY_CROSS_ENTROPY);
+    const double lo = -log1p(-REAL_EPS), hi = -log(REAL_EPS);
 #pragma omp parallel for schedule(static) if (n * out >= MT_PAR_ELEMS)
     for (int64_t i = 0; i < n; i++) {
         const real *p = P + i * out;
         real *dp = dP + i * out;
         const int64_t r = row_of(idx, i);
+        const double wi = w ? w[r] : 1, scale = wi * inv;
         double l = 0;
         if (loss == MT_LOSS_CROSS_ENTROPY) {
-            l = softmax_ce_row(p, ((const int64_t *)y)[r], dp, out, inv);
+            l = softmax_ce_row(p, ((const int64_t *)y)[r], dp, out, scale);
+            if (capped) l = fmin(fmax(l, lo), hi);
         } else {
             const real *t = (const real *)y + r * out;
             for (int64_t j = 0; j < out; j++) {
-                double z = p[j], d = z - t[j];
-                if (loss == MT_LOSS_MSE) {
-                    l += d * d;
-                    dp[j] = (real)(2 * d * inv);
-                } else { // binary cross-entropy on logits, stable for any sign of z
-                    l += fmax(z, 0) - z * t[j] + log1p(exp(-fabs(z)));
-                    double sig = z >= 0 ? 1 / (1 + exp(-z)) : exp(z) / (1 + exp(z));
-                    dp[j] = (real)((sig - t[j]) * inv);
-                }
+                double d, e = element_loss(loss, sk, p[j], t[j], &d);
+                l += capped ? fmin(fmax(e, lo), hi) : e;
+                dp[j] = (real)(d * scale);
             }
         }
-        rowloss[i] = l;
+        rowloss[i] = wi * l;
     }
     double total = 0;
     for (int64_t i = 0; i < n; i++) total += rowloss[i];

@@ -27,25 +27,54 @@ typedef enum {
     MT_LOSS_CROSS_ENTROPY = 0, // softmax over logits, integer (int64) labels
     MT_LOSS_MSE,               // mean over all n*out elements of (p - y)^2
     MT_LOSS_BINARY_CROSS_ENTROPY, // sigmoid over logits, 0/1 targets, mean over n*out
+    MT_LOSS_POISSON,           // exp over log-means z, counts y: exp(z) - y z + y log y - y
 } mt_loss;
 
-typedef enum { MT_LAYER_DENSE = 0 } mt_layer_kind;
+// How a batch's element losses become the batch loss (rows weighted by sample_weight).
+typedef enum {
+    MT_REDUCE_MEAN = 0,  // mean over the n*out elements (over the n rows for cross-entropy)
+    MT_REDUCE_SKLEARN,   // scikit-learn's MLP: mean over rows of the sum over outputs,
+                         // squared error halved, log losses capped at -log(eps)
+} mt_reduction;
+
+typedef enum {
+    MT_LAYER_DENSE = 0,   // act(X W + b)
+    MT_LAYER_DROPOUT,     // inverted dropout in training, identity in inference
+    MT_LAYER_BATCHNORM,   // gamma * (X - mean) / sqrt(var + eps) + beta, per column
+    MT_LAYER_ACTIVATION,  // act(X)
+} mt_layer_kind;
 
 typedef enum { MT_OPT_SGD = 0, MT_OPT_ADAM } mt_opt_kind;
+
+typedef enum {
+    MT_OPT_STYLE_TORCH = 0,  // PyTorch's forms (below); weight_decay added to the gradient
+    MT_OPT_STYLE_SKLEARN,    // scikit-learn's MLP: velocity v = momentum*v - lr*g, p += v
+                             // (nesterov: p += momentum*v - lr*g); Adam p -= lr_t*m/(sqrt(v)+eps)
+                             // with lr_t = lr*sqrt(1-beta2^t)/(1-beta1^t); weight_decay is the
+                             // L2 alpha of the batch's summed loss, so divided by its weight
+} mt_opt_style;
 
 typedef enum {
     MT_OK = 0,
     MT_ERR_NONFINITE_LOSS = 1,     // loss or gradient not finite: parameters left untouched
     MT_ERR_BATCH_TOO_LARGE = 2,    // n exceeds the batch the workspace was sized for
+    MT_ERR_NO_MEMORY = 3,          // mt_gemm could not allocate its packing buffer
 } mt_status;
+
+// Instruction sets of the GEMM micro-kernels, in increasing order.
+typedef enum { MT_ISA_GENERIC = 0, MT_ISA_AVX2 = 1, MT_ISA_AVX512 = 2 } mt_isa;
 
 typedef struct {
     int kind;          // mt_layer_kind
-    int act;           // mt_act
+    int act;           // mt_act (dense, activation)
     double act_param;  // leaky_relu negative slope
-    int64_t in, out;   // widths of the layer's input and output rows
-    int64_t w_off;     // W (in, out) at params + w_off (elements)
-    int64_t b_off;     // b (out,)    at params + b_off
+    int64_t in, out;   // widths of the layer's input and output rows (equal unless dense)
+    int64_t w_off;     // dense: W (in, out); batchnorm: gamma (out,) at params + w_off
+    int64_t b_off;     // dense: b (out,);    batchnorm: beta (out,)  at params + b_off
+    double rate;       // dropout: probability of zeroing an element
+    double momentum;   // batchnorm: running = momentum * running + (1 - momentum) * batch
+    double eps;        // batchnorm: added to the variance
+    int64_t s_off;     // batchnorm: running mean (out,), variance (out,) at buffers + s_off
 } mt_layer;
 
 typedef struct {
@@ -59,16 +88,21 @@ typedef struct {
     int64_t t;            // 1-based update count, for Adam's bias correction
     double clip_norm;     // > 0: rescale the gradient to this global L2 norm when larger
     int64_t n_decay;      // weight decay applies to params [0, n_decay): the weights
+    int style;            // mt_opt_style
 } mt_optim;
 
 typedef struct {
     int dtype;             // mt_dtype: of params, grads, state, X and float targets
     int loss;              // mt_loss
+    int reduction;         // mt_reduction
+    const void *sample_weight; // (rows,) in dtype, indexed like y; NULL: every row weighs 1
     int nlayers;
     mt_layer layers[MT_MAX_LAYERS];
     int64_t n_params;
     void *params, *grads;  // n_params each
     void *state;           // SGD: n_params (momentum); Adam: 2*n_params (m, v)
+    void *buffers;         // non-trainable state: batchnorm running statistics
+    uint64_t seed;         // keys the dropout masks, with the iteration, layer and element
     void *work;            // mt_workspace_bytes(net, max_batch) bytes, 64-byte aligned
     int64_t max_batch;
 } mt_net;
@@ -78,20 +112,29 @@ size_t mt_workspace_bytes(const mt_net *net, int64_t max_batch);
 
 // One iteration on the n rows X[idx[0..n)] (rows 0..n of X when idx is NULL).
 // X (rows, in0) row-major; y int64 (rows,) for cross-entropy, else (rows, out) in dtype.
-// With opt == NULL the gradient is left in net->grads and nothing is updated.
-// *loss receives the batch's mean loss.
+// `iteration` keys the dropout masks: the same iteration gives the same masks.
+// With opt == NULL the gradient is left in net->grads and nothing is updated (neither
+// the parameters nor the batchnorm running statistics).
+// *loss receives the batch loss (see mt_reduction).
 int mt_step(mt_net *net, const void *X, const void *y, const int64_t *idx, int64_t n,
-            const mt_optim *opt, double *loss);
+            int64_t iteration, const mt_optim *opt, double *loss);
 
-// Inference: out (n, out_last) = network output (logits for the classification losses)
+// Inference (dropout off, batchnorm on running statistics): out (n, out_last) = network output (logits for the classification losses)
 // for rows X[idx[0..n)] (or rows 0..n), n <= max_batch.
 int mt_forward(mt_net *net, const void *X, const int64_t *idx, int64_t n, void *out);
 
 // C (M, N) = op(A) (M, K) · op(B) (K, N) (+ C when accumulate), row-major, op = transpose
-// when the flag is set. Exposed for tests and benchmarks; the layers call the typed
-// internal entry points in gemm.h.
-void mt_gemm(int dtype, int trans_a, int trans_b, int64_t M, int64_t N, int64_t K,
-             const void *A, const void *B, void *C, int accumulate);
+// when the flag is set. Exposed for tests and benchmarks: allocates its packing buffer
+// per call (the layers use the workspace's, through the typed entry points in gemm.h).
+int mt_gemm(int dtype, int trans_a, int trans_b, int64_t M, int64_t N, int64_t K,
+            const void *A, const void *B, void *C, int accumulate);
+
+// The best mt_isa this CPU runs; the one in use (chosen at load: the best); set it
+// (clamped to the CPU's best) and return the one now in use. Results depend on the ISA
+// (the order of roundings), never on the thread count.
+int mt_cpu_isa(void);
+int mt_get_isa(void);
+int mt_set_isa(int isa);
 
 void mt_set_num_threads(int n);
 int mt_get_num_threads(void);

@@ -12,12 +12,28 @@
 #define MT_PAR_ELEMS (1 << 15)
 #define MT_ALIGN 64
 
+// Runs the statement given after cond, whose loops are orphaned `omp for` constructs, on a team of
+// threads when `cond`, else directly: entering a parallel region costs about 0.3 us even
+// when its if clause is false, which adds up over the dozen loops of a small iteration.
+#define MT_PARALLEL_IF(cond, ...)                                                          \
+    do {                                                                                   \
+        if (cond) {                                                                        \
+            _Pragma("omp parallel") __VA_ARGS__;                                           \
+        } else {                                                                           \
+            __VA_ARGS__;                                                                   \
+        }                                                                                  \
+    } while (0)
+
+// the ISA whose micro-kernels the GEMM uses (cpu.c)
+extern int mt_isa_active;
+
 #define MT_DECLARE_TYPED(real, sfx)                                                        \
-    void mt_gemm_##sfx(int trans_a, int trans_b, int64_t M, int64_t N, int64_t K,          \
-                       const real *A, const real *B, real *C, int accumulate);             \
+    int mt_gemm_alloc_##sfx(int trans_a, int trans_b, int64_t M, int64_t N, int64_t K,     \
+                            const real *A, const real *B, real *C, int accumulate);        \
+    size_t mt_gemm_pack_size_##sfx(int64_t dim);                                           \
     size_t mt_workspace_bytes_##sfx(const mt_net *net, int64_t max_batch);                 \
     int mt_step_##sfx(mt_net *net, const real *X, const void *y, const int64_t *idx,       \
-                      int64_t n, const mt_optim *opt, double *loss);                       \
+                      int64_t n, int64_t iteration, const mt_optim *opt, double *loss);    \
     int mt_forward_##sfx(mt_net *net, const real *X, const int64_t *idx, int64_t n,        \
                          real *out);
 
@@ -33,19 +49,39 @@ typedef float real;
 #define FN(name) name##_f32
 #endif
 
-// layers.c
+// layers.c (pack: the GEMM packing buffer, mt_gemm_pack_size elements)
 void FN(mt_dense_forward)(const mt_layer *L, const real *params, const real *X, real *Z,
-                          real *A, int64_t n);
+                          real *A, int64_t n, real *pack);
+void FN(mt_act_backward)(const mt_layer *L, const real *Z, const real *A, real *dA,
+                         int64_t n);
 void FN(mt_dense_backward)(const mt_layer *L, const real *params, real *grads,
-                           const real *X, const real *Z, const real *A, real *dA,
-                           real *dX, int64_t n);
+                           const real *X, const real *dZ, real *dX, int64_t n,
+                           const mt_layer *below, const real *Zin, real *pack);
+void FN(mt_activation_forward)(const mt_layer *L, const real *X, real *Y, int64_t n);
+void FN(mt_activation_backward)(const mt_layer *L, const real *X, const real *Y,
+                                const real *dY, real *dX, int64_t n);
+// dropout.c
+void FN(mt_dropout_forward)(const mt_layer *L, uint64_t seed, int64_t iteration, int layer,
+                            const real *X, real *M, real *Y, int64_t n);
+void FN(mt_dropout_backward)(const mt_layer *L, const real *M, const real *dY, real *dX,
+                             int64_t n);
+// batchnorm.c
+void FN(mt_batchnorm_forward)(const mt_layer *L, const real *params, const real *X,
+                              real *Xhat, real *stats, real *Y, int64_t n);
+void FN(mt_batchnorm_inference)(const mt_layer *L, const real *params, const real *buffers,
+                                const real *X, real *Y, int64_t n);
+void FN(mt_batchnorm_backward)(const mt_layer *L, const real *params, real *grads,
+                               const real *Xhat, const real *stats, const real *dY,
+                               real *dX, int64_t n);
+void FN(mt_batchnorm_update_running)(const mt_layer *L, const real *stats, real *buffers,
+                                     int64_t n);
 // loss.c
-double FN(mt_loss_forward_backward)(int loss, const real *P, const void *y,
+double FN(mt_loss_forward_backward)(const mt_net *net, const real *P, const void *y,
                                     const int64_t *idx, real *dP, int64_t n, int64_t out,
-                                    double *rowloss);
+                                    double *rowloss, double *batch_weight);
 // optim.c
 void FN(mt_optim_update)(const mt_optim *o, real *params, real *grads, real *state,
-                         int64_t n);
+                         int64_t n, double batch_weight);
 #endif
 
 #endif

@@ -1,16 +1,20 @@
 // The iteration: gather the batch, forward through every layer, loss, backward,
 // update. All buffers come from the workspace laid out by `layout`.
 #define MT_REAL_SOURCE
-#include "mt_internal.h"
+#include "gemm.h"
 #include <math.h>
 #include <string.h>
 
 typedef struct {
     real *x;                    // gathered batch rows (n, in0)
-    real *z[MT_MAX_LAYERS];     // pre-activations (n, out_l)
-    real *a[MT_MAX_LAYERS];     // activations (n, out_l); == z for identity
+    real *z[MT_MAX_LAYERS];     // kept for backward (n, out_l): dense pre-activations,
+                                // dropout masks, batchnorm normalised inputs; none for
+                                // activation layers, whose input is kept by the layer below
+    real *a[MT_MAX_LAYERS];     // layer outputs (n, out_l); == z for identity dense layers
+    real *stats[MT_MAX_LAYERS]; // batchnorm: batch mean, variance, 1/std (3, out_l)
     real *d[2];                 // backward ping-pong buffers (n, max width)
     double *rowloss;            // (n,)
+    real *pack;                 // GEMM packing buffer
 } workspace;
 
 static size_t carve(size_t *off, size_t bytes) {
@@ -29,10 +33,17 @@ static size_t layout(const mt_net *net, int64_t rows, char *base, workspace *ws)
     for (int l = 0; l < net->nlayers; l++) {
         const mt_layer *L = &net->layers[l];
         width = L->out > width ? L->out : width;
-        at = carve(&off, rows * L->out * es);
-        if (base) ws->z[l] = (real *)(base + at);
-        if (L->act != MT_ACT_IDENTITY) at = carve(&off, rows * L->out * es);
+        if (L->kind != MT_LAYER_ACTIVATION) {
+            at = carve(&off, rows * L->out * es);
+            if (base) ws->z[l] = (real *)(base + at);
+        }
+        if (L->kind != MT_LAYER_DENSE || L->act != MT_ACT_IDENTITY)
+            at = carve(&off, rows * L->out * es);
         if (base) ws->a[l] = (real *)(base + at);
+        if (L->kind == MT_LAYER_BATCHNORM) {
+            at = carve(&off, 3 * L->out * es);
+            if (base) ws->stats[l] = (real *)(base + at);
+        }
     }
     for (int k = 0; k < 2; k++) {
         at = carve(&off, rows * width * es);
@@ -40,6 +51,9 @@ static size_t layout(const mt_net *net, int64_t rows, char *base, workspace *ws)
     }
     at = carve(&off, rows * sizeof(double));
     if (base) ws->rowloss = (double *)(base + at);
+    // every GEMM dimension is the batch or a layer width
+    at = carve(&off, FN(mt_gemm_pack_size)(rows > width ? rows : width) * es);
+    if (base) ws->pack = (real *)(base + at);
     return off;
 }
 
@@ -47,45 +61,107 @@ size_t FN(mt_workspace_bytes)(const mt_net *net, int64_t max_batch) {
     return layout(net, max_batch, NULL, NULL);
 }
 
-// X rows (idx or 0..n) -> ws.x; the network output is left in ws.a[last]
-static const real *forward(mt_net *net, workspace *ws, const real *X, const int64_t *idx,
-                           int64_t n) {
+// X rows (idx or 0..n) gathered into ws.x (X itself when idx is NULL)
+static const real *gather(const mt_net *net, workspace *ws, const real *X,
+                          const int64_t *idx, int64_t n) {
     const int64_t in = net->layers[0].in;
-    const real *x = X;
-    if (idx) {
+    if (!idx) return X;
 #pragma omp parallel for schedule(static) if (n * in >= MT_PAR_ELEMS)
-        for (int64_t i = 0; i < n; i++)
-            memcpy(ws->x + i * in, X + idx[i] * in, (size_t)in * sizeof(real));
-        x = ws->x;
-    }
+    for (int64_t i = 0; i < n; i++)
+        memcpy(ws->x + i * in, X + idx[i] * in, (size_t)in * sizeof(real));
+    return ws->x;
+}
+
+// x (n, in0) -> the network output. Training draws the dropout masks of `iteration`
+// and normalises with batch statistics; inference skips dropout (the next layer reads
+// the dropout layer's input) and normalises with the running statistics.
+static const real *forward(mt_net *net, workspace *ws, const real *x, int64_t n,
+                           int training, int64_t iteration) {
     const real *input = x;
     for (int l = 0; l < net->nlayers; l++) {
-        FN(mt_dense_forward)(&net->layers[l], net->params, input, ws->z[l], ws->a[l], n);
+        const mt_layer *L = &net->layers[l];
+        switch (L->kind) {
+        case MT_LAYER_DENSE:
+            FN(mt_dense_forward)(L, net->params, input, ws->z[l], ws->a[l], n, ws->pack);
+            break;
+        case MT_LAYER_ACTIVATION:
+            FN(mt_activation_forward)(L, input, ws->a[l], n);
+            break;
+        case MT_LAYER_DROPOUT:
+            if (!training) continue;
+            FN(mt_dropout_forward)(L, net->seed, iteration, l, input, ws->z[l], ws->a[l], n);
+            break;
+        case MT_LAYER_BATCHNORM:
+            if (training)
+                FN(mt_batchnorm_forward)(L, net->params, input, ws->z[l], ws->stats[l],
+                                         ws->a[l], n);
+            else
+                FN(mt_batchnorm_inference)(L, net->params, net->buffers, input, ws->a[l], n);
+            break;
+        }
         input = ws->a[l];
     }
-    return x;
+    return input;
+}
+
+// dA (n, out_l) of layer l -> its parameter gradients, and dX (n, in_l) unless NULL
+static void backward_layer(mt_net *net, workspace *ws, int l, const real *input, real *dA,
+                           real *dX, int64_t n) {
+    const mt_layer *L = &net->layers[l];
+    switch (L->kind) {
+    case MT_LAYER_DENSE: {
+        // dA -> dZ here unless a dense layer above applied act' while its GEMM made dA;
+        // likewise this layer's GEMM applies the act' of a dense layer below to dX
+        if (L->act != MT_ACT_IDENTITY &&
+            (l == net->nlayers - 1 || net->layers[l + 1].kind != MT_LAYER_DENSE))
+            FN(mt_act_backward)(L, ws->z[l], ws->a[l], dA, n);
+        const mt_layer *below = l > 0 && net->layers[l - 1].kind == MT_LAYER_DENSE
+                                    ? &net->layers[l - 1] : NULL;
+        FN(mt_dense_backward)(L, net->params, net->grads, input, dA, dX, n, below,
+                              below ? ws->z[l - 1] : NULL, ws->pack);
+        break;
+    }
+    case MT_LAYER_ACTIVATION:
+        FN(mt_activation_backward)(L, input, ws->a[l], dA, dX, n);
+        break;
+    case MT_LAYER_DROPOUT:
+        FN(mt_dropout_backward)(L, ws->z[l], dA, dX, n);
+        break;
+    case MT_LAYER_BATCHNORM:
+        FN(mt_batchnorm_backward)(L, net->params, net->grads, ws->z[l], ws->stats[l], dA, dX, n);
+        break;
+    }
 }
 
 int FN(mt_step)(mt_net *net, const real *X, const void *y, const int64_t *idx, int64_t n,
-                const mt_optim *opt, double *loss) {
+                int64_t iteration, const mt_optim *opt, double *loss) {
     if (n > net->max_batch) return MT_ERR_BATCH_TOO_LARGE;
     workspace ws;
     layout(net, net->max_batch, net->work, &ws);
-    const real *x = forward(net, &ws, X, idx, n);
+    const real *x = gather(net, &ws, X, idx, n);
+    const real *P = forward(net, &ws, x, n, 1, iteration);
     const int last = net->nlayers - 1;
     const int64_t out = net->layers[last].out;
-    *loss = FN(mt_loss_forward_backward)(net->loss, ws.a[last], y, idx, ws.d[0], n, out,
-                                         ws.rowloss);
+    double batch_weight;
+    *loss = FN(mt_loss_forward_backward)(net, P, y, idx, ws.d[0], n, out, ws.rowloss,
+                                         &batch_weight);
     if (!isfinite(*loss)) return MT_ERR_NONFINITE_LOSS;
+    // below the first layer with parameters no gradient is needed
+    int first = 0;
+    while (first < last && net->layers[first].kind != MT_LAYER_DENSE &&
+           net->layers[first].kind != MT_LAYER_BATCHNORM)
+        first++;
     int cur = 0;
-    for (int l = last; l >= 0; l--) {
-        real *dx = l > 0 ? ws.d[1 - cur] : NULL;
-        const real *input = l > 0 ? ws.a[l - 1] : x;
-        FN(mt_dense_backward)(&net->layers[l], net->params, net->grads, input, ws.z[l],
-                              ws.a[l], ws.d[cur], dx, n);
+    for (int l = last; l >= first; l--) {
+        real *dx = l > first ? ws.d[1 - cur] : NULL;
+        backward_layer(net, &ws, l, l > 0 ? ws.a[l - 1] : x, ws.d[cur], dx, n);
         cur = 1 - cur;
     }
-    if (opt) FN(mt_optim_update)(opt, net->params, net->grads, net->state, net->n_params);
+    if (!opt) return MT_OK;
+    FN(mt_optim_update)(opt, net->params, net->grads, net->state, net->n_params, batch_weight);
+    for (int l = 0; l <= last; l++)
+        if (net->layers[l].kind == MT_LAYER_BATCHNORM)
+            FN(mt_batchnorm_update_running)(&net->layers[l], ws.stats[l], net->buffers, n);
     return MT_OK;
 }
 
@@ -93,8 +169,7 @@ int FN(mt_forward)(mt_net *net, const real *X, const int64_t *idx, int64_t n, re
     if (n > net->max_batch) return MT_ERR_BATCH_TOO_LARGE;
     workspace ws;
     layout(net, net->max_batch, net->work, &ws);
-    forward(net, &ws, X, idx, n);
-    const int last = net->nlayers - 1;
-    memcpy(out, ws.a[last], (size_t)(n * net->layers[last].out) * sizeof(real));
+    const real *P = forward(net, &ws, gather(net, &ws, X, idx, n), n, 0, 0);
+    memcpy(out, P, (size_t)(n * net->layers[net->nlayers - 1].out) * sizeof(real));
     return MT_OK;
 }

@@ -6,16 +6,23 @@
 >>> hist = model.fit(X, y, epochs=10, batch_size=32, optimizer=mt.SGD(lr=0.1, momentum=0.9))
 """
 
-from .backends import get_num_threads, set_num_threads
+from . import evaluation, schedules
+from .backends import cpu_info, get_num_threads, set_num_threads
+from .callbacks import (Callback, CSVLogger, EarlyStopping, JSONLogger, ModelCheckpoint,
+                        ProgressBar, ReduceLROnPlateau)
+from .checkpoint import load
 from .datasets import load_digits, train_test_split
 from .history import History
-from .layers import Dense, Layer
+from .layers import Activation, BatchNorm, Dense, Dropout, Layer
 from .models import Sequential
 from .optimizers import SGD, Adam, AdamW, Optimizer
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Adam", "AdamW", "Dense", "History", "Layer", "Optimizer", "SGD", "Sequential",
-    "get_num_threads", "load_digits", "set_num_threads", "train_test_split",
+    "Activation", "Adam", "AdamW", "BatchNorm", "CSVLogger", "Callback", "Dense", "Dropout",
+    "EarlyStopping", "History", "JSONLogger", "Layer", "ModelCheckpoint", "Optimizer",
+    "ProgressBar", "ReduceLROnPlateau", "SGD", "Sequential", "cpu_info", "evaluation",
+    "get_num_threads", "load", "load_digits", "schedules", "set_num_threads",
+    "train_test_split",
 ]

@@ -2,17 +2,22 @@
 """Thin binding to the C core: checks shapes, dtypes and contiguity, passes pointers,
 turns status codes into exceptions. No maths here."""
 
+import os
+import warnings
+
 import numpy as np
 cimport numpy as cnp
-from libc.stdint cimport int64_t, uintptr_t
+from libc.stdint cimport int64_t, uint64_t, uintptr_t
 
 cnp.import_array()
 
 cdef extern from "minitrain.h":
     int MT_MAX_LAYERS
     int MT_FLOAT32, MT_FLOAT64
-    int MT_OK, MT_ERR_NONFINITE_LOSS, MT_ERR_BATCH_TOO_LARGE
+    int MT_OK, MT_ERR_NONFINITE_LOSS, MT_ERR_BATCH_TOO_LARGE, MT_ERR_NO_MEMORY
     int MT_LOSS_CROSS_ENTROPY
+    int MT_LAYER_DENSE, MT_LAYER_DROPOUT, MT_LAYER_BATCHNORM, MT_LAYER_ACTIVATION
+    int MT_ACT_GELU
     ctypedef struct mt_layer:
         int kind
         int act
@@ -20,6 +25,8 @@ cdef extern from "minitrain.h":
         int64_t in_ "in"
         int64_t out
         int64_t w_off, b_off
+        double rate, momentum, eps
+        int64_t s_off
     ctypedef struct mt_optim:
         int kind
         double lr, momentum
@@ -30,85 +37,141 @@ cdef extern from "minitrain.h":
         int64_t t
         double clip_norm
         int64_t n_decay
+        int style
     ctypedef struct mt_net:
-        int dtype, loss, nlayers
+        int dtype, loss, reduction
+        const void *sample_weight
+        int nlayers
         mt_layer layers[64]
         int64_t n_params
         void *params
         void *grads
         void *state
+        void *buffers
+        uint64_t seed
         void *work
         int64_t max_batch
     size_t mt_workspace_bytes(const mt_net *net, int64_t max_batch) nogil
     int mt_step(mt_net *net, const void *X, const void *y, const int64_t *idx, int64_t n,
-                const mt_optim *opt, double *loss) nogil
+                int64_t iteration, const mt_optim *opt, double *loss) nogil
     int mt_forward(mt_net *net, const void *X, const int64_t *idx, int64_t n, void *out) nogil
-    void mt_gemm(int dtype, int trans_a, int trans_b, int64_t M, int64_t N, int64_t K,
-                 const void *A, const void *B, void *C, int accumulate) nogil
+    int mt_gemm(int dtype, int trans_a, int trans_b, int64_t M, int64_t N, int64_t K,
+                const void *A, const void *B, void *C, int accumulate) nogil
     void mt_set_num_threads(int n)
     int mt_get_num_threads()
+    int mt_cpu_isa()
+    int mt_get_isa()
+    int mt_set_isa(int isa)
+
+# the instruction sets of the GEMM micro-kernels, in the order of mt_isa
+ISAS = ("generic", "avx2", "avx512")
 
 
 cdef inline void *ptr(cnp.ndarray a):
     return cnp.PyArray_DATA(a)
 
 
-def _require(a, dtype, ndim, name):
-    if not isinstance(a, np.ndarray) or a.dtype != dtype or a.ndim != ndim \
-            or not a.flags.c_contiguous:
+cdef int _require(a, dtype, int ndim, str name) except -1:
+    # C-level attribute access: this runs several times per iteration
+    if not isinstance(a, cnp.ndarray) or (<cnp.ndarray>a).dtype != dtype \
+            or cnp.PyArray_NDIM(<cnp.ndarray>a) != ndim \
+            or not cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>a):
         raise TypeError(f"{name} must be a C-contiguous {ndim}-D {np.dtype(dtype).name} "
                         f"array")
+
+
+cdef bint _labels_below(const int64_t[::1] y, int64_t n_out):
+    """All labels in [0, n_out): a loop, cheaper than two NumPy reductions on a batch."""
+    cdef Py_ssize_t i
+    for i in range(y.shape[0]):
+        if y[i] < 0 or y[i] >= n_out:
+            return False
+    return True
+
+
+def _inside(name, off, size, total):
+    if off < 0 or off + size > total:
+        raise ValueError(f"{name}: [{off}, {off + size}) outside the flat buffer of {total}")
+
+
+cdef _set_layer(mt_layer *L, int l, spec, int64_t n_params, int64_t n_buffers):
+    """Fill L from the dict `spec` (the mt_layer fields; absent ones are 0), checking
+    every offset against the flat buffers so the core cannot read outside them."""
+    L.kind, L.in_, L.out = spec["kind"], spec["in"], spec["out"]
+    L.act, L.act_param = spec.get("act", 0), spec.get("act_param", 0)
+    L.w_off, L.b_off, L.s_off = spec.get("w_off", 0), spec.get("b_off", 0), spec.get("s_off", 0)
+    L.rate, L.momentum, L.eps = spec.get("rate", 0), spec.get("momentum", 0), spec.get("eps", 0)
+    if L.in_ < 1 or L.out < 1 or (L.kind != MT_LAYER_DENSE and L.in_ != L.out):
+        raise ValueError(f"layer {l}: bad widths {L.in_} -> {L.out}")
+    if not 0 <= L.act <= MT_ACT_GELU:  # the last mt_act
+        raise ValueError(f"layer {l}: unknown activation code {L.act}")
+    if L.kind == MT_LAYER_DENSE:
+        _inside(f"layer {l} W", L.w_off, L.in_ * L.out, n_params)
+        _inside(f"layer {l} b", L.b_off, L.out, n_params)
+    elif L.kind == MT_LAYER_DROPOUT:
+        if not 0 <= L.rate < 1:
+            raise ValueError(f"layer {l}: rate must lie in [0, 1), got {L.rate}")
+    elif L.kind == MT_LAYER_BATCHNORM:
+        _inside(f"layer {l} gamma", L.w_off, L.out, n_params)
+        _inside(f"layer {l} beta", L.b_off, L.out, n_params)
+        _inside(f"layer {l} running statistics", L.s_off, 2 * L.out, n_buffers)
+        if not (0 <= L.momentum <= 1 and L.eps > 0):
+            raise ValueError(f"layer {l}: momentum must lie in [0, 1] and eps be > 0")
+    elif L.kind != MT_LAYER_ACTIVATION:
+        raise ValueError(f"layer {l}: unknown kind {L.kind}")
 
 
 cdef class Net:
     """A network description over Python-owned flat buffers.
 
-    layers: sequence of (act, act_param, in, out, w_off, b_off) tuples.
-    params, grads: flat arrays of n_params; state: the optimizer's flat state.
+    layers: sequence of dicts with the fields of mt_layer (minitrain.h): ``kind``,
+    ``in``, ``out`` and, by kind, ``act``, ``act_param``, ``w_off``, ``b_off``,
+    ``rate``, ``momentum``, ``eps``, ``s_off`` (absent fields are 0).
+    params, grads: flat arrays of n_params; state: the optimizer's flat state;
+    buffers: non-trainable state (batchnorm running statistics), None when no layer
+    has any; seed: keys the dropout masks (with the iteration, layer and element).
     """
     cdef mt_net net
     cdef mt_optim opt
     cdef readonly object dtype
-    cdef object _params, _grads, _state, _work
-    cdef object _X, _y
+    cdef object _params, _grads, _state, _buffers, _work
+    cdef object _X, _y, _w
     cdef int64_t n_out
 
-    def __init__(self, dtype, int loss, layers, params, grads, state):
+    def __init__(self, dtype, int loss, layers, params, grads, state, buffers=None,
+                 seed=0):
         self.dtype = np.dtype(dtype)
         if self.dtype not in (np.float32, np.float64):
             raise TypeError("dtype must be float32 or float64")
         if not 0 < len(layers) <= MT_MAX_LAYERS:
             raise ValueError(f"a network has 1 to {MT_MAX_LAYERS} layers")
-        for name, a in (("params", params), ("grads", grads), ("state", state)):
+        if buffers is None:
+            buffers = np.zeros(0, dtype=self.dtype)
+        for name, a in (("params", params), ("grads", grads), ("state", state),
+                        ("buffers", buffers)):
             _require(a, self.dtype, 1, name)
         if grads.size != params.size:
             raise ValueError("grads must have the size of params")
         self.net.dtype = MT_FLOAT64 if self.dtype == np.float64 else MT_FLOAT32
         self.net.loss = loss
+        self.net.reduction = 0
         self.net.nlayers = len(layers)
-        prev = None
-        for l, (act, act_param, n_in, n_out, w_off, b_off) in enumerate(layers):
-            if n_in < 1 or n_out < 1 or (prev is not None and n_in != prev):
+        for l, spec in enumerate(layers):
+            _set_layer(&self.net.layers[l], l, spec, params.size, buffers.size)
+            if l > 0 and self.net.layers[l].in_ != self.net.layers[l - 1].out:
                 raise ValueError(f"layer {l}: widths do not chain")
-            if w_off < 0 or b_off < 0 or w_off + n_in * n_out > params.size \
-                    or b_off + n_out > params.size:
-                raise ValueError(f"layer {l}: parameters outside the flat buffer")
-            self.net.layers[l].kind = 0
-            self.net.layers[l].act = act
-            self.net.layers[l].act_param = act_param
-            self.net.layers[l].in_ = n_in
-            self.net.layers[l].out = n_out
-            self.net.layers[l].w_off = w_off
-            self.net.layers[l].b_off = b_off
-            prev = n_out
-        self.n_out = prev
+        self.n_out = self.net.layers[len(layers) - 1].out
         self.net.n_params = params.size
         self._params, self._grads, self._state = params, grads, state
+        self._buffers = buffers
         self.net.params = ptr(params)
         self.net.grads = ptr(grads)
         self.net.state = ptr(state)
+        self.net.buffers = ptr(buffers)
+        self.net.seed = <uint64_t>(int(seed) % 2**64)
         self.net.max_batch = 0
         self.net.work = NULL
+        self.net.sample_weight = NULL
         self.opt.kind = -1
 
     @property
@@ -129,7 +192,7 @@ cdef class Net:
     def set_optimizer(self, int kind, double momentum=0, bint nesterov=False,
                       double weight_decay=0, bint decoupled=False, double beta1=0.9,
                       double beta2=0.999, double eps=1e-8, double clip_norm=0,
-                      int64_t n_decay=0):
+                      int64_t n_decay=0, int style=0):
         needed = self.net.n_params * (2 if kind == 1 else 1)
         if self._state.size < needed:
             raise ValueError(f"optimizer state needs {needed} elements")
@@ -143,6 +206,13 @@ cdef class Net:
         self.opt.beta1, self.opt.beta2, self.opt.eps = beta1, beta2, eps
         self.opt.clip_norm = clip_norm
         self.opt.n_decay = n_decay
+        self.opt.style = style
+
+    def set_reduction(self, int reduction):
+        """How element losses become the batch loss: 0 mean (minitrain), 1 scikit-learn's."""
+        if reduction not in (0, 1):
+            raise ValueError("reduction must be 0 (mean) or 1 (scikit-learn)")
+        self.net.reduction = reduction
 
     def _check_xy(self, X, y):
         _require(X, self.dtype, 2, "X")
@@ -150,7 +220,7 @@ cdef class Net:
             raise ValueError(f"X must have {self.net.layers[0].in_} columns")
         if self.net.loss == MT_LOSS_CROSS_ENTROPY:
             _require(y, np.int64, 1, "y")
-            if y.size and (y.min() < 0 or y.max() >= self.n_out):
+            if not _labels_below(y, self.n_out):
                 raise ValueError(f"labels must lie in [0, {self.n_out})")
         else:
             _require(y, self.dtype, 2, "y")
@@ -159,13 +229,22 @@ cdef class Net:
         if y.shape[0] != X.shape[0]:
             raise ValueError("X and y must have the same number of rows")
 
-    def set_data(self, X, y):
-        """Keep X and y for step_rows (checked once, not per iteration)."""
-        self._check_xy(X, y)
-        self._X, self._y = X, y
+    def _check_weight(self, X, sample_weight):
+        if sample_weight is not None:
+            _require(sample_weight, self.dtype, 1, "sample_weight")
+            if sample_weight.shape[0] != X.shape[0]:
+                raise ValueError("sample_weight must have one value per row of X")
 
-    cdef double _run(self, const void *X, const void *y, const int64_t *idx, int64_t n,
-                     double lr, int64_t t, bint update) except? -1:
+    def set_data(self, X, y, sample_weight=None):
+        """Keep X, y and the row weights (None: all 1) for step_rows (checked once, not
+        per iteration)."""
+        self._check_xy(X, y)
+        self._check_weight(X, sample_weight)
+        self._X, self._y, self._w = X, y, sample_weight
+
+    cdef double _run(self, const void *X, const void *y, object w, const int64_t *idx,
+                     int64_t n, double lr, int64_t t, bint update,
+                     int64_t iteration) except? -1:
         cdef double loss = 0
         cdef int status
         cdef const mt_optim *opt = NULL
@@ -178,15 +257,17 @@ cdef class Net:
             self.opt.lr = lr
             self.opt.t = t
             opt = &self.opt
+        self.net.sample_weight = NULL if w is None else ptr(w)
         with nogil:
-            status = mt_step(&self.net, X, y, idx, n, opt, &loss)
+            status = mt_step(&self.net, X, y, idx, n, iteration, opt, &loss)
         if status == MT_ERR_NONFINITE_LOSS:
             raise FloatingPointError(f"the loss is not finite ({loss})")
         return loss
 
     def step_rows(self, idx, int64_t start, int64_t stop, double lr, int64_t t,
-                  bint update=True):
-        """One iteration on the rows idx[start:stop] of the data given to set_data."""
+                  bint update=True, int64_t iteration=0):
+        """One iteration on the rows idx[start:stop] of the data given to set_data;
+        `iteration` keys the dropout masks."""
         if self._X is None:
             raise ValueError("set_data() was not called")
         _require(idx, np.int64, 1, "idx")
@@ -197,15 +278,21 @@ cdef class Net:
         for i in range(view.shape[0]):
             if view[i] < 0 or view[i] >= rows:
                 raise ValueError(f"idx holds row {view[i]} outside [0, {rows})")
-        return self._run(ptr(self._X), ptr(self._y), &view[0], stop - start, lr, t, update)
+        return self._run(ptr(self._X), ptr(self._y), self._w, &view[0], stop - start, lr, t,
+                         update, iteration)
 
-    def step(self, X, y, double lr=0, int64_t t=0, bint update=True):
-        """One iteration on all rows of X, y."""
+    def step(self, X, y, double lr=0, int64_t t=0, bint update=True, int64_t iteration=0,
+             sample_weight=None):
+        """One iteration on all rows of X, y (rows weighted by sample_weight);
+        `iteration` keys the dropout masks."""
         self._check_xy(X, y)
-        return self._run(ptr(X), ptr(y), NULL, X.shape[0], lr, t, update)
+        self._check_weight(X, sample_weight)
+        return self._run(ptr(X), ptr(y), sample_weight, NULL, X.shape[0], lr, t, update,
+                         iteration)
 
     def forward(self, X, out):
-        """out (n, n_out) = network output for X (n, in), n <= max_batch."""
+        """out (n, n_out) = network output for X (n, in), n <= max_batch, in inference
+        mode (no dropout, batchnorm on running statistics)."""
         _require(X, self.dtype, 2, "X")
         _require(out, self.dtype, 2, "out")
         cdef int64_t n = X.shape[0]
@@ -220,8 +307,11 @@ cdef class Net:
             mt_forward(&self.net, xp, NULL, n, op)
 
 
-def gemm(A, B, bint trans_a=False, bint trans_b=False, C=None):
-    """C = op(A) · op(B) with the core's GEMM (C accumulated into when given)."""
+def gemm(A, B, bint trans_a=False, bint trans_b=False, C=None, isa=None):
+    """C = op(A) · op(B) with the core's GEMM (C accumulated into when given), with the
+    micro-kernels of `isa` (default: the ones in use, see isa()). For tests and
+    benchmarks: `isa` switches the process-wide choice for the duration of the call, and
+    the packing buffer is allocated per call."""
     dtype = A.dtype if isinstance(A, np.ndarray) else None
     if dtype not in (np.float32, np.float64):
         raise TypeError("A must be a float32 or float64 array")
@@ -239,14 +329,66 @@ def gemm(A, B, bint trans_a=False, bint trans_b=False, C=None):
     _require(C, dtype, 2, "C")
     if C.shape != (M, N):
         raise ValueError(f"C must have shape {(M, N)}")
+    cdef int previous = mt_get_isa()
+    if isa is not None:
+        mt_set_isa(_isa_code(isa))
     cdef int dt = MT_FLOAT64 if dtype == np.float64 else MT_FLOAT32
     cdef const void *a = ptr(A)
     cdef const void *b = ptr(B)
     cdef void *c = ptr(C)
-    cdef int ta = trans_a, tb = trans_b, acc = accumulate
-    with nogil:
-        mt_gemm(dt, ta, tb, M, N, K, a, b, c, acc)
+    cdef int ta = trans_a, tb = trans_b, acc = accumulate, status
+    try:
+        with nogil:
+            status = mt_gemm(dt, ta, tb, M, N, K, a, b, c, acc)
+    finally:
+        mt_set_isa(previous)
+    if status == MT_ERR_NO_MEMORY:
+        raise MemoryError("gemm: no memory for the packing buffer")
     return C
+
+
+def _isa_code(name):
+    if name not in ISAS:
+        raise ValueError(f"isa must be one of {ISAS}, got {name!r}")
+    code = ISAS.index(name)
+    if code > mt_cpu_isa():
+        raise ValueError(f"isa {name!r} is not supported by this CPU "
+                         f"(it supports {available_isas()})")
+    return code
+
+
+def available_isas():
+    """The instruction sets this CPU runs, lowest first."""
+    return ISAS[:mt_cpu_isa() + 1]
+
+
+def isa():
+    """The instruction set of the GEMM micro-kernels in use."""
+    return ISAS[mt_get_isa()]
+
+
+def set_isa(name):
+    """Use the micro-kernels of `name` (one of available_isas()) from now on."""
+    mt_set_isa(_isa_code(name))
+
+
+def _isa_from_environment():
+    """MINITRAIN_ISA=generic|avx2|avx512 lowers the instruction set chosen at import."""
+    name = os.environ.get("MINITRAIN_ISA", "").strip().lower()
+    if not name:
+        return
+    if name not in ISAS:
+        warnings.warn(f"MINITRAIN_ISA={name!r} is not one of {ISAS}; using {isa()!r}",
+                      RuntimeWarning)
+        return
+    if ISAS.index(name) > mt_cpu_isa():
+        warnings.warn(f"MINITRAIN_ISA={name!r} is not supported by this CPU; "
+                      f"using {isa()!r}", RuntimeWarning)
+        return
+    mt_set_isa(ISAS.index(name))
+
+
+_isa_from_environment()
 
 
 def set_num_threads(int n):

@@ -1,10 +1,11 @@
 """Input checks shared by the models and fronts. Every error names the argument."""
 
 import numbers
+import warnings
 
 import numpy as np
 
-_CHUNK_ROWS = 65536
+_CHUNK_ELEMENTS = 1 << 18
 
 
 def check_int(name, value, low, high=None):
@@ -30,9 +31,10 @@ def _numeric(name, a):
 
 
 def _check_finite(name, a):
-    # chunked so a memory-mapped X is never loaded whole
-    for start in range(0, a.shape[0], _CHUNK_ROWS):
-        if not np.isfinite(a[start:start + _CHUNK_ROWS]).all():
+    # chunked so a memory-mapped X is never loaded whole, nor a temporary as large made
+    rows = max(1, _CHUNK_ELEMENTS // max(1, a.size // max(1, a.shape[0])))
+    for start in range(0, a.shape[0], rows):
+        if not np.isfinite(a[start:start + rows]).all():
             raise ValueError(f"{name} contains NaN or infinity")
 
 
@@ -48,6 +50,11 @@ def check_X(X, dtype, n_features=None, name="X"):
     if arr.dtype.kind == "f":
         _check_finite(name, arr)
     out = np.ascontiguousarray(arr, dtype=dtype)
+    if isinstance(arr, np.memmap) and not np.may_share_memory(out, arr):
+        warnings.warn(f"{name} is memory-mapped as {arr.dtype} (C-contiguous: "
+                      f"{arr.flags.c_contiguous}); it was loaded whole to convert it to a "
+                      f"C-contiguous {np.dtype(dtype).name} array. Store it that way to keep "
+                      f"it on disk.", UserWarning, stacklevel=3)
     if out.dtype.kind == "f" and arr.dtype.kind == "f" and arr.dtype.itemsize > out.dtype.itemsize:
         _check_finite(name, out)  # float64 values too large for float32
     return out

@@ -7,12 +7,13 @@ Both expose the same object, built over the model's flat buffers:
 operations wherever NumPy allows, and is the reference the C core is tested against.
 """
 
+import math
 import warnings
 
 import numpy as np
 
 from . import functional as F
-from .optimizers import SGD_KIND
+from .optimizers import SGD_KIND, STYLE_SKLEARN
 
 try:
     from . import _core
@@ -22,81 +23,142 @@ except ImportError:  # the extension was not built: the NumPy backend still work
 BACKENDS = ("c", "numpy")
 
 
+_KIND = {v: k for k, v in F.LAYER_KINDS.items()}
+_ACT = {v: k for k, v in F.ACTIVATIONS.items()}
+_LAYER_DEFAULTS = dict.fromkeys(("act_param", "w_off", "b_off", "rate", "momentum", "eps",
+                                 "s_off"), 0)
+
+
 class NumpyNet:
     """The C core's iteration written with NumPy."""
 
-    def __init__(self, dtype, loss, layers, params, grads, state):
+    def __init__(self, dtype, loss, layers, params, grads, state, buffers=None, seed=0):
         self.dtype = np.dtype(dtype)
         self.loss = {v: k for k, v in F.LOSSES.items()}[loss]
-        acts = {v: k for k, v in F.ACTIVATIONS.items()}
-        self.layers = [(acts[a], alpha, n_in, n_out, w, b) for a, alpha, n_in, n_out, w, b in layers]
+        # the mt_layer fields (absent ones 0, as in the binding), kind and activation as names
+        self.layers = [{**_LAYER_DEFAULTS, **spec, "kind": _KIND[spec["kind"]],
+                        "act": _ACT[spec.get("act", 0)]} for spec in layers]
         self.params, self.grads, self.state = params, grads, state
+        self.buffers, self.seed = buffers, seed
         self.max_batch = 0
         self.opt = None
-        self.X = self.y = None
+        self.reduction = "mean"
+        self.X = self.y = self.sample_weight = None
+        # below the first layer with parameters no gradient is needed
+        self._first = next((l for l, L in enumerate(self.layers)
+                            if L["kind"] in ("dense", "batchnorm")), len(self.layers) - 1)
 
-    def _views(self, flat, layer):
-        _, _, n_in, n_out, w, b = layer
-        return flat[w:w + n_in * n_out].reshape(n_in, n_out), flat[b:b + n_out]
+    @staticmethod
+    def _pair(flat, L):
+        """A layer's two blocks of `flat`: (W, b) for dense, (gamma, beta) for batchnorm."""
+        w, b, n_in, n_out = L["w_off"], L["b_off"], L["in"], L["out"]
+        if L["kind"] == "dense":
+            return flat[w:w + n_in * n_out].reshape(n_in, n_out), flat[b:b + n_out]
+        return flat[w:w + n_out], flat[b:b + n_out]
+
+    def _running(self, L):
+        s, c = L["s_off"], L["out"]
+        return self.buffers[s:s + c], self.buffers[s + c:s + 2 * c]
 
     def reserve(self, max_batch):
         self.max_batch = max(self.max_batch, max_batch)
 
     def set_optimizer(self, kind, momentum=0.0, nesterov=False, weight_decay=0.0,
                       decoupled=False, beta1=0.9, beta2=0.999, eps=1e-8, clip_norm=0.0,
-                      n_decay=0):
+                      n_decay=0, style=0):
         self.opt = dict(kind=kind, momentum=momentum, nesterov=nesterov,
                         weight_decay=weight_decay, decoupled=decoupled, beta1=beta1,
-                        beta2=beta2, eps=eps, clip_norm=clip_norm, n_decay=n_decay)
+                        beta2=beta2, eps=eps, clip_norm=clip_norm, n_decay=n_decay,
+                        style=style)
 
-    def set_data(self, X, y):
-        self.X, self.y = X, y
+    def set_reduction(self, reduction):
+        self.reduction = {v: k for k, v in F.REDUCTIONS.items()}[reduction]
 
-    def _forward(self, X):
-        zs, acts = [], [X]
-        for layer in self.layers:
-            act, alpha, *_ = layer
-            W, b = self._views(self.params, layer)
-            z = X @ W + b
-            X = F.activation_forward(act, alpha, z)
-            zs.append(z)
-            acts.append(X)
-        return zs, acts
+    def set_data(self, X, y, sample_weight=None):
+        self.X, self.y, self.sample_weight = X, y, sample_weight
+
+    def _forward(self, X, training, iteration=0):
+        """Outputs of every layer (X first) and what each keeps for backward."""
+        outs, kept = [X], []
+        for l, L in enumerate(self.layers):
+            kind, keep = L["kind"], None
+            if kind == "dense":
+                W, b = self._pair(self.params, L)
+                keep = X @ W + b
+                X = F.activation_forward(L["act"], L["act_param"], keep)
+            elif kind == "activation":
+                X = F.activation_forward(L["act"], L["act_param"], X)
+            elif kind == "dropout" and training:  # in inference, the identity
+                keep = F.dropout_mask(self.seed, iteration, l, X.shape, L["rate"], self.dtype)
+                X = X * keep
+            elif kind == "batchnorm":
+                gamma, beta = self._pair(self.params, L)
+                if training:
+                    X, *keep = F.batchnorm_forward(X, gamma, beta, L["eps"])
+                else:
+                    X = F.batchnorm_inference(X, gamma, beta, *self._running(L), L["eps"])
+            outs.append(X)
+            kept.append(keep)
+        return outs, kept
 
     def forward(self, X, out):
-        out[...] = self._forward(X)[1][-1]
+        out[...] = self._forward(X, training=False)[0][-1]
 
-    def step_rows(self, idx, start, stop, lr, t, update=True):
+    def step_rows(self, idx, start, stop, lr, t, update=True, iteration=0):
         rows = idx[start:stop]
-        return self.step(self.X[rows], self.y[rows], lr, t, update)
+        w = None if self.sample_weight is None else self.sample_weight[rows]
+        return self.step(self.X[rows], self.y[rows], lr, t, update, iteration, w)
 
-    def step(self, X, y, lr=0.0, t=0, update=True):
-        zs, acts = self._forward(X)
-        loss = F.loss_value(self.loss, acts[-1], y)
+    def step(self, X, y, lr=0.0, t=0, update=True, iteration=0, sample_weight=None):
+        outs, kept = self._forward(X, training=True, iteration=iteration)
+        loss = F.loss_value(self.loss, outs[-1], y, self.reduction, sample_weight)
         if not np.isfinite(loss):
             raise FloatingPointError(f"the loss is not finite ({loss})")
-        d = F.loss_gradient(self.loss, acts[-1], y)
-        for l in range(len(self.layers) - 1, -1, -1):
-            act, alpha, *_ = self.layers[l]
-            d = d * F.activation_derivative(act, alpha, zs[l], acts[l + 1])
-            W, _ = self._views(self.params, self.layers[l])
-            dW, db = self._views(self.grads, self.layers[l])
-            db[...] = d.sum(axis=0)
-            dW[...] = acts[l].T @ d
-            if l > 0:
-                d = d @ W.T
+        d = F.loss_gradient(self.loss, outs[-1], y, self.reduction, sample_weight)
+        for l in range(len(self.layers) - 1, self._first - 1, -1):
+            d = self._backward(l, outs[l], outs[l + 1], kept[l], d, l > self._first)
         if update:
-            self._update(lr, t)
+            batch_weight = len(X) if sample_weight is None else float(
+                sample_weight.astype(np.float64).sum())
+            self._update(lr, t, batch_weight)
+            for L, keep in zip(self.layers, kept):
+                if L["kind"] == "batchnorm":
+                    F.batchnorm_update_running(*self._running(L), keep[1], L["momentum"],
+                                               len(X))
         return loss
 
-    def _update(self, lr, t):
+    def _backward(self, l, x, a, keep, d, need_dx):
+        """Layer l's parameter gradients from d = dloss/da; returns dloss/dx (or None)."""
+        L = self.layers[l]
+        kind = L["kind"]
+        if kind == "dense":
+            d = d * F.activation_derivative(L["act"], L["act_param"], keep, a)
+            W, _ = self._pair(self.params, L)
+            dW, db = self._pair(self.grads, L)
+            db[...] = d.sum(axis=0)
+            dW[...] = x.T @ d
+            return d @ W.T if need_dx else None
+        if kind == "activation":
+            return d * F.activation_derivative(L["act"], L["act_param"], x, a)
+        if kind == "dropout":
+            return d * keep
+        gamma, _ = self._pair(self.params, L)
+        dgamma, dbeta = self._pair(self.grads, L)
+        xhat, stats = keep
+        dgamma[...], dbeta[...], dx = F.batchnorm_backward(d, xhat, gamma, stats[2])
+        return dx
+
+    def _update(self, lr, t, batch_weight):
         o, p, g = self.opt, self.params, self.grads
         t_ = self.dtype.type
-        lr, wd, nd = t_(lr), t_(o["weight_decay"]), o["n_decay"]
         if o["clip_norm"] > 0:
             norm = np.sqrt(np.dot(g.astype(np.float64), g.astype(np.float64)))
             if norm > o["clip_norm"]:
                 g = g * t_(o["clip_norm"] / norm)
+        if o["style"] == STYLE_SKLEARN:
+            self._sklearn_update(lr, t, g, t_(o["weight_decay"] / batch_weight))
+            return
+        lr, wd, nd = t_(lr), t_(o["weight_decay"]), o["n_decay"]
         if o["kind"] == SGD_KIND:
             g = g.copy()
             g[:nd] += wd * p[:nd]
@@ -124,6 +186,23 @@ class NumpyNet:
         v += (1 - b2) * g * g
         p -= lr * (m / c1) / (np.sqrt(v) / c2 + eps)
 
+    def _sklearn_update(self, lr, t, g, wd):
+        """scikit-learn's MLP updates, in its order of operations (MT_OPT_STYLE_SKLEARN)."""
+        o, p, n, t_ = self.opt, self.params, self.params.size, self.dtype.type
+        g = g.copy()
+        g[:o["n_decay"]] += wd * p[:o["n_decay"]]
+        if o["kind"] == SGD_KIND:
+            mu, v, lr = t_(o["momentum"]), self.state[:n], t_(lr)
+            v[...] = mu * v - lr * g
+            p += mu * v - lr * g if o["nesterov"] else v
+            return
+        b1, b2 = o["beta1"], o["beta2"]
+        m, v = self.state[:n], self.state[n:2 * n]
+        m[...] = t_(b1) * m + t_(1 - b1) * g
+        v[...] = t_(b2) * v + t_(1 - b2) * (g * g)
+        lr_t = t_(lr * math.sqrt(1 - b2 ** float(t)) / (1 - b1 ** float(t)))
+        p += -lr_t * m / (np.sqrt(v) + t_(o["eps"]))
+
 
 def make_net(backend, *args):
     """The backend's network object; ``backend="c"`` falls back to NumPy (with a
@@ -147,3 +226,14 @@ def set_num_threads(n):
 
 def get_num_threads():
     return _core.get_num_threads() if _core is not None else 1
+
+
+def cpu_info():
+    """What the C core runs on: ``isa`` (the instruction set of its GEMM micro-kernels:
+    ``"avx512"``, ``"avx2"`` or ``"generic"``; the best the CPU supports unless lowered
+    with the environment variable ``MINITRAIN_ISA``), ``available_isas`` and
+    ``num_threads``. Without the extension, ``isa`` is None."""
+    if _core is None:
+        return {"isa": None, "available_isas": (), "num_threads": 1}
+    return {"isa": _core.isa(), "available_isas": _core.available_isas(),
+            "num_threads": _core.get_num_threads()}

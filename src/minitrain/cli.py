@@ -1,7 +1,6 @@
 """The ``minitrain`` command: train an MLP on the shipped digits, or on your own file."""
 
 import argparse
-import logging
 import sys
 import time
 from pathlib import Path
@@ -9,8 +8,6 @@ from pathlib import Path
 import numpy as np
 
 import minitrain as mt
-
-log = logging.getLogger("minitrain")
 
 
 def load_table(path, target):
@@ -41,6 +38,20 @@ def load_table(path, target):
     return np.delete(table, target, axis=1), table[:, target]
 
 
+def schedule(name, lr, total_iterations):
+    """The --schedule choices, scaled to the run's length."""
+    return {
+        "constant": lambda: lr,
+        "step": lambda: mt.schedules.StepDecay(lr, step_size=max(total_iterations // 3, 1)),
+        "exponential": lambda: mt.schedules.ExponentialDecay(
+            lr, decay_rate=0.01, decay_steps=max(total_iterations, 1)),
+        "cosine": lambda: mt.schedules.CosineDecay(
+            lr, decay_steps=max(total_iterations - total_iterations // 20, 1),
+            warmup_steps=total_iterations // 20),
+        "invscaling": lambda: mt.schedules.InverseScaling(lr),
+    }[name]()
+
+
 def parse_args(argv):
     p = argparse.ArgumentParser(
         prog="minitrain",
@@ -59,19 +70,32 @@ def parse_args(argv):
     p.add_argument("--lr", type=float, default=None,
                    help="learning rate (default: 0.05 for sgd, 0.001 for adam)")
     p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
-    p.add_argument("--test-size", type=float, default=0.2)
+    p.add_argument("--schedule", choices=sorted(mt.schedules.SCHEDULES), default="constant",
+                   help="learning-rate schedule over the run's iterations (step: x0.1 after "
+                        "each third of the run; exponential: x0.01 over the run; cosine: "
+                        "5%% linear warm-up then cosine to 0; invscaling: lr/sqrt(t+1))")
+    p.add_argument("--patience", type=int, default=None,
+                   help="stop when the test loss has not improved for this many epochs "
+                        "and keep the best epoch's weights")
+    p.add_argument("--test-size", type=float, default=0.2,
+                   help="fraction held out, evaluated after every epoch (default: 0.2)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--backend", choices=["c", "numpy"], default="c")
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    p.add_argument("--plot", metavar="PNG", help="write the learning curves to this PNG "
+                                                 "(needs matplotlib)")
+    p.add_argument("--checkpoint", metavar="NPZ",
+                   help="save the model and its training state here after every epoch")
+    p.add_argument("--resume", metavar="NPZ",
+                   help="continue the run saved in this checkpoint up to --epochs")
     p.add_argument("-q", "--quiet", action="store_true", help="print only the final result")
     return p.parse_args(argv)
 
 
 def main(argv=None):
     args = parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
-                        format="%(message)s", stream=sys.stdout)
+    say = (lambda *a: None) if args.quiet else print
     if args.threads:
         mt.set_num_threads(args.threads)
     if args.data:
@@ -101,21 +125,39 @@ def main(argv=None):
     layers = [mt.Dense(h, activation=args.activation) for h in args.hidden] + [mt.Dense(n_out)]
     model = mt.Sequential(layers, loss="cross_entropy" if classes is not None else "mse",
                           seed=args.seed, dtype=args.dtype, backend=args.backend)
+    lr = args.lr or (0.05 if args.optimizer == "sgd" else 0.001)
+    lr = schedule(args.schedule, lr, args.epochs * -(-len(X_train) // args.batch_size))
     if args.optimizer == "sgd":
-        opt = mt.SGD(lr=args.lr or 0.05, momentum=args.momentum)
+        opt = mt.SGD(lr=lr, momentum=args.momentum)
     else:
-        opt = (mt.Adam if args.optimizer == "adam" else mt.AdamW)(lr=args.lr or 0.001)
-    log.info("minitrain: %s — %d train / %d test rows, %d features, %s, %s threads",
-             name, len(X_train), len(X_test), X.shape[1], task, mt.get_num_threads())
-    log.info("model: %d-%s-%d, %s, batch %d", X.shape[1], "-".join(map(str, args.hidden)),
-             n_out, opt, args.batch_size)
+        opt = (mt.Adam if args.optimizer == "adam" else mt.AdamW)(lr=lr)
+    callbacks = []
+    if args.patience is not None:
+        callbacks.append(mt.EarlyStopping(patience=args.patience, restore_best_weights=True))
+    if args.checkpoint:
+        callbacks.append(mt.ModelCheckpoint(args.checkpoint))
+    say(f"minitrain: {name} — {len(X_train)} train / {len(X_test)} test rows, "
+        f"{X.shape[1]} features, {task}, {mt.get_num_threads()} threads")
+    say(f"model: {X.shape[1]}-{'-'.join(map(str, args.hidden))}-{n_out}, {opt}, "
+        f"batch {args.batch_size}")
     t0 = time.perf_counter()
     hist = model.fit(X_train, y_train, epochs=args.epochs, batch_size=args.batch_size,
-                     optimizer=opt, seed=args.seed, verbose=0)
+                     optimizer=None if args.resume else opt, seed=args.seed, verbose=0,
+                     validation_data=(X_test, y_test), callbacks=callbacks,
+                     resume_from=args.resume)
     wall = time.perf_counter() - t0
-    log.info("%6s %10s %10s %10s", "epoch", "iterations", "loss", "time (s)")
-    for e, loss, sec in zip(hist.epoch, hist.history["loss"], hist.history["time"]):
-        log.info("%6d %10d %10.4f %10.4f", e, hist.iterations_per_epoch, loss, sec)
+    columns = [k for k in hist.history if k not in ("lr", "time")]
+    say(f"{'epoch':>6} {'iterations':>10} " + "".join(f"{c:>14} " for c in columns)
+        + f"{'lr':>10} {'time (s)':>10}")
+    for i, e in enumerate(hist.epoch):
+        say(f"{e:>6} {hist.iterations_per_epoch:>10} "
+            + "".join(f"{hist.history[c][i]:>14.4f} " for c in columns)
+            + f"{hist.history['lr'][i]:>10.4g} {hist.history['time'][i]:>10.4f}")
+    if hist.stop_reason != "completed":
+        say(f"stopped: {hist.stop_reason.replace('_', ' ')}")
+    if args.plot:
+        hist.plot(args.plot)
+        say(f"learning curves written to {args.plot}")
     result = model.evaluate(X_test, y_test)
     summary = f"test loss {result['loss']:.4f}"
     if "accuracy" in result:

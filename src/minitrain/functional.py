@@ -10,7 +10,10 @@ import numpy as np
 
 ACTIVATIONS = {"identity": 0, "relu": 1, "leaky_relu": 2, "tanh": 3, "sigmoid": 4, "gelu": 5}
 ACTIVATION_ALIASES = {None: "identity", "linear": "identity", "logistic": "sigmoid"}
-LOSSES = {"cross_entropy": 0, "mse": 1, "binary_cross_entropy": 2}
+LOSSES = {"cross_entropy": 0, "mse": 1, "binary_cross_entropy": 2, "poisson": 3}
+LAYER_KINDS = {"dense": 0, "dropout": 1, "batchnorm": 2, "activation": 3}
+# how element losses become a batch loss: see mt_reduction in csrc/minitrain.h
+REDUCTIONS = {"mean": 0, "sklearn": 1}
 LOSS_ALIASES = {
     "categorical_crossentropy": "cross_entropy",
     "sparse_categorical_crossentropy": "cross_entropy",
@@ -69,41 +72,147 @@ def activation_derivative(act, alpha, z, a):
     return np.ones_like(z)
 
 
-def loss_rows(loss, p, y):
-    """Per-row loss (n,) in float64 for outputs p (n, out) and targets y."""
+def loss_rows(loss, p, y, reduction="mean"):
+    """Per-row loss (n,) in float64 for outputs p (n, out) and targets y: the sum over
+    the outputs; with the scikit-learn reduction the squared error is halved and the log
+    losses are capped at -log(eps), as scikit-learn clips probabilities."""
+    sklearn = reduction == "sklearn"
+    dtype = p.dtype
     p = p.astype(np.float64)
     if loss == "cross_entropy":
         m = p.max(axis=1, keepdims=True)
-        lse = (m + np.log(np.exp(p - m).sum(axis=1, keepdims=True)))[:, 0]
-        return lse - p[np.arange(len(p)), y]
-    d = p - y
-    if loss == "mse":
-        return (d * d).sum(axis=1)
-    return (np.maximum(p, 0) - p * y + np.log1p(np.exp(-np.abs(p)))).sum(axis=1)
+        lse = m + np.log(np.exp(p - m).sum(axis=1, keepdims=True))
+        elements = lse - p[np.arange(len(p)), y][:, None]
+    elif loss == "mse":
+        d = p - y
+        elements = 0.5 * d * d if sklearn else d * d
+    elif loss == "poisson":  # half deviance, y log(y/mu) taken as 0 at y = 0
+        mu = np.exp(p)
+        elements = np.where(y > 0, y * np.log(np.where(y > 0, y, 1) / mu), 0) - y + mu
+    else:
+        elements = np.maximum(p, 0) - p * y + np.log1p(np.exp(-np.abs(p)))
+    if sklearn and loss in ("cross_entropy", "binary_cross_entropy"):
+        elements = _cap(elements, dtype)
+    return elements.sum(axis=1)
 
 
-def loss_value(loss, p, y):
-    """Mean loss: over rows for cross-entropy, over all elements otherwise."""
-    per = loss_rows(loss, p, y).sum()
-    return float(per / (len(p) if loss == "cross_entropy" else p.size))
+def _cap(loss, dtype):
+    eps = np.finfo(dtype).eps
+    return np.clip(loss, -np.log1p(-eps), -np.log(eps))
 
 
-def loss_gradient(loss, p, y):
-    """d mean-loss / d p, computed in float64 and returned in p's dtype."""
+def _row_scale(loss, p, reduction, sample_weight):
+    """Weights w_i of the rows and the divisor of the batch loss: W = sum w_i, times
+    out for the mean reduction of the element-wise losses."""
+    w = np.ones(len(p)) if sample_weight is None else sample_weight.astype(np.float64)
+    total = float(len(p)) if sample_weight is None else w.sum()
+    if reduction == "mean" and loss != "cross_entropy":
+        total *= p.shape[1]
+    return w, total
+
+
+def loss_value(loss, p, y, reduction="mean", sample_weight=None):
+    """Batch loss: the weighted mean over rows of the row losses, divided by the
+    number of outputs too for the mean reduction (except cross-entropy)."""
+    w, total = _row_scale(loss, p, reduction, sample_weight)
+    return float((w * loss_rows(loss, p, y, reduction)).sum() * (1.0 / total))
+
+
+def loss_gradient(loss, p, y, reduction="mean", sample_weight=None):
+    """d batch-loss / d p, computed in float64 and returned in p's dtype."""
+    w, total = _row_scale(loss, p, reduction, sample_weight)
     z = p.astype(np.float64)
     if loss == "cross_entropy":
         g = softmax(z)
         g[np.arange(len(z)), y] -= 1
-        return (g / len(z)).astype(p.dtype)
-    if loss == "mse":
-        return (2 * (z - y) / z.size).astype(p.dtype)
-    return ((sigmoid(z) - y) / z.size).astype(p.dtype)
+    elif loss == "mse":
+        g = z - y if reduction == "sklearn" else 2 * (z - y)
+    elif loss == "poisson":
+        g = np.exp(z) - y
+    else:
+        g = sigmoid(z) - y
+    return (g * (w * (1.0 / total))[:, None]).astype(p.dtype)
 
 
 def output_transform(loss, p):
-    """Probabilities from the network output: softmax / sigmoid of the logits."""
+    """Probabilities from the network output: softmax / sigmoid of the logits; the
+    mean exp(z) of the Poisson loss."""
     if loss == "cross_entropy":
         return softmax(p.astype(np.float64)).astype(p.dtype)
     if loss == "binary_cross_entropy":
         return sigmoid(p)
+    if loss == "poisson":
+        return np.exp(p)
     return p
+
+
+# ------------------------------------------------------------------ dropout
+_U64 = np.uint64
+_GOLDEN = 0x9E3779B97F4A7C15  # splitmix64's increment: 2^64 / golden ratio
+
+
+def _mix64(z):
+    """splitmix64's output function on a uint64 array (wrapping arithmetic)."""
+    z = (z ^ (z >> _U64(30))) * _U64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> _U64(27))) * _U64(0x94D049BB133111EB)
+    return z ^ (z >> _U64(31))
+
+
+def _word(v):
+    """v modulo 2**64 as a one-element uint64 array: array arithmetic wraps silently,
+    as C's does, where NumPy scalars would warn."""
+    return np.array([v % 2**64], dtype=_U64)
+
+
+def dropout_mask(seed, iteration, layer, shape, rate, dtype):
+    """The C core's dropout mask: 0 or ``1/(1-rate)`` for each element of `shape`.
+
+    Element ``e`` (row-major) is the ``e``-th output of the splitmix64 stream keyed by
+    (seed, iteration, layer) and is dropped when its top 53 bits fall below
+    ``rate * 2**53``: a counter-based draw, independent of how the work is split.
+    """
+    key = _mix64(_mix64(_mix64(_word(seed)) + _word(iteration)) + _word(layer))
+    e = np.arange(1, math.prod(shape) + 1, dtype=_U64)
+    u = _mix64(key + e * _U64(_GOLDEN))
+    keep = (u >> _U64(11)) >= _U64(int(rate * 2.0**53))
+    dtype = np.dtype(dtype)
+    return np.where(keep, dtype.type(1 / (1 - rate)), dtype.type(0)).reshape(shape)
+
+
+# --------------------------------------------------------------- batch norm
+def batchnorm_forward(x, gamma, beta, eps):
+    """Training mode over the rows of x (n, c): returns y, the normalised x and the
+    batch (mean, biased variance, 1/sqrt(var + eps)), each in x's dtype."""
+    x64 = x.astype(np.float64)
+    mean = x64.mean(axis=0)
+    var = ((x64 - mean) ** 2).mean(axis=0)
+    t = x.dtype
+    stats = (mean.astype(t), var.astype(t), (1 / np.sqrt(var + eps)).astype(t))
+    xhat = (x - stats[0]) * stats[2]
+    return gamma * xhat + beta, xhat, stats
+
+
+def batchnorm_inference(x, gamma, beta, running_mean, running_var, eps):
+    """Inference mode: normalise x (n, c) with the running statistics."""
+    invstd = (1 / np.sqrt(running_var.astype(np.float64) + eps)).astype(x.dtype)
+    return gamma * ((x - running_mean) * invstd) + beta
+
+
+def batchnorm_backward(dy, xhat, gamma, invstd):
+    """Gradients (dgamma, dbeta, dx) of a training-mode batch norm from dy (n, c)."""
+    dy64 = dy.astype(np.float64)
+    dbeta = dy64.sum(axis=0)
+    dgamma = (dy64 * xhat).sum(axis=0)
+    n = len(dy)
+    k = gamma.astype(np.float64) * invstd / n
+    dx = k * (n * dy64 - dbeta - xhat * dgamma)
+    return dgamma.astype(dy.dtype), dbeta.astype(dy.dtype), dx.astype(dy.dtype)
+
+
+def batchnorm_update_running(running_mean, running_var, stats, momentum, n):
+    """running = momentum*running + (1-momentum)*batch, in place; the batch variance
+    enters unbiased (times n/(n-1)), as in PyTorch."""
+    mean, var = (s.astype(np.float64) for s in stats[:2])
+    unbias = n / (n - 1) if n > 1 else 1.0
+    running_mean[...] = momentum * running_mean.astype(np.float64) + (1 - momentum) * mean
+    running_var[...] = momentum * running_var.astype(np.float64) + (1 - momentum) * var * unbias

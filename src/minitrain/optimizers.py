@@ -4,7 +4,11 @@ the model's flat parameter, gradient and state buffers."""
 import math
 import numbers
 
+from . import schedules
+
 SGD_KIND, ADAM_KIND = 0, 1
+# update forms of the core (mt_opt_style): PyTorch's, or scikit-learn's MLP
+STYLE_TORCH, STYLE_SKLEARN = 0, 1
 
 
 def _check(name, value, low=0.0, low_open=False, high=None, high_open=False):
@@ -20,25 +24,40 @@ def _check(name, value, low=0.0, low_open=False, high=None, high_open=False):
 
 
 class Optimizer:
-    """Base class. ``iterations`` counts the updates applied (Adam's step t)."""
+    """Base class. ``iterations`` counts the updates applied (Adam's step t).
+
+    ``lr`` is a number or a ``minitrain.schedules.Schedule``; with a schedule, ``lr``
+    holds the rate of the latest update and ``lr_schedule`` the schedule.
+    """
 
     kind = None
 
     def __init__(self, lr, weight_decay, clip_norm):
-        self.lr = _check("lr", lr, low_open=True)
+        self.lr_schedule = lr if isinstance(lr, schedules.Schedule) else None
+        self.lr = _check("lr", lr(0) if self.lr_schedule else lr, low_open=True)
         self.weight_decay = _check("weight_decay", weight_decay)
         self.clip_norm = _check("clip_norm", clip_norm) if clip_norm is not None else 0.0
         self.iterations = 0
+
+    def next_lr(self):
+        """The learning rate of the next update: the schedule's value at `iterations`."""
+        if self.lr_schedule is not None:
+            self.lr = float(self.lr_schedule(self.iterations))
+        return self.lr
 
     def core_args(self):
         """Keyword arguments of the backend's set_optimizer."""
         return {"weight_decay": self.weight_decay, "clip_norm": self.clip_norm}
 
+    def _lr_config(self):
+        return self.lr_schedule.get_config() if self.lr_schedule else self.lr
+
     def get_config(self):
         raise NotImplementedError
 
     def __repr__(self):
-        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items() if k != "class")
+        config = {**self.get_config(), "lr": self.lr_schedule or self.lr}
+        args = ", ".join(f"{k}={v!r}" for k, v in config.items() if k != "class")
         return f"{type(self).__name__}({args})"
 
 
@@ -60,7 +79,7 @@ class SGD(Optimizer):
         return {**super().core_args(), "momentum": self.momentum, "nesterov": self.nesterov}
 
     def get_config(self):
-        return {"class": "SGD", "lr": self.lr, "momentum": self.momentum,
+        return {"class": "SGD", "lr": self._lr_config(), "momentum": self.momentum,
                 "nesterov": self.nesterov, "weight_decay": self.weight_decay,
                 "clip_norm": self.clip_norm or None}
 
@@ -84,7 +103,7 @@ class Adam(Optimizer):
                 "eps": self.epsilon, "decoupled": self.decoupled}
 
     def get_config(self):
-        return {"class": type(self).__name__, "lr": self.lr, "beta_1": self.beta_1,
+        return {"class": type(self).__name__, "lr": self._lr_config(), "beta_1": self.beta_1,
                 "beta_2": self.beta_2, "epsilon": self.epsilon,
                 "weight_decay": self.weight_decay, "clip_norm": self.clip_norm or None}
 
@@ -99,12 +118,25 @@ class AdamW(Adam):
         super().__init__(lr, beta_1, beta_2, epsilon, weight_decay, clip_norm)
 
 
+_NAMES = {"sgd": SGD, "adam": Adam, "adamw": AdamW}
+
+
 def get(optimizer):
     """An Optimizer from an instance or a name ('sgd', 'adam', 'adamw')."""
     if isinstance(optimizer, Optimizer):
         return optimizer
-    names = {"sgd": SGD, "adam": Adam, "adamw": AdamW}
-    if isinstance(optimizer, str) and optimizer.lower() in names:
-        return names[optimizer.lower()]()
-    raise ValueError(f"optimizer must be an Optimizer or one of {sorted(names)}, "
+    if isinstance(optimizer, str) and optimizer.lower() in _NAMES:
+        return _NAMES[optimizer.lower()]()
+    raise ValueError(f"optimizer must be an Optimizer or one of {sorted(_NAMES)}, "
                      f"got {optimizer!r}")
+
+
+def from_config(config):
+    """The optimizer ``get_config()`` describes (a schedule as lr is rebuilt too)."""
+    config = dict(config)
+    cls = _NAMES.get(str(config.pop("class", "")).lower())
+    if cls is None:
+        raise ValueError(f"unknown optimizer config {config!r}")
+    if isinstance(config.get("lr"), dict):
+        config["lr"] = schedules.get(config["lr"])
+    return cls(**config)

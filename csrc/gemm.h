@@ -1,0 +1,87 @@
+// GEMM internals shared by the driver (gemm.c), the per-ISA micro-kernels
+// (gemm_avx512.c, gemm_avx2.c, gemm_generic.c, all instantiating gemm_kernel.h) and
+// the layers. Typed: include after defining MT_REAL_SOURCE.
+#ifndef MT_GEMM_H
+#define MT_GEMM_H
+#include "mt_internal.h"
+
+// What happens to C once its reduction over k is complete.
+typedef enum {
+    MT_EP_NONE = 0, // C = op(A) op(B) (+ C when accumulating)
+    MT_EP_FORWARD,  // Z = C = op(A) op(B) + bias;  out = act(Z)
+    MT_EP_DACT,     // C = op(A) op(B) ⊙ act'(z, a): the dZ of the layer that output a = act(z)
+} mt_ep_kind;
+
+typedef struct {
+    int kind;         // mt_ep_kind
+    int act;          // mt_act
+    double alpha;     // leaky_relu negative slope
+    const void *bias; // FORWARD: (N,), or NULL
+    void *out;        // FORWARD: (M, N) like C; == C for the identity
+    const void *z, *a; // DACT: (M, N) like C
+    void *b_sums;      // or NULL: (N,) = Σ_k op(B)(k, :) in k order (the bias gradient
+                       // when B = dZ), summed while op(B) is packed
+} mt_epilogue;
+
+// The epilogues a micro-kernel applies in vector registers; the others (transcendental
+// functions) are applied by the driver on the tile right after it is stored.
+static inline int mt_ep_in_registers(int kind, int act) {
+    if (kind == MT_EP_FORWARD)
+        return act == MT_ACT_IDENTITY || act == MT_ACT_RELU || act == MT_ACT_LEAKY_RELU;
+    return act != MT_ACT_GELU;
+}
+
+#ifdef MT_REAL_SOURCE
+// One micro-kernel call: the (m <= MR, n <= NR) tile of C at c gets the sum over kc
+// of a(i, k) b(k, j). Packed operands have a_rs = 1, a_cs = MR, ldb = NR and are
+// zero-padded to full MR x NR tiles; unpacked ones are read in place, never past m, n.
+typedef struct {
+    int64_t kc, m, n;
+    const real *a;
+    int64_t a_rs, a_cs; // a(i, k) = a[i*a_rs + k*a_cs]
+    const real *b;
+    int64_t ldb;        // b(k, j) = b[k*ldb + j]
+    real *c;
+    int64_t ldc;        // also the row stride of out, z and za
+    int load_c;         // add what C holds (later k blocks, or accumulating calls)
+    int ep;             // mt_ep_kind; MT_EP_NONE before the last k block
+    int act;
+    real alpha;
+    const real *bias;   // at the tile's first column
+    real *out;          // at the tile's origin, like z and za
+    const real *z, *za;
+} FN(mt_tile);
+
+typedef void (*FN(mt_kernel_fn))(const FN(mt_tile) *t);
+// one micro-panel of op(A) (h <= MR rows) over kc, op(A)(i, k) = src[i*rs + k*cs]
+typedef void (*FN(mt_pack_a_fn))(const real *src, int64_t rs, int64_t cs, int64_t h,
+                                 int64_t kc, real *dst);
+// micro-panels of the first w columns of op(B) over kc, op(B)(k, j) = src[k*rs + j*cs]
+// with rs == 1 (one panel, w <= NR) or cs == 1
+typedef void (*FN(mt_pack_b_fn))(const real *src, int64_t stride, int64_t w, int64_t kc,
+                                 real *dst);
+
+// A micro-kernel and the blocking that fits it to the caches.
+typedef struct {
+    int mr, nr, vl;            // register tile, lanes per vector
+    int64_t kc, mc, nc;        // k block (B micro-panel in L1), A block rows (L2), B block columns
+    FN(mt_kernel_fn) packed;   // both operands packed
+    FN(mt_kernel_fn) strided;  // either read in place
+    FN(mt_kernel_fn) narrow;   // any operands, tiles of at most one vector of columns
+    FN(mt_pack_a_fn) pack_a;
+    FN(mt_pack_b_fn) pack_bt;     // rs == 1: B stored (N, K), stride cs
+    FN(mt_pack_b_fn) pack_b_rows; // cs == 1: B stored (K, N), stride rs
+} FN(mt_kernel);
+
+extern const FN(mt_kernel) FN(mt_kernel_generic);
+#if defined(__x86_64__) || defined(_M_X64)
+extern const FN(mt_kernel) FN(mt_kernel_avx2), FN(mt_kernel_avx512);
+#endif
+
+// C (M, N) = op(A) (M, K) · op(B) (K, N) (+ C when accumulate), then the epilogue ep
+// (NULL: none). pack holds mt_gemm_pack_size(max(M, N, K)) elements, 64-byte aligned.
+void FN(mt_gemm)(int trans_a, int trans_b, int64_t M, int64_t N, int64_t K, const real *A,
+                 const real *B, real *C, int accumulate, const mt_epilogue *ep, real *pack);
+#endif
+
+#endif

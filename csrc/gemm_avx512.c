@@ -1,0 +1,76 @@
+// AVX-512 micro-kernel: 12 rows x 2 zmm vectors of C in 24 registers. Compiled with
+// -mavx512f (CMakeLists.txt) and only called when the CPU reports AVX-512F.
+#define MT_REAL_SOURCE
+#include "gemm.h"
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+
+#define MR 12
+#define NV 2
+#if MT_DOUBLE
+#define VL 8
+typedef __m512d vec;
+typedef __mmask8 vmask;
+#define V_LOAD _mm512_loadu_pd
+#define V_LOADM(m, p) _mm512_maskz_loadu_pd(m, p)
+#define V_STORE _mm512_storeu_pd
+#define V_STOREM _mm512_mask_storeu_pd
+#define V_SET1 _mm512_set1_pd
+#define V_ZERO _mm512_setzero_pd
+#define V_FMA _mm512_fmadd_pd
+#define V_ADD _mm512_add_pd
+#define V_SUB _mm512_sub_pd
+#define V_MUL _mm512_mul_pd
+#define V_GT0(x) _mm512_cmp_pd_mask(x, _mm512_setzero_pd(), _CMP_GT_OQ)
+#define V_SELECT(c, t, f) _mm512_mask_blend_pd(c, f, t)
+#else
+#define VL 16
+typedef __m512 vec;
+typedef __mmask16 vmask;
+#define V_LOAD _mm512_loadu_ps
+#define V_LOADM(m, p) _mm512_maskz_loadu_ps(m, p)
+#define V_STORE _mm512_storeu_ps
+#define V_STOREM _mm512_mask_storeu_ps
+#define V_SET1 _mm512_set1_ps
+#define V_ZERO _mm512_setzero_ps
+#define V_FMA _mm512_fmadd_ps
+#define V_ADD _mm512_add_ps
+#define V_SUB _mm512_sub_ps
+#define V_MUL _mm512_mul_ps
+#define V_GT0(x) _mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_GT_OQ)
+#define V_SELECT(c, t, f) _mm512_mask_blend_ps(c, f, t)
+#define V_TRANSPOSE transpose16
+
+// r[i][j] -> r[j][i] for 16 x 16 floats: pairs, then quadruples within 128-bit lanes,
+// then the 128-bit lanes themselves
+static inline void transpose16(__m512 r[16]) {
+    __m512 t[16];
+    for (int i = 0; i < 16; i += 2) {
+        t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 16; i += 4) {
+        r[i] = _mm512_shuffle_ps(t[i], t[i + 2], 0x44);
+        r[i + 1] = _mm512_shuffle_ps(t[i], t[i + 2], 0xEE);
+        r[i + 2] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+        r[i + 3] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+    }
+    for (int i = 0; i < 4; i++) {
+        t[i] = _mm512_shuffle_f32x4(r[i], r[i + 4], 0x88);
+        t[i + 4] = _mm512_shuffle_f32x4(r[i], r[i + 4], 0xDD);
+        t[i + 8] = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], 0x88);
+        t[i + 12] = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], 0xDD);
+    }
+    for (int i = 0; i < 8; i++) {
+        r[i] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0x88);
+        r[i + 8] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0xDD);
+    }
+}
+#endif
+#define M_FIRST(n) ((vmask)((n) >= VL ? ~0u : (n) <= 0 ? 0u : (1u << (n)) - 1))
+
+#include "gemm_kernel.h"
+
+// KC: fewer passes over C pay more than keeping the whole KC x NR micro-panel of B in L1
+KERNEL_DESCRIPTOR(avx512, 512, 144, MT_DOUBLE ? 512 : 1024);
+#endif

@@ -1,0 +1,85 @@
+"""Metrics computed from network outputs, and the validation hold-out of ``fit``."""
+
+import numbers
+
+import numpy as np
+
+from . import functional as F
+
+_CLASSIFICATION = ("cross_entropy", "binary_cross_entropy")
+
+
+def accuracy(loss, out, y):
+    """Fraction of correct labels (for binary cross-entropy: of correct 0/1 outputs)."""
+    if loss == "cross_entropy":
+        return float(np.mean(out.argmax(axis=1) == y))
+    return float(np.mean((out > 0) == (y > 0.5)))
+
+
+def r2(loss, out, y):
+    """Coefficient of determination, averaged over the outputs (scikit-learn's r2_score):
+    ``1 - SS_res / SS_tot``; an output with constant targets scores 1 if predicted
+    exactly, else 0."""
+    out, y = out.astype(np.float64), y.astype(np.float64)
+    ss_res = ((y - out) ** 2).sum(axis=0)
+    ss_tot = ((y - y.mean(axis=0)) ** 2).sum(axis=0)
+    score = np.where(ss_tot > 0, 1 - ss_res / np.where(ss_tot > 0, ss_tot, 1),
+                     np.where(ss_res == 0, 1.0, 0.0))
+    return float(score.mean())
+
+
+def mae(loss, out, y):
+    """Mean absolute error over all output elements."""
+    return float(np.mean(np.abs(out.astype(np.float64) - y)))
+
+
+# metric name -> (function, losses it applies to)
+METRICS = {"accuracy": (accuracy, _CLASSIFICATION), "r2": (r2, ("mse",)),
+           "mae": (mae, ("mse",))}
+
+
+def resolve(metrics, loss):
+    """The metric names of a fit or evaluate call: ``"auto"`` is accuracy for the
+    classification losses and r2 for mse; None or () is none."""
+    if metrics is None:
+        return ()
+    if isinstance(metrics, str):
+        metrics = ("accuracy" if loss in _CLASSIFICATION else "r2",) if metrics == "auto" \
+            else (metrics,)
+    names = []
+    for name in metrics:
+        if name not in METRICS:
+            raise ValueError(f"metrics: unknown metric {name!r}; use 'auto' or names from "
+                             f"{sorted(METRICS)}")
+        if loss not in METRICS[name][1]:
+            raise ValueError(f"metrics: {name!r} does not apply to the {loss} loss (it needs "
+                             f"{' or '.join(METRICS[name][1])})")
+        if name not in names:
+            names.append(name)
+    return tuple(names)
+
+
+def compute(loss, names, out, y, with_loss=True):
+    """{"loss": mean loss, name: value for each metric} of outputs `out` for targets `y`."""
+    logs = {"loss": F.loss_value(loss, out, y)} if with_loss else {}
+    for name in names:
+        logs[name] = METRICS[name][0](loss, out, y)
+    return logs
+
+
+def holdout(y, fraction, stratify):
+    """Row indices (train, validation) holding out the last `fraction` of the rows,
+    per class when `stratify` (y holds labels), as Keras' validation_split does
+    without stratification: no randomness, so the generator's stream is untouched."""
+    if isinstance(fraction, bool) or not isinstance(fraction, numbers.Real) \
+            or not 0 < fraction < 1:
+        raise ValueError(f"validation_split must lie in (0, 1), got {fraction!r}")
+    n = len(y)
+    groups = [np.flatnonzero(y == c) for c in np.unique(y)] if stratify else [np.arange(n)]
+    val = np.concatenate([g[int(len(g) * (1 - fraction)):] for g in groups])
+    if len(val) == 0 or len(val) == n:
+        raise ValueError(f"validation_split={fraction} leaves an empty training or "
+                         f"validation set for {n} samples")
+    mask = np.zeros(n, dtype=bool)
+    mask[val] = True
+    return np.flatnonzero(~mask), np.flatnonzero(mask)

@@ -1,0 +1,674 @@
+"""scikit-learn's ``MLPClassifier`` and ``MLPRegressor`` trained by minitrain's C core.
+
+Change only the import line::
+
+    from minitrain.sklearn import MLPClassifier, MLPRegressor
+
+and get the same estimators: scikit-learn's parameters, defaults, fitted attributes and
+methods, and the same numbers. The initialisation rule and its consumption of
+``random_state``, the batch order, the L2 scaling, the learning-rate schedules, the
+momentum and Adam update forms, the stopping rules and the loss definitions are
+scikit-learn's, so with float64 data ``coefs_``, ``intercepts_`` and ``loss_curve_``
+match scikit-learn's to rounding (the ``lbfgs`` solver to its tolerance). Every
+iteration, loss and gradient is computed by the C core (``mt_step``, with the
+scikit-learn loss reduction and optimizer style); scikit-learn supplies input
+validation, label encoding and splits, and SciPy the L-BFGS-B optimiser.
+
+Differences: sparse input is densified (the core works on dense rows); float32 input
+is trained in float32 by every solver, ``lbfgs`` included.
+
+Needs the ``sklearn`` extra: ``pip install "minitrain[sklearn]"``.
+"""
+
+import warnings
+
+import numpy as np
+
+try:
+    import scipy.optimize
+    import scipy.sparse as sp
+    import sklearn  # noqa: F401
+except ImportError as e:  # an optional extra
+    raise ImportError('minitrain.sklearn needs scikit-learn and SciPy: pip install '
+                      '"minitrain[sklearn]"') from e
+from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin, _fit_context
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.metrics import accuracy_score, r2_score
+from sklearn.model_selection import train_test_split
+from sklearn.neural_network import MLPClassifier as _SkMLPClassifier
+from sklearn.neural_network import MLPRegressor as _SkMLPRegressor
+from sklearn.preprocessing import LabelBinarizer
+from sklearn.utils import check_random_state, column_or_1d, gen_batches, shuffle
+from sklearn.utils.fixes import _get_additional_lbfgs_options_dict
+from sklearn.utils.metaestimators import available_if
+from sklearn.utils.multiclass import (
+    _check_partial_fit_first_call,
+    type_of_target,
+    unique_labels,
+)
+from sklearn.utils.optimize import _check_optimize_result
+from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
+
+from . import functional as F
+from .layers import Dense
+from .models import Sequential
+from .optimizers import ADAM_KIND, SGD_KIND, STYLE_SKLEARN
+
+__all__ = ["MLPClassifier", "MLPRegressor"]
+
+_STOCHASTIC_SOLVERS = ("sgd", "adam")
+# output activation -> the core's loss over the last layer's linear output
+_LOSS_OF_OUTPUT = {"softmax": "cross_entropy", "logistic": "binary_cross_entropy",
+                   "identity": "mse", "exp": "poisson"}
+_PREDICT_ROWS = 1024
+
+
+class _StochasticSolver:
+    """scikit-learn's SGDOptimizer / AdamOptimizer state between calls: the learning
+    rate and its schedule, the update count, and the core's flat velocity (SGD) or
+    moments (Adam) buffer ``state``, which lives in the model."""
+
+    def __init__(self, est, model):
+        self.solver = est.solver
+        self.learning_rate_init = est.learning_rate_init
+        self.learning_rate = float(est.learning_rate_init)
+        self.lr_schedule = est.learning_rate
+        self.power_t = est.power_t
+        self.hyper = dict(momentum=est.momentum, nesterov=est.nesterovs_momentum,
+                          beta1=est.beta_1, beta2=est.beta_2, eps=est.epsilon)
+        self.t = 0
+        model.state_flat[:] = 0
+        self.state = model.state_flat
+
+    def attach(self, model, alpha):
+        """Make the model's core update with this solver; alpha is the L2 penalty."""
+        kind = SGD_KIND if self.solver == "sgd" else ADAM_KIND
+        model._net.set_optimizer(kind, weight_decay=alpha, n_decay=_n_weights(model),
+                                 style=STYLE_SKLEARN, **self.hyper)
+
+    def step_lr(self):
+        # Adam's step size comes from learning_rate_init, bias-corrected in the core
+        return self.learning_rate if self.solver == "sgd" else self.learning_rate_init
+
+    def iteration_ends(self, time_step):
+        """After each epoch; time_step counts the samples seen."""
+        if self.solver == "sgd" and self.lr_schedule == "invscaling":
+            self.learning_rate = float(self.learning_rate_init) / (time_step + 1) ** self.power_t
+
+    def trigger_stopping(self, msg, verbose):
+        """True to stop; the adaptive schedule divides the learning rate by 5 instead."""
+        if self.solver != "sgd" or self.lr_schedule != "adaptive":
+            if verbose:
+                print(msg + " Stopping.")
+            return True
+        if self.learning_rate <= 1e-6:
+            if verbose:
+                print(msg + " Learning rate too small. Stopping.")
+            return True
+        self.learning_rate /= 5.0
+        if verbose:
+            print(msg + " Setting learning rate to %f" % self.learning_rate)
+        return False
+
+
+def _n_weights(model):
+    # Sequential lays all weights out before all biases: L2 covers params_flat[:n]
+    return sum(layer.n_weights for layer in model.layers)
+
+
+def _dense(X):
+    """The core reads dense, C-contiguous rows."""
+    if sp.issparse(X):
+        X = X.toarray()
+    return np.ascontiguousarray(X)
+
+
+class _BaseMLP(BaseEstimator):
+    """What MLPClassifier and MLPRegressor share: the network, the solvers, prediction."""
+
+    # ------------------------------------------------------------------ network
+    def _build_model(self, layer_units, dtype):
+        """A Sequential of dense layers over the core, with scikit-learn's loss reduction."""
+        layers = [Dense(units, activation=self.activation) for units in layer_units[1:-1]]
+        layers.append(Dense(layer_units[-1]))
+        model = Sequential(layers, loss=_LOSS_OF_OUTPUT[self.out_activation_], seed=0,
+                           dtype=dtype)
+        model.build(layer_units[0])
+        model._net.set_reduction(F.REDUCTIONS["sklearn"])
+        return model
+
+    def _initialize(self, y, layer_units, dtype):
+        self.n_iter_ = 0
+        self.t_ = 0
+        self.n_outputs_ = y.shape[1]
+        self.n_layers_ = len(layer_units)
+        if not isinstance(self, ClassifierMixin):
+            self.out_activation_ = "exp" if self.loss == "poisson" else "identity"
+        elif self._label_binarizer.y_type_ == "multiclass":
+            self.out_activation_ = "softmax"
+        else:
+            self.out_activation_ = "logistic"
+        model = self._model = self._build_model(layer_units, dtype)
+        # scikit-learn's rule: Glorot uniform (factor 2 for logistic), weights then biases
+        # of each layer drawn in turn from random_state
+        factor = 2.0 if self.activation == "logistic" else 6.0
+        for layer in model.layers:
+            bound = np.sqrt(factor / (layer.n_in + layer.units))
+            layer.W[...] = self._random_state.uniform(-bound, bound, (layer.n_in, layer.units))
+            layer.b[...] = self._random_state.uniform(-bound, bound, layer.units)
+        self.coefs_ = [layer.W for layer in model.layers]
+        self.intercepts_ = [layer.b for layer in model.layers]
+        self._best_coefs = [c.copy() for c in self.coefs_]
+        self._best_intercepts = [i.copy() for i in self.intercepts_]
+        if self.solver in _STOCHASTIC_SOLVERS:
+            self.loss_curve_ = []
+            self._no_improvement_count = 0
+            if self.early_stopping:
+                self.validation_scores_ = []
+                self.best_validation_score_ = -np.inf
+                self.best_loss_ = None
+            else:
+                self.best_loss_ = np.inf
+                self.validation_scores_ = None
+                self.best_validation_score_ = None
+
+    def _synced_model(self, dtype=None):
+        """The Sequential whose flat buffer holds coefs_ and intercepts_ (which are views
+        into it), rebuilt after unpickling or for another dtype; arrays the user put in
+        coefs_ / intercepts_ are copied in."""
+        model = self.__dict__.get("_model")
+        dtype = self.coefs_[0].dtype if dtype is None else np.dtype(dtype)
+        if model is None or model.dtype != dtype:
+            units = [self.coefs_[0].shape[0]] + [c.shape[1] for c in self.coefs_]
+            model = self._model = self._build_model(units, dtype)
+        for i, layer in enumerate(model.layers):
+            if self.coefs_[i] is not layer.W:
+                layer.W[...] = self.coefs_[i]
+            if self.intercepts_[i] is not layer.b:
+                layer.b[...] = self.intercepts_[i]
+        self.coefs_ = [layer.W for layer in model.layers]
+        self.intercepts_ = [layer.b for layer in model.layers]
+        solver = self.__dict__.get("_optimizer")
+        if solver is not None and solver.state is not model.state_flat:
+            model.state_flat[...] = solver.state
+            solver.state = model.state_flat
+        return model
+
+    def __getstate__(self):
+        # the core's network is rebuilt from coefs_, intercepts_ and the solver state
+        state = super().__getstate__()
+        state.pop("_model", None)
+        return state
+
+    def _targets(self, y, dtype):
+        """y (n, n_outputs) as the core reads it: int64 labels for the softmax output,
+        rows of `dtype` otherwise."""
+        if self.out_activation_ == "softmax":
+            return np.ascontiguousarray(np.argmax(y, axis=1), dtype=np.int64)
+        return np.ascontiguousarray(y, dtype=dtype)
+
+    def _data_loss_scale(self):
+        # scikit-learn reports the squared error as 0.5 * the mean over outputs while its
+        # gradient is that of the sum over outputs, which the core computes
+        return 1.0 / self.n_outputs_ if self.out_activation_ == "identity" else 1.0
+
+    def _l2_term(self, coefs, weight_sum):
+        """0.5 * alpha * ||W||^2 / weight_sum, summed layer by layer as scikit-learn does."""
+        if self.alpha == 0:
+            return 0.0
+        values = 0.0  # a Python float: the loss is accumulated in float64 for float32 too
+        for c in coefs:
+            values += float(np.dot(c, c))
+        return (0.5 * self.alpha) * values / weight_sum
+
+    # -------------------------------------------------------------------- fit
+    def _fit(self, X, y, sample_weight=None, incremental=False):
+        hidden_layer_sizes = self.hidden_layer_sizes
+        if not hasattr(hidden_layer_sizes, "__iter__"):
+            hidden_layer_sizes = [hidden_layer_sizes]
+        hidden_layer_sizes = list(hidden_layer_sizes)
+        if np.any(np.array(hidden_layer_sizes) <= 0):
+            raise ValueError("hidden_layer_sizes must be > 0, got %s." % hidden_layer_sizes)
+        first_pass = not hasattr(self, "coefs_") or (not self.warm_start and not incremental)
+
+        X, y = self._validate_input(X, y, incremental, reset=first_pass)
+        X = _dense(X)
+        n_samples, n_features = X.shape
+        if sample_weight is not None:
+            sample_weight = _check_sample_weight(sample_weight, X)
+        if y.ndim == 1:
+            y = y.reshape((-1, 1))
+        self.n_outputs_ = y.shape[1]
+        layer_units = [n_features] + hidden_layer_sizes + [self.n_outputs_]
+        self._random_state = check_random_state(self.random_state)
+        if first_pass:
+            self._initialize(y, layer_units, X.dtype)
+        model = self._synced_model(X.dtype)
+
+        # the core refuses an update whose loss is not finite, so the weights stay
+        # those of the last finite iteration; scikit-learn's end non-finite
+        diverged = False
+        try:
+            if self.solver in _STOCHASTIC_SOLVERS:
+                self._fit_stochastic(model, X, y, sample_weight, incremental)
+            else:
+                self._fit_lbfgs(model, X, y, sample_weight)
+        except FloatingPointError:
+            diverged = True
+        if diverged or not np.isfinite(model.params_flat).all():
+            raise ValueError(
+                "Solver produced non-finite parameter weights. The input data may"
+                " contain large values and need to be preprocessed.")
+        return self
+
+    def _fit_lbfgs(self, model, X, y, sample_weight):
+        net, params, n_decay = model._net, model.params_flat, _n_weights(model)
+        weight_sum = X.shape[0] if sample_weight is None else float(sample_weight.sum())
+        targets = self._targets(y, model.dtype)
+        sw = None if sample_weight is None else sample_weight.astype(model.dtype)
+        coefs = [c.reshape(-1) for c in self.coefs_]
+        scale = self._data_loss_scale()
+        net.reserve(X.shape[0])
+
+        def loss_grad(packed):
+            params[...] = packed
+            loss = net.step(X, targets, 0.0, 0, False, sample_weight=sw) * scale
+            loss += self._l2_term(coefs, weight_sum)
+            grad = model.grads_flat.astype(np.float64)
+            grad[:n_decay] += (self.alpha / weight_sum) * params[:n_decay]
+            return loss, grad
+
+        iprint = 1 if self.verbose is True or self.verbose >= 1 else -1
+        opt_res = scipy.optimize.minimize(
+            loss_grad, params.astype(np.float64), method="L-BFGS-B", jac=True,
+            options={"maxfun": self.max_fun, "maxiter": self.max_iter, "gtol": self.tol,
+                     **_get_additional_lbfgs_options_dict("iprint", iprint)})
+        self.n_iter_ = _check_optimize_result("lbfgs", opt_res, self.max_iter)
+        self.loss_ = opt_res.fun
+        params[...] = opt_res.x
+
+    def _fit_stochastic(self, model, X, y, sample_weight, incremental):
+        if not incremental or not hasattr(self, "_optimizer"):
+            self._optimizer = _StochasticSolver(self, model)
+        solver = self._optimizer
+        solver.attach(model, self.alpha)
+
+        # early_stopping in partial_fit doesn't make sense
+        if self.early_stopping and incremental:
+            raise ValueError("partial_fit does not support early_stopping=True")
+        early_stopping = self.early_stopping
+        X_val = y_val = sample_weight_val = None
+        X_train, y_train, sample_weight_train = X, y, sample_weight
+        if early_stopping:
+            # don't stratify in multilabel classification
+            stratify = y if isinstance(self, ClassifierMixin) and self.n_outputs_ == 1 else None
+            arrays = (X, y) if sample_weight is None else (X, y, sample_weight)
+            split = train_test_split(*arrays, random_state=self._random_state,
+                                     test_size=self.validation_fraction, stratify=stratify)
+            X_train, X_val, y_train, y_val = split[:4]
+            if sample_weight is not None:
+                sample_weight_train, sample_weight_val = split[4:]
+            if X_val.shape[0] < 2:
+                raise ValueError("The validation set is too small. Increase "
+                                 "'validation_fraction' or the size of your dataset.")
+            if isinstance(self, ClassifierMixin):
+                y_val = self._label_binarizer.inverse_transform(y_val)
+
+        n_samples = X_train.shape[0]
+        if self.batch_size == "auto":
+            batch_size = min(200, n_samples)
+        else:
+            if self.batch_size > n_samples:
+                warnings.warn("Got `batch_size` less than 1 or larger than "
+                              "sample size. It is going to be clipped")
+            batch_size = int(np.clip(self.batch_size, 1, n_samples))
+
+        net = model._net
+        sw = None if sample_weight_train is None else np.ascontiguousarray(
+            sample_weight_train, dtype=model.dtype)
+        net.reserve(batch_size)
+        net.set_data(np.ascontiguousarray(X_train), self._targets(y_train, model.dtype), sw)
+        coefs = [c.reshape(-1) for c in self.coefs_]
+        scale = self._data_loss_scale()
+        sample_idx = np.arange(n_samples, dtype=np.int64)
+        try:
+            self.n_iter_ = 0
+            for _ in range(self.max_iter):
+                if self.shuffle:
+                    sample_idx = shuffle(sample_idx, random_state=self._random_state)
+                accumulated_loss = 0.0
+                lr = solver.step_lr()
+                for batch in gen_batches(n_samples, batch_size):
+                    size = batch.stop - batch.start
+                    if self.alpha:  # the L2 term on the weights before this update
+                        weight_sum = size if sw is None else float(
+                            sample_weight_train[sample_idx[batch]].sum())
+                        l2 = self._l2_term(coefs, weight_sum)
+                    else:
+                        l2 = 0.0
+                    solver.t += 1
+                    loss = net.step_rows(sample_idx, batch.start, batch.stop, lr, solver.t)
+                    accumulated_loss += (loss * scale + l2) * size
+                self.n_iter_ += 1
+                self.loss_ = accumulated_loss / X_train.shape[0]
+                self.t_ += n_samples
+                self.loss_curve_.append(self.loss_)
+                if self.verbose:
+                    print("Iteration %d, loss = %.8f" % (self.n_iter_, self.loss_))
+                self._update_no_improvement_count(early_stopping, X_val, y_val,
+                                                  sample_weight_val)
+                solver.iteration_ends(self.t_)
+                if self._no_improvement_count > self.n_iter_no_change:
+                    if early_stopping:
+                        msg = ("Validation score did not improve more than tol=%f for %d "
+                               "consecutive epochs." % (self.tol, self.n_iter_no_change))
+                    else:
+                        msg = ("Training loss did not improve more than tol=%f for %d "
+                               "consecutive epochs." % (self.tol, self.n_iter_no_change))
+                    if solver.trigger_stopping(msg, self.verbose):
+                        break
+                    self._no_improvement_count = 0
+                if incremental:
+                    break
+                if self.n_iter_ == self.max_iter:
+                    warnings.warn(
+                        "Stochastic Optimizer: Maximum iterations (%d) reached and the "
+                        "optimization hasn't converged yet." % self.max_iter,
+                        ConvergenceWarning)
+        except KeyboardInterrupt:
+            warnings.warn("Training interrupted by user.")
+        finally:
+            net.set_data(X[:1], self._targets(y[:1], model.dtype))  # release the data
+        if early_stopping:  # restore the best weights
+            self.coefs_ = self._best_coefs
+            self.intercepts_ = self._best_intercepts
+            self._synced_model()
+
+    def _update_no_improvement_count(self, early_stopping, X, y, sample_weight):
+        if early_stopping:
+            val_score = self._score(X, y, sample_weight=sample_weight)
+            self.validation_scores_.append(val_score)
+            if self.verbose:
+                print("Validation score: %f" % self.validation_scores_[-1])
+            last_valid_score = self.validation_scores_[-1]
+            if last_valid_score < (self.best_validation_score_ + self.tol):
+                self._no_improvement_count += 1
+            else:
+                self._no_improvement_count = 0
+            if last_valid_score > self.best_validation_score_:
+                self.best_validation_score_ = last_valid_score
+                self._best_coefs = [c.copy() for c in self.coefs_]
+                self._best_intercepts = [i.copy() for i in self.intercepts_]
+        else:
+            if self.loss_curve_[-1] > self.best_loss_ - self.tol:
+                self._no_improvement_count += 1
+            else:
+                self._no_improvement_count = 0
+            if self.loss_curve_[-1] < self.best_loss_:
+                self.best_loss_ = self.loss_curve_[-1]
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X, y, sample_weight=None):
+        """Fit the model to data matrix X and target(s) y.
+
+        Parameters
+        ----------
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+        y : array-like of shape (n_samples,) or (n_samples, n_outputs)
+            Class labels in classification, real numbers in regression.
+        sample_weight : array-like of shape (n_samples,), default=None
+
+        Returns
+        -------
+        self : object
+        """
+        return self._fit(X, y, sample_weight=sample_weight, incremental=False)
+
+    def _check_solver(self):
+        if self.solver not in _STOCHASTIC_SOLVERS:
+            raise AttributeError("partial_fit is only available for stochastic optimizers. "
+                                 "%s is not stochastic." % self.solver)
+        return True
+
+    # ---------------------------------------------------------------- predict
+    def _forward_pass_fast(self, X, check_input=True):
+        """Output-layer activations for X, computed by the core in row chunks."""
+        if check_input:
+            X = validate_data(self, X, accept_sparse=["csr", "csc"], reset=False)
+        model = self._synced_model()
+        X = np.ascontiguousarray(_dense(X), dtype=model.dtype)
+        net = model._net
+        net.reserve(max(net.max_batch, min(X.shape[0], _PREDICT_ROWS)))
+        out = np.empty((X.shape[0], self.n_outputs_), dtype=model.dtype)
+        for start in range(0, X.shape[0], net.max_batch):
+            stop = start + net.max_batch
+            net.forward(X[start:stop], out[start:stop])
+        return F.output_transform(model.loss, out)
+
+    def _score_with_function(self, X, y, sample_weight, score_function):
+        y_pred = self._predict(X, check_input=False)
+        if np.issubdtype(y_pred.dtype, np.floating) and not np.isfinite(y_pred).all():
+            return np.nan
+        return score_function(y, y_pred, sample_weight=sample_weight)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.sparse = True
+        return tags
+
+
+class MLPClassifier(ClassifierMixin, _BaseMLP):
+    """Multi-layer perceptron classifier: scikit-learn's ``MLPClassifier`` trained by
+    minitrain's C core.
+
+    Same parameters, defaults and meanings as
+    ``sklearn.neural_network.MLPClassifier``: ``hidden_layer_sizes``, ``activation``
+    ({'identity', 'logistic', 'tanh', 'relu'}), ``solver`` ({'lbfgs', 'sgd', 'adam'}),
+    ``alpha`` (L2 penalty), ``batch_size`` ('auto' = min(200, n_samples)),
+    ``learning_rate`` ({'constant', 'invscaling', 'adaptive'}, sgd only),
+    ``learning_rate_init``, ``power_t``, ``max_iter`` (epochs for sgd/adam, iterations
+    for lbfgs), ``shuffle``, ``random_state``, ``tol``, ``verbose``, ``warm_start``,
+    ``momentum``, ``nesterovs_momentum``, ``early_stopping``, ``validation_fraction``,
+    ``beta_1``, ``beta_2``, ``epsilon``, ``n_iter_no_change``, ``max_fun``.
+
+    Fitted attributes as in scikit-learn: ``classes_``, ``loss_``, ``best_loss_``,
+    ``loss_curve_``, ``validation_scores_``, ``best_validation_score_``, ``t_``,
+    ``coefs_``, ``intercepts_``, ``n_features_in_``, ``feature_names_in_``,
+    ``n_iter_``, ``n_layers_``, ``n_outputs_``, ``out_activation_``.
+
+    Examples
+    --------
+    >>> from minitrain.sklearn import MLPClassifier
+    >>> clf = MLPClassifier(hidden_layer_sizes=(128,), random_state=0).fit(X, y)
+    """
+
+    _parameter_constraints = dict(_SkMLPClassifier._parameter_constraints)
+    loss = "log_loss"  # the classifier's loss, fixed: not a parameter
+
+    def __init__(self, hidden_layer_sizes=(100,), activation="relu", *, solver="adam",
+                 alpha=0.0001, batch_size="auto", learning_rate="constant",
+                 learning_rate_init=0.001, power_t=0.5, max_iter=200, shuffle=True,
+                 random_state=None, tol=1e-4, verbose=False, warm_start=False, momentum=0.9,
+                 nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1,
+                 beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, max_fun=15000):
+        self.hidden_layer_sizes = hidden_layer_sizes
+        self.activation = activation
+        self.solver = solver
+        self.alpha = alpha
+        self.batch_size = batch_size
+        self.learning_rate = learning_rate
+        self.learning_rate_init = learning_rate_init
+        self.power_t = power_t
+        self.max_iter = max_iter
+        self.shuffle = shuffle
+        self.random_state = random_state
+        self.tol = tol
+        self.verbose = verbose
+        self.warm_start = warm_start
+        self.momentum = momentum
+        self.nesterovs_momentum = nesterovs_momentum
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.beta_1 = beta_1
+        self.beta_2 = beta_2
+        self.epsilon = epsilon
+        self.n_iter_no_change = n_iter_no_change
+        self.max_fun = max_fun
+
+    def _validate_input(self, X, y, incremental, reset):
+        X, y = validate_data(self, X, y, accept_sparse=["csr", "csc"], multi_output=True,
+                             dtype=(np.float64, np.float32), reset=reset)
+        if y.ndim == 2 and y.shape[1] == 1:
+            y = column_or_1d(y, warn=True)
+        # classes_ are (re)defined on a fresh fit; warm_start and partial_fit check
+        # that y brings no new class
+        if (not hasattr(self, "classes_")) or (not self.warm_start and not incremental):
+            self._label_binarizer = LabelBinarizer()
+            self._label_binarizer.fit(y)
+            self.classes_ = self._label_binarizer.classes_
+        else:
+            classes = unique_labels(y)
+            if self.warm_start:
+                if set(classes) != set(self.classes_):
+                    raise ValueError(
+                        "warm_start can only be used where `y` has the same classes as in "
+                        f"the previous call to fit. Previously got {self.classes_}, `y` "
+                        f"has {classes}")
+            elif len(np.setdiff1d(classes, self.classes_, assume_unique=True)):
+                raise ValueError("`y` has classes not in `self.classes_`. `self.classes_` "
+                                 f"has {self.classes_}. 'y' has {classes}.")
+        y = self._label_binarizer.transform(y).astype(bool)
+        return X, y
+
+    def predict(self, X):
+        """Predict using the multi-layer perceptron classifier.
+
+        Returns
+        -------
+        y : ndarray of shape (n_samples,) or (n_samples, n_classes)
+        """
+        check_is_fitted(self)
+        return self._predict(X)
+
+    def _predict(self, X, check_input=True):
+        y_pred = self._forward_pass_fast(X, check_input=check_input)
+        if self.n_outputs_ == 1:
+            y_pred = y_pred.ravel()
+        return self._label_binarizer.inverse_transform(y_pred)
+
+    def _score(self, X, y, sample_weight=None):
+        return self._score_with_function(X, y, sample_weight, accuracy_score)
+
+    @available_if(lambda est: est._check_solver())
+    @_fit_context(prefer_skip_nested_validation=True)
+    def partial_fit(self, X, y, sample_weight=None, classes=None):
+        """Update the model with a single epoch over the given data.
+
+        ``classes`` (all the classes, e.g. ``np.unique(y_all)``) is required on the first
+        call and may be omitted afterwards.
+        """
+        if _check_partial_fit_first_call(self, classes):
+            self._label_binarizer = LabelBinarizer()
+            if type_of_target(y).startswith("multilabel"):
+                self._label_binarizer.fit(y)
+            else:
+                self._label_binarizer.fit(classes)
+        return self._fit(X, y, sample_weight=sample_weight, incremental=True)
+
+    def predict_log_proba(self, X):
+        """Log of the probability estimates, classes ordered as in ``classes_``."""
+        y_prob = self.predict_proba(X)
+        return np.log(y_prob, out=y_prob)
+
+    def predict_proba(self, X):
+        """Probability estimates, classes ordered as in ``classes_``."""
+        check_is_fitted(self)
+        y_pred = self._forward_pass_fast(X)
+        if self.n_outputs_ == 1:
+            y_pred = y_pred.ravel()
+        if y_pred.ndim == 1:
+            return np.vstack([1 - y_pred, y_pred]).T
+        return y_pred
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.classifier_tags.multi_label = True
+        return tags
+
+
+class MLPRegressor(RegressorMixin, _BaseMLP):
+    """Multi-layer perceptron regressor: scikit-learn's ``MLPRegressor`` trained by
+    minitrain's C core.
+
+    Same parameters, defaults and meanings as ``sklearn.neural_network.MLPRegressor``;
+    see MLPClassifier for the list. ``loss`` is ``'squared_error'`` (identity output)
+    or ``'poisson'`` (exponential output, half Poisson deviance). Fitted attributes as
+    in scikit-learn (no ``classes_``).
+    """
+
+    _parameter_constraints = dict(_SkMLPRegressor._parameter_constraints)
+
+    def __init__(self, loss="squared_error", hidden_layer_sizes=(100,), activation="relu", *,
+                 solver="adam", alpha=0.0001, batch_size="auto", learning_rate="constant",
+                 learning_rate_init=0.001, power_t=0.5, max_iter=200, shuffle=True,
+                 random_state=None, tol=1e-4, verbose=False, warm_start=False, momentum=0.9,
+                 nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1,
+                 beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, max_fun=15000):
+        self.loss = loss
+        self.hidden_layer_sizes = hidden_layer_sizes
+        self.activation = activation
+        self.solver = solver
+        self.alpha = alpha
+        self.batch_size = batch_size
+        self.learning_rate = learning_rate
+        self.learning_rate_init = learning_rate_init
+        self.power_t = power_t
+        self.max_iter = max_iter
+        self.shuffle = shuffle
+        self.random_state = random_state
+        self.tol = tol
+        self.verbose = verbose
+        self.warm_start = warm_start
+        self.momentum = momentum
+        self.nesterovs_momentum = nesterovs_momentum
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.beta_1 = beta_1
+        self.beta_2 = beta_2
+        self.epsilon = epsilon
+        self.n_iter_no_change = n_iter_no_change
+        self.max_fun = max_fun
+
+    def predict(self, X):
+        """Predict using the multi-layer perceptron model.
+
+        Returns
+        -------
+        y : ndarray of shape (n_samples,) or (n_samples, n_outputs)
+        """
+        check_is_fitted(self)
+        return self._predict(X)
+
+    def _predict(self, X, check_input=True):
+        y_pred = self._forward_pass_fast(X, check_input=check_input)
+        if y_pred.shape[1] == 1:
+            return y_pred.ravel()
+        return y_pred
+
+    def _score(self, X, y, sample_weight=None):
+        return self._score_with_function(X, y, sample_weight, r2_score)
+
+    def _validate_input(self, X, y, incremental, reset):
+        X, y = validate_data(self, X, y, accept_sparse=["csr", "csc"], multi_output=True,
+                             y_numeric=True, dtype=(np.float64, np.float32), reset=reset)
+        if y.ndim == 2 and y.shape[1] == 1:
+            y = column_or_1d(y, warn=True)
+        return X, y
+
+    # scikit-learn tests the method itself here (always true), so partial_fit exists
+    # for lbfgs too and then runs a full fit
+    @available_if(lambda est: est._check_solver)
+    @_fit_context(prefer_skip_nested_validation=True)
+    def partial_fit(self, X, y, sample_weight=None):
+        """Update the model with a single epoch over the given data."""
+        return self._fit(X, y, sample_weight=sample_weight, incremental=True)
