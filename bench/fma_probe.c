@@ -23,56 +23,31 @@
 // The multiplier is just below 1 and the addend tiny, so values stay normal (no
 // denormal slow path) over any number of iterations.
 
-__attribute__((target("avx512f"))) static double fma_avx512_f32(long reps) {
-    __m512 acc[CHAINS];
-    const __m512 a = _mm512_set1_ps(0.999999f), b = _mm512_set1_ps(1e-6f);
-    for (int c = 0; c < CHAINS; c++) acc[c] = _mm512_set1_ps((float)c);
-    for (long r = 0; r < reps; r++)
-#pragma GCC unroll 16
-        for (int c = 0; c < CHAINS; c++) acc[c] = _mm512_fmadd_ps(acc[c], a, b);
-    for (int c = 1; c < CHAINS; c++) acc[0] = _mm512_add_ps(acc[0], acc[c]);
-    return _mm512_reduce_add_ps(acc[0]);
-}
-
-__attribute__((target("avx512f"))) static double fma_avx512_f64(long reps) {
-    __m512d acc[CHAINS];
-    const __m512d a = _mm512_set1_pd(0.999999), b = _mm512_set1_pd(1e-6);
-    for (int c = 0; c < CHAINS; c++) acc[c] = _mm512_set1_pd((double)c);
-    for (long r = 0; r < reps; r++)
-#pragma GCC unroll 16
-        for (int c = 0; c < CHAINS; c++) acc[c] = _mm512_fmadd_pd(acc[c], a, b);
-    for (int c = 1; c < CHAINS; c++) acc[0] = _mm512_add_pd(acc[0], acc[c]);
-    return _mm512_reduce_add_pd(acc[0]);
-}
-
-// AVX2 has 16 vector registers: 12 chains + 2 constants leave room for the compiler.
+// One kernel per (instruction set, type). AVX2 has 16 vector registers: 12 chains + 2
+// constants leave room for the compiler; AVX-512's 32 take all CHAINS.
 #define CHAINS_AVX2 12
+#define FMA_KERNEL(name, isa, vec, elem, set1, fmadd, add, storeu, chains)              \
+    __attribute__((target(isa))) static double name(long reps) {                        \
+        vec acc[chains];                                                               \
+        const vec a = set1((elem)0.999999), b = set1((elem)1e-6);                       \
+        for (int c = 0; c < chains; c++) acc[c] = set1((elem)c);                        \
+        for (long r = 0; r < reps; r++)                                                \
+            _Pragma("GCC unroll 16") for (int c = 0; c < chains; c++)                  \
+                acc[c] = fmadd(acc[c], a, b);                                          \
+        for (int c = 1; c < chains; c++) acc[0] = add(acc[0], acc[c]);                  \
+        elem out[sizeof(vec) / sizeof(elem)];                                          \
+        storeu(out, acc[0]);                                                           \
+        return out[0] + out[sizeof(vec) / sizeof(elem) - 1];                           \
+    }
 
-__attribute__((target("avx2,fma"))) static double fma_avx2_f32(long reps) {
-    __m256 acc[CHAINS_AVX2];
-    const __m256 a = _mm256_set1_ps(0.999999f), b = _mm256_set1_ps(1e-6f);
-    for (int c = 0; c < CHAINS_AVX2; c++) acc[c] = _mm256_set1_ps((float)c);
-    for (long r = 0; r < reps; r++)
-#pragma GCC unroll 16
-        for (int c = 0; c < CHAINS_AVX2; c++) acc[c] = _mm256_fmadd_ps(acc[c], a, b);
-    float out[8];
-    for (int c = 1; c < CHAINS_AVX2; c++) acc[0] = _mm256_add_ps(acc[0], acc[c]);
-    _mm256_storeu_ps(out, acc[0]);
-    return out[0] + out[7];
-}
-
-__attribute__((target("avx2,fma"))) static double fma_avx2_f64(long reps) {
-    __m256d acc[CHAINS_AVX2];
-    const __m256d a = _mm256_set1_pd(0.999999), b = _mm256_set1_pd(1e-6);
-    for (int c = 0; c < CHAINS_AVX2; c++) acc[c] = _mm256_set1_pd((double)c);
-    for (long r = 0; r < reps; r++)
-#pragma GCC unroll 16
-        for (int c = 0; c < CHAINS_AVX2; c++) acc[c] = _mm256_fmadd_pd(acc[c], a, b);
-    double out[4];
-    for (int c = 1; c < CHAINS_AVX2; c++) acc[0] = _mm256_add_pd(acc[0], acc[c]);
-    _mm256_storeu_pd(out, acc[0]);
-    return out[0] + out[3];
-}
+FMA_KERNEL(fma_avx512_f32, "avx512f", __m512, float, _mm512_set1_ps, _mm512_fmadd_ps,
+           _mm512_add_ps, _mm512_storeu_ps, CHAINS)
+FMA_KERNEL(fma_avx512_f64, "avx512f", __m512d, double, _mm512_set1_pd, _mm512_fmadd_pd,
+           _mm512_add_pd, _mm512_storeu_pd, CHAINS)
+FMA_KERNEL(fma_avx2_f32, "avx2,fma", __m256, float, _mm256_set1_ps, _mm256_fmadd_ps,
+           _mm256_add_ps, _mm256_storeu_ps, CHAINS_AVX2)
+FMA_KERNEL(fma_avx2_f64, "avx2,fma", __m256d, double, _mm256_set1_pd, _mm256_fmadd_pd,
+           _mm256_add_pd, _mm256_storeu_pd, CHAINS_AVX2)
 
 typedef double (*kernel)(long);
 
