@@ -136,6 +136,7 @@ static void backward_layer(mt_net *net, workspace *ws, int l, const real *input,
 int FN(mt_step)(mt_net *net, const real *X, const void *y, const int64_t *idx, int64_t n,
                 int64_t iteration, const mt_optim *opt, double *loss) {
     if (n > net->max_batch) return MT_ERR_BATCH_TOO_LARGE;
+    net->l2_term = 0;
     workspace ws;
     layout(net, net->max_batch, net->work, &ws);
     const real *x = gather(net, &ws, X, idx, n);
@@ -158,7 +159,8 @@ int FN(mt_step)(mt_net *net, const real *X, const void *y, const int64_t *idx, i
         cur = 1 - cur;
     }
     if (!opt) return MT_OK;
-    FN(mt_optim_update)(opt, net->params, net->grads, net->state, net->n_params, batch_weight);
+    net->l2_term = FN(mt_optim_update)(opt, net->params, net->grads, net->state,
+                                       net->n_params, batch_weight);
     for (int l = 0; l <= last; l++)
         if (net->layers[l].kind == MT_LAYER_BATCHNORM)
             FN(mt_batchnorm_update_running)(&net->layers[l], ws.stats[l], net->buffers, n);

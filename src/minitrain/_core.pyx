@@ -51,12 +51,14 @@ cdef extern from "minitrain.h":
         uint64_t seed
         void *work
         int64_t max_batch
+        double l2_term
     size_t mt_workspace_bytes(const mt_net *net, int64_t max_batch) nogil
     int mt_step(mt_net *net, const void *X, const void *y, const int64_t *idx, int64_t n,
                 int64_t iteration, const mt_optim *opt, double *loss) nogil
     int mt_forward(mt_net *net, const void *X, const int64_t *idx, int64_t n, void *out) nogil
     int mt_gemm(int dtype, int trans_a, int trans_b, int64_t M, int64_t N, int64_t K,
                 const void *A, const void *B, void *C, int accumulate) nogil
+    int mt_all_finite(int dtype, const void *x, int64_t n) nogil
     void mt_set_num_threads(int n)
     int mt_get_num_threads()
     int mt_cpu_isa()
@@ -87,6 +89,12 @@ cdef bint _labels_below(const int64_t[::1] y, int64_t n_out):
         if y[i] < 0 or y[i] >= n_out:
             return False
     return True
+
+
+def labels_below(y, int64_t n_out):
+    """Whether every label of the C-contiguous int64 array y lies in [0, n_out)."""
+    _require(y, np.int64, 1, "y")
+    return _labels_below(y, n_out)
 
 
 def _inside(name, off, size, total):
@@ -172,11 +180,19 @@ cdef class Net:
         self.net.max_batch = 0
         self.net.work = NULL
         self.net.sample_weight = NULL
+        self.net.l2_term = 0
         self.opt.kind = -1
 
     @property
     def max_batch(self):
         return self.net.max_batch
+
+    @property
+    def l2_term(self):
+        """After an update in scikit-learn's style: the L2 term of its batch loss,
+        0.5 weight_decay ||params[:n_decay]||² / batch weight, from the parameters before
+        the update (read in the update's pass); else 0."""
+        return self.net.l2_term
 
     def reserve(self, int64_t max_batch):
         """Size the workspace for batches of up to max_batch rows (grows, never shrinks)."""
@@ -345,6 +361,22 @@ def gemm(A, B, bint trans_a=False, bint trans_b=False, C=None, isa=None):
     if status == MT_ERR_NO_MEMORY:
         raise MemoryError("gemm: no memory for the packing buffer")
     return C
+
+
+def all_finite(a):
+    """Whether every element of the C-contiguous float32/float64 array `a` is finite: one
+    pass, no temporary (the input checks run it on every batch)."""
+    dtype = a.dtype if isinstance(a, np.ndarray) else None
+    if dtype not in (np.float32, np.float64):
+        raise TypeError("a must be a float32 or float64 array")
+    _require(a, dtype, cnp.PyArray_NDIM(<cnp.ndarray>a), "a")
+    cdef int dt = MT_FLOAT64 if dtype == np.float64 else MT_FLOAT32
+    cdef const void *p = ptr(a)
+    cdef int64_t n = a.size
+    cdef int ok
+    with nogil:
+        ok = mt_all_finite(dt, p, n)
+    return bool(ok)
 
 
 def _isa_code(name):
