@@ -1,10 +1,10 @@
 // Optimizers: one fused pass over the flat parameter, gradient and state buffers.
-// (`if (parallel: ...)`: a bare if clause on `parallel for simd` also turns simd off.)
 #define MT_REAL_SOURCE
 #include "mt_internal.h"
 #include <math.h>
 
 #define NORM_CHUNKS 256
+#define UPDATE_CHUNK 2048
 
 // ||g||^2 as the ordered sum of NORM_CHUNKS fixed chunks: same bits on any thread count
 static double grad_sq_norm(const real *g, int64_t n) {
@@ -22,44 +22,34 @@ static double grad_sq_norm(const real *g, int64_t n) {
     return s;
 }
 
-// SGD on [lo, hi): buf = mu*buf + g + decay*p; p -= lr * (nesterov ? g + mu*buf : buf)
-// (without momentum, mu == 0: p -= lr * (g + decay*p))
-static void sgd_range(real *restrict p, const real *restrict g, real *restrict buf, int64_t lo,
-                      int64_t hi, real lr, real gscale, real decay, real mu, int nesterov) {
-    if (mu == 0) {
-#pragma omp for simd schedule(static)
-        for (int64_t i = lo; i < hi; i++) p[i] -= lr * (g[i] * gscale + decay * p[i]);
-        return;
-    }
-#pragma omp for simd schedule(static)
-    for (int64_t i = lo; i < hi; i++) {
-        const real gi = g[i] * gscale + decay * p[i];
-        buf[i] = mu * buf[i] + gi;
-        p[i] -= lr * (nesterov ? gi + mu * buf[i] : buf[i]);
-    }
-}
+// The hyperparameters of one update, rounded to real as the formulas use them.
+typedef struct {
+    int kind, style, nesterov, decoupled;
+    int64_t nd;                  // weight decay on [0, nd)
+    real lr, gscale, mu, wd;     // wd: L2 added to the gradient
+    real decay;                  // AdamW: p -= decay*p
+    real b1, b2, c1, c2, eps;    // torch Adam: c1, c2 bias corrections; sklearn: 1 - beta
+    real lr_t;                   // sklearn Adam: the bias-corrected step
+} update_args;
 
-// scikit-learn's MLP updates (MT_OPT_STYLE_SKLEARN), in its order of operations;
-// state: velocity (n), or Adam moments m (n), v (n). wd is already per batch weight.
-// Returns Σ p[:nd]² as it was before the update (the L2 term of scikit-learn's loss),
-// read in the same pass: fixed chunks summed in order, the same bits on any thread count.
-static double sklearn_update(const mt_optim *o, real *restrict p, const real *restrict g,
-                             real *restrict state, int64_t n, real gscale, real wd) {
-    const int64_t nd = o->n_decay;
-    const real lr = (real)o->lr, mu = (real)o->momentum;
-    const int sgd = o->kind == MT_OPT_SGD, nesterov = o->nesterov;
-    const real b1 = (real)o->beta1, b2 = (real)o->beta2, eps = (real)o->eps;
-    const real c1 = (real)(1 - o->beta1), c2 = (real)(1 - o->beta2);
-    const double t = (double)o->t;
-    const real lr_t = sgd ? 0 : (real)(o->lr * sqrt(1 - pow(o->beta2, t)) / (1 - pow(o->beta1, t)));
-    real *restrict m = state, *restrict v = state + n;
-    double part[NORM_CHUNKS];
-    const int64_t chunk = (n + NORM_CHUNKS - 1) / NORM_CHUNKS;
-#pragma omp parallel for schedule(static) if (n >= MT_PAR_ELEMS)
-    for (int c = 0; c < NORM_CHUNKS; c++) {
-        const int64_t lo = c * chunk, hi = lo + chunk < n ? lo + chunk : n;
-        double sq = 0;
-        if (sgd) {
+// The update of p[lo, hi), g, state m (SGD momentum or velocity, Adam first moment) and v
+// (Adam second moment). Returns Σ p[lo:min(hi, nd)]² before the update for the
+// scikit-learn style (its loss's L2 term), else 0.
+// Element-wise, so the same bits from every clone (this file is compiled without
+// contraction into fused multiply-adds) and every split of [0, n) into ranges; only the
+// sum of squares depends on the vector width.
+MT_TARGET_CLONES
+static double update_range(const update_args *u, real *restrict p, const real *restrict g,
+                           real *restrict m, real *restrict v, int64_t lo, int64_t hi) {
+    const int64_t nd = u->nd;
+    const real lr = u->lr, gscale = u->gscale, mu = u->mu, wd = u->wd;
+    const real b1 = u->b1, b2 = u->b2, c1 = u->c1, c2 = u->c2, eps = u->eps;
+    double sq = 0;
+    if (u->style == MT_OPT_STYLE_SKLEARN) {
+        // in scikit-learn's order of operations: velocity m = mu*m - lr*g, p += m
+        // (nesterov: p += mu*m - lr*g); Adam p += -lr_t*m/(sqrt(v)+eps)
+        if (u->kind == MT_OPT_SGD) {
+            const int nesterov = u->nesterov;
 #pragma omp simd reduction(+ : sq)
             for (int64_t i = lo; i < hi; i++) {
                 const real pi = p[i], gi = g[i] * gscale + (i < nd ? wd * pi : 0);
@@ -68,6 +58,7 @@ static double sklearn_update(const mt_optim *o, real *restrict p, const real *re
                 p[i] = pi + (nesterov ? mu * m[i] - lr * gi : m[i]);
             }
         } else {
+            const real lr_t = u->lr_t;
 #pragma omp simd reduction(+ : sq)
             for (int64_t i = lo; i < hi; i++) {
                 const real pi = p[i], gi = g[i] * gscale + (i < nd ? wd * pi : 0);
@@ -78,10 +69,32 @@ static double sklearn_update(const mt_optim *o, real *restrict p, const real *re
                 p[i] = pi + -lr_t * m[i] / ((real)sqrt(v[i]) + eps);
             }
         }
-        part[c] = sq;
+    } else if (u->kind == MT_OPT_SGD && mu == 0) { // p -= lr * (g + wd*p)
+#pragma omp simd
+        for (int64_t i = lo; i < hi; i++) p[i] -= lr * (g[i] * gscale + (i < nd ? wd * p[i] : 0));
+    } else if (u->kind == MT_OPT_SGD) {
+        // buf = mu*buf + g + wd*p; p -= lr * (nesterov ? g + mu*buf : buf)
+        const int nesterov = u->nesterov;
+#pragma omp simd
+        for (int64_t i = lo; i < hi; i++) {
+            const real gi = g[i] * gscale + (i < nd ? wd * p[i] : 0);
+            m[i] = mu * m[i] + gi;
+            p[i] -= lr * (nesterov ? gi + mu * m[i] : m[i]);
+        }
+    } else {
+        const real decay = u->decay;
+#pragma omp simd
+        for (int64_t i = lo; i < hi; i++) {
+            real gi = g[i] * gscale;
+            if (i < nd) {
+                gi += wd * p[i];
+                p[i] -= decay * p[i];
+            }
+            m[i] = b1 * m[i] + (1 - b1) * gi;
+            v[i] = b2 * v[i] + (1 - b2) * gi * gi;
+            p[i] -= lr * (m[i] / c1) / (sqrt(v[i]) / c2 + eps);
+        }
     }
-    double sq = 0;
-    for (int c = 0; c < NORM_CHUNKS; c++) sq += part[c];
     return sq;
 }
 
@@ -91,42 +104,45 @@ static double sklearn_update(const mt_optim *o, real *restrict p, const real *re
 // parameters before the update (0 without weight decay, and for the other style).
 double FN(mt_optim_update)(const mt_optim *o, real *p, real *g, real *state, int64_t n,
                            double batch_weight) {
-    real gscale = 1;
+    update_args u = {.kind = o->kind, .style = o->style, .nesterov = o->nesterov,
+                     .nd = o->n_decay, .lr = (real)o->lr, .gscale = 1,
+                     .mu = (real)o->momentum, .eps = (real)o->eps};
     if (o->clip_norm > 0) {
         double norm = sqrt(grad_sq_norm(g, n));
-        if (norm > o->clip_norm) gscale = (real)(o->clip_norm / norm);
+        if (norm > o->clip_norm) u.gscale = (real)(o->clip_norm / norm);
     }
+    // scikit-learn's alpha is the L2 of the batch's summed loss: per unit of batch weight
+    const double wd = o->style == MT_OPT_STYLE_SKLEARN ? o->weight_decay / batch_weight
+                                                       : o->weight_decay;
+    const double t = (double)o->t;
+    u.wd = (real)wd;
+    u.b1 = (real)o->beta1;
+    u.b2 = (real)o->beta2;
     if (o->style == MT_OPT_STYLE_SKLEARN) {
-        const double wd = o->weight_decay / batch_weight;
-        const double sq = sklearn_update(o, p, g, state, n, gscale, (real)wd);
-        return 0.5 * wd * sq;
-    }
-    const real lr = (real)o->lr, wd = (real)o->weight_decay;
-    const int64_t nd = o->n_decay;
-    if (o->kind == MT_OPT_SGD) {
-        // weights with L2 decay, then biases without: no test per element
-        const real mu = (real)o->momentum;
-        MT_PARALLEL_IF(n >= MT_PAR_ELEMS, {
-            sgd_range(p, g, state, 0, nd, lr, gscale, wd, mu, o->nesterov);
-            sgd_range(p, g, state, nd, n, lr, gscale, 0, mu, o->nesterov);
-        });
-    } else {
-        const real b1 = (real)o->beta1, b2 = (real)o->beta2, eps = (real)o->eps;
-        const real c1 = (real)(1 - pow(o->beta1, (double)o->t));
-        const real c2 = (real)sqrt(1 - pow(o->beta2, (double)o->t));
-        const real l2 = o->decoupled ? 0 : wd, decay = o->decoupled ? lr * wd : 0;
-        real *m = state, *v = state + n;
-#pragma omp parallel for simd schedule(static) if (parallel: n >= MT_PAR_ELEMS)
-        for (int64_t i = 0; i < n; i++) {
-            real gi = g[i] * gscale;
-            if (i < nd) {
-                gi += l2 * p[i];
-                p[i] -= decay * p[i];
-            }
-            m[i] = b1 * m[i] + (1 - b1) * gi;
-            v[i] = b2 * v[i] + (1 - b2) * gi * gi;
-            p[i] -= lr * (m[i] / c1) / (sqrt(v[i]) / c2 + eps);
+        u.c1 = (real)(1 - o->beta1);
+        u.c2 = (real)(1 - o->beta2);
+        if (o->kind == MT_OPT_ADAM)
+            u.lr_t = (real)(o->lr * sqrt(1 - pow(o->beta2, t)) / (1 - pow(o->beta1, t)));
+    } else if (o->kind == MT_OPT_ADAM) {
+        u.c1 = (real)(1 - pow(o->beta1, t));
+        u.c2 = (real)sqrt(1 - pow(o->beta2, t));
+        if (o->decoupled) { // AdamW: decay the weights, add nothing to the gradient
+            u.decay = u.lr * u.wd;
+            u.wd = 0;
         }
     }
-    return 0;
+    // fixed chunks, whatever the thread count; a chunk is long enough to run at vector speed
+    const int64_t chunk = (n + NORM_CHUNKS - 1) / NORM_CHUNKS > UPDATE_CHUNK
+                              ? (n + NORM_CHUNKS - 1) / NORM_CHUNKS : UPDATE_CHUNK;
+    const int chunks = (int)((n + chunk - 1) / chunk);
+    double part[NORM_CHUNKS];
+#pragma omp parallel for schedule(static) if (n >= MT_PAR_ELEMS)
+    for (int c = 0; c < chunks; c++) {
+        const int64_t lo = c * chunk, hi = lo + chunk < n ? lo + chunk : n;
+        part[c] = update_range(&u, p, g, state, state + n, lo, hi);
+    }
+    if (o->style != MT_OPT_STYLE_SKLEARN) return 0;
+    double sq = 0;
+    for (int c = 0; c < chunks; c++) sq += part[c];
+    return 0.5 * wd * sq;
 }
