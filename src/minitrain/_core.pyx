@@ -82,11 +82,13 @@ cdef int _require(a, dtype, int ndim, str name) except -1:
                         f"array")
 
 
-cdef bint _labels_below(const int64_t[::1] y, int64_t n_out):
-    """All labels in [0, n_out): a loop, cheaper than two NumPy reductions on a batch."""
-    cdef Py_ssize_t i
-    for i in range(y.shape[0]):
-        if y[i] < 0 or y[i] >= n_out:
+cdef bint _labels_below(cnp.ndarray y, int64_t n_out):
+    """All labels of the checked int64 array y in [0, n_out): a loop over its pointer,
+    cheaper than two NumPy reductions (or a typed memoryview) on a batch."""
+    cdef const int64_t *labels = <const int64_t *>ptr(y)
+    cdef int64_t i
+    for i in range(cnp.PyArray_SIZE(y)):
+        if labels[i] < 0 or labels[i] >= n_out:
             return False
     return True
 
@@ -289,12 +291,13 @@ cdef class Net:
         _require(idx, np.int64, 1, "idx")
         if not 0 <= start < stop <= idx.shape[0]:
             raise ValueError("start:stop outside idx")
-        cdef const int64_t[::1] view = idx[start:stop]
+        # the pointer, not a typed memoryview: no Python object made per iteration
+        cdef const int64_t *chosen = <const int64_t *>ptr(idx) + start
         cdef int64_t i, rows = self._X.shape[0]
-        for i in range(view.shape[0]):
-            if view[i] < 0 or view[i] >= rows:
-                raise ValueError(f"idx holds row {view[i]} outside [0, {rows})")
-        return self._run(ptr(self._X), ptr(self._y), self._w, &view[0], stop - start, lr, t,
+        for i in range(stop - start):
+            if chosen[i] < 0 or chosen[i] >= rows:
+                raise ValueError(f"idx holds row {chosen[i]} outside [0, {rows})")
+        return self._run(ptr(self._X), ptr(self._y), self._w, chosen, stop - start, lr, t,
                          update, iteration)
 
     def step(self, X, y, double lr=0, int64_t t=0, bint update=True, int64_t iteration=0,
