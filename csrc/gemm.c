@@ -231,8 +231,9 @@ static void gemm_blocks(const FN(mt_kernel) *ker, const problem *P, real *pack) 
                     }
                 }
             }
-            // the packed B block is overwritten next: wait until every thread is done
-            if (P->pack_b) {
+            // the packed B block is overwritten next: wait until every thread is done (after
+            // the last block, the end of the parallel region waits)
+            if (P->pack_b && (jc + NC < N || pc + KC < K)) {
 #pragma omp barrier
             }
         }
