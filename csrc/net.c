@@ -61,14 +61,19 @@ size_t FN(mt_workspace_bytes)(const mt_net *net, int64_t max_batch) {
     return layout(net, max_batch, NULL, NULL);
 }
 
+// x (n, in) = rows idx of X (rows, in); threads split the rows
+static void gather_rows(const real *X, const int64_t *idx, int64_t n, int64_t in, real *x) {
+#pragma omp for schedule(static)
+    for (int64_t i = 0; i < n; i++)
+        memcpy(x + i * in, X + idx[i] * in, (size_t)in * sizeof(real));
+}
+
 // X rows (idx or 0..n) gathered into ws.x (X itself when idx is NULL)
 static const real *gather(const mt_net *net, workspace *ws, const real *X,
                           const int64_t *idx, int64_t n) {
     const int64_t in = net->layers[0].in;
     if (!idx) return X;
-#pragma omp parallel for schedule(static) if (n * in >= MT_PAR_ELEMS)
-    for (int64_t i = 0; i < n; i++)
-        memcpy(ws->x + i * in, X + idx[i] * in, (size_t)in * sizeof(real));
+    MT_PARALLEL_IF(n * in >= MT_PAR_ELEMS, gather_rows(X, idx, n, in, ws->x));
     return ws->x;
 }
 

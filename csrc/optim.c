@@ -6,17 +6,22 @@
 #define NORM_CHUNKS 256
 #define UPDATE_CHUNK 2048
 
-// ||g||^2 as the ordered sum of NORM_CHUNKS fixed chunks: same bits on any thread count
-static double grad_sq_norm(const real *g, int64_t n) {
-    double part[NORM_CHUNKS];
-    const int64_t chunk = (n + NORM_CHUNKS - 1) / NORM_CHUNKS;
-#pragma omp parallel for schedule(static) if (n >= MT_PAR_ELEMS)
+// part[c] = Σ g[c*chunk : (c+1)*chunk]² for the NORM_CHUNKS chunks; threads split them
+static void chunk_sq_sums(const real *g, int64_t n, int64_t chunk, double *part) {
+#pragma omp for schedule(static)
     for (int c = 0; c < NORM_CHUNKS; c++) {
         double s = 0;
         int64_t end = (c + 1) * chunk < n ? (c + 1) * chunk : n;
         for (int64_t i = c * chunk; i < end; i++) s += (double)g[i] * g[i];
         part[c] = s;
     }
+}
+
+// ||g||^2 as the ordered sum of NORM_CHUNKS fixed chunks: same bits on any thread count
+static double grad_sq_norm(const real *g, int64_t n) {
+    double part[NORM_CHUNKS];
+    const int64_t chunk = (n + NORM_CHUNKS - 1) / NORM_CHUNKS;
+    MT_PARALLEL_IF(n >= MT_PAR_ELEMS, chunk_sq_sums(g, n, chunk, part));
     double s = 0;
     for (int c = 0; c < NORM_CHUNKS; c++) s += part[c];
     return s;
@@ -98,6 +103,16 @@ static double update_range(const update_args *u, real *restrict p, const real *r
     return sq;
 }
 
+// part[c] = update_range of chunk c, for the chunks of the n parameters; threads split them
+static void update_chunks(const update_args *u, real *p, const real *g, real *state, int64_t n,
+                          int64_t chunk, int chunks, double *part) {
+#pragma omp for schedule(static)
+    for (int c = 0; c < chunks; c++) {
+        const int64_t lo = c * chunk, hi = lo + chunk < n ? lo + chunk : n;
+        part[c] = update_range(u, p, g, state, state + n, lo, hi);
+    }
+}
+
 // params (n), grads (n), state: SGD momentum buffer (n) or Adam moments m (n), v (n);
 // batch_weight: the sum of the batch's sample weights (its size when unweighted).
 // Returns the L2 term of scikit-learn's loss for the scikit-learn style, from the
@@ -136,11 +151,7 @@ double FN(mt_optim_update)(const mt_optim *o, real *p, real *g, real *state, int
                               ? (n + NORM_CHUNKS - 1) / NORM_CHUNKS : UPDATE_CHUNK;
     const int chunks = (int)((n + chunk - 1) / chunk);
     double part[NORM_CHUNKS];
-#pragma omp parallel for schedule(static) if (n >= MT_PAR_ELEMS)
-    for (int c = 0; c < chunks; c++) {
-        const int64_t lo = c * chunk, hi = lo + chunk < n ? lo + chunk : n;
-        part[c] = update_range(&u, p, g, state, state + n, lo, hi);
-    }
+    MT_PARALLEL_IF(n >= MT_PAR_ELEMS, update_chunks(&u, p, g, state, n, chunk, chunks, part));
     if (o->style != MT_OPT_STYLE_SKLEARN) return 0;
     double sq = 0;
     for (int c = 0; c < chunks; c++) sq += part[c];
