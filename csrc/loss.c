@@ -10,7 +10,7 @@
 #define REAL_EPS FLT_EPSILON
 #endif
 
-#define LOSS_PAR_ELEMS (1 << 11)
+#define LOSS_PAR_ELEMS (1 << 10)
 
 // one row of targets: labels for cross-entropy are int64, others rows of `real`
 static inline int64_t row_of(const int64_t *idx, int64_t i) { return idx ? idx[i] : i; }
