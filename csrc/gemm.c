@@ -101,7 +101,7 @@ static void column_sums_range(const real *B, int64_t K, int64_t N, int64_t j0, i
 // sums (N) = Σ_k B[k, :] for a B read in place, in k order; threads split the columns
 static void column_sums(const real *B, int64_t K, int64_t N, real *sums) {
     enum { CHUNK = 256 };
-#pragma omp for schedule(static)
+#pragma omp for schedule(static) nowait
     for (int64_t j0 = 0; j0 < N; j0 += CHUNK)
         column_sums_range(B, K, N, j0, min64(N, j0 + CHUNK), sums);
 }

@@ -16,7 +16,7 @@ void FN(mt_dense_forward)(const mt_layer *L, const real *params, const real *X, 
 // dY (len) ⊙ act'(X, Y) -> dX (len), dX may be dY; threads split the elements
 static void act_derivative_times(int act, real alpha, const real *X, const real *Y,
                                  const real *dY, real *dX, int64_t len) {
-#pragma omp for schedule(static)
+#pragma omp for schedule(static) nowait
     for (int64_t i = 0; i < len; i++) dX[i] = dY[i] * act_derivative(act, alpha, X[i], Y[i]);
 }
 
@@ -51,7 +51,7 @@ void FN(mt_dense_backward)(const mt_layer *L, const real *params, real *grads,
 
 // Y (len) = act(X); threads split the elements
 static void act_apply(int act, real alpha, const real *X, real *Y, int64_t len) {
-#pragma omp for schedule(static)
+#pragma omp for schedule(static) nowait
     for (int64_t i = 0; i < len; i++) Y[i] = act_forward(act, alpha, X[i]);
 }
 

@@ -10,8 +10,6 @@
 #define REAL_EPS FLT_EPSILON
 #endif
 
-#define LOSS_PAR_ELEMS (1 << 10)
-
 // one row of targets: labels for cross-entropy are int64, others rows of `real`
 static inline int64_t row_of(const int64_t *idx, int64_t i) { return idx ? idx[i] : i; }
 
@@ -59,7 +57,7 @@ typedef struct {
 // rows [0, n) of P -> their rows of dP and rowloss (weighted); threads split the rows
 static void loss_rows(const loss_args *a, const real *P, const void *y, const int64_t *idx,
                       real *dP, int64_t n, int64_t out, double *rowloss) {
-#pragma omp for schedule(static)
+#pragma omp for schedule(static) nowait
     for (int64_t i = 0; i < n; i++) {
         const real *p = P + i * out;
         real *dp = dP + i * out;
@@ -103,9 +101,9 @@ double FN(mt_loss_forward_backward)(const mt_net *net, const real *P, const void
         .capped = sk && (loss == MT_LOSS_CROSS_ENTROPY || loss == MT_LOSS_BINARY_CROSS_ENTROPY),
         .inv = loss == MT_LOSS_CROSS_ENTROPY || sk ? 1.0 / wsum : 1.0 / (wsum * out),
         .lo = -log1p(-REAL_EPS), .hi = -log(REAL_EPS)};
-    // an exp (and a log) per element: worth a second thread on far fewer elements than
-    // the element-wise passes
-    MT_PARALLEL_IF(n * out >= LOSS_PAR_ELEMS, loss_rows(&a, P, y, idx, dP, n, out, rowloss));
+    // (a second thread would pay from about a thousand elements, an exp each, on a quiet
+    // machine; but each fork waits for a thread that may be descheduled)
+    MT_PARALLEL_IF(n * out >= MT_PAR_ELEMS, loss_rows(&a, P, y, idx, dP, n, out, rowloss));
     double total = 0;
     for (int64_t i = 0; i < n; i++) total += rowloss[i];
     return total * a.inv;

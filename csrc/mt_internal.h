@@ -15,6 +15,8 @@
 // Runs the statement given after cond, whose loops are orphaned `omp for` constructs, on a team of
 // threads when `cond`, else directly: entering a parallel region costs about 0.3 us even
 // when its if clause is false, which adds up over the dozen loops of a small iteration.
+// A statement that is one loop marks it `nowait`: the end of the region is its barrier
+// (a second one costs a sleep and a wake-up when a thread has been descheduled).
 #define MT_PARALLEL_IF(cond, ...)                                                          \
     do {                                                                                   \
         if (cond) {                                                                        \

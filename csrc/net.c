@@ -63,7 +63,7 @@ size_t FN(mt_workspace_bytes)(const mt_net *net, int64_t max_batch) {
 
 // x (n, in) = rows idx of X (rows, in); threads split the rows
 static void gather_rows(const real *X, const int64_t *idx, int64_t n, int64_t in, real *x) {
-#pragma omp for schedule(static)
+#pragma omp for schedule(static) nowait
     for (int64_t i = 0; i < n; i++)
         memcpy(x + i * in, X + idx[i] * in, (size_t)in * sizeof(real));
 }

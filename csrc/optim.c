@@ -8,7 +8,7 @@
 
 // part[c] = Σ g[c*chunk : (c+1)*chunk]² for the NORM_CHUNKS chunks; threads split them
 static void chunk_sq_sums(const real *g, int64_t n, int64_t chunk, double *part) {
-#pragma omp for schedule(static)
+#pragma omp for schedule(static) nowait
     for (int c = 0; c < NORM_CHUNKS; c++) {
         double s = 0;
         int64_t end = (c + 1) * chunk < n ? (c + 1) * chunk : n;
@@ -106,7 +106,7 @@ static double update_range(const update_args *u, real *restrict p, const real *r
 // part[c] = update_range of chunk c, for the chunks of the n parameters; threads split them
 static void update_chunks(const update_args *u, real *p, const real *g, real *state, int64_t n,
                           int64_t chunk, int chunks, double *part) {
-#pragma omp for schedule(static)
+#pragma omp for schedule(static) nowait
     for (int c = 0; c < chunks; c++) {
         const int64_t lo = c * chunk, hi = lo + chunk < n ? lo + chunk : n;
         part[c] = update_range(u, p, g, state, state + n, lo, hi);
