@@ -26,9 +26,10 @@
         }                                                                                  \
     } while (0)
 
-// Compiles the function once per instruction set below and calls the best the CPU runs,
-// for element-wise passes that gain from wider vectors and need no exact rounding order.
-#if (defined(__x86_64__) || defined(_M_X64)) && defined(__GNUC__) && defined(__linux__)
+// Compiles the function once per instruction set below and calls the best the CPU runs
+// (resolved once, at load, through a glibc ifunc), for element-wise passes that gain from
+// wider vectors; elsewhere the function is compiled once, for the baseline.
+#if (defined(__x86_64__) || defined(_M_X64)) && defined(__GNUC__) && defined(__GLIBC__)
 #define MT_TARGET_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 #else
 #define MT_TARGET_CLONES
