@@ -29,7 +29,7 @@ static double grad_sq_norm(const real *g, int64_t n) {
 
 // The hyperparameters of one update, rounded to real as the formulas use them.
 typedef struct {
-    int kind, style, nesterov, decoupled;
+    int kind, style, nesterov;
     int64_t nd;                  // weight decay on [0, nd)
     real lr, gscale, mu, wd;     // wd: L2 added to the gradient
     real decay;                  // AdamW: p -= decay*p
