@@ -25,5 +25,24 @@ int mt_gemm(int dtype, int trans_a, int trans_b, int64_t M, int64_t N, int64_t K
                : mt_gemm_alloc_f32(trans_a, trans_b, M, N, K, A, B, C, accumulate);
 }
 
+// Adding one to the exponent field carries into the top bit exactly when the field is all
+// ones (infinity, NaN): one branch-free pass of integer operations that vectorises, with
+// no temporary, where NumPy's isfinite(x).all() writes a mask and reads it back.
+// Cloned per instruction set (chosen at load by the dynamic linker): wider vectors read
+// the batch at the speed of the cache rather than 16 bytes per instruction.
+MT_TARGET_CLONES
+int mt_all_finite(int dtype, const void *x, int64_t n) {
+    if (dtype == MT_FLOAT64) {
+        const uint64_t *u = x, exp = 0x7ff0000000000000u, one = 0x0010000000000000u;
+        uint64_t bad = 0;
+        for (int64_t i = 0; i < n; i++) bad |= (u[i] & exp) + one;
+        return !(bad >> 63);
+    }
+    const uint32_t *u = x, exp = 0x7f800000u, one = 0x00800000u;
+    uint32_t bad = 0;
+    for (int64_t i = 0; i < n; i++) bad |= (u[i] & exp) + one;
+    return !(bad >> 31);
+}
+
 void mt_set_num_threads(int n) { omp_set_num_threads(n); }
 int mt_get_num_threads(void) { return omp_get_max_threads(); }

@@ -88,16 +88,22 @@ static void pack_b(const FN(mt_kernel) *ker, const problem *P, int64_t j0, int64
     }
 }
 
+// sums[j0, j1) = Σ_k B[k, j0:j1] in k order: a lane per column, so every clone (wider
+// vectors) adds in the same order
+MT_TARGET_CLONES
+static void column_sums_range(const real *B, int64_t K, int64_t N, int64_t j0, int64_t j1,
+                              real *sums) {
+    for (int64_t j = j0; j < j1; j++) sums[j] = 0;
+    for (int64_t k = 0; k < K; k++)
+        for (int64_t j = j0; j < j1; j++) sums[j] += B[k * N + j];
+}
+
 // sums (N) = Σ_k B[k, :] for a B read in place, in k order; threads split the columns
 static void column_sums(const real *B, int64_t K, int64_t N, real *sums) {
     enum { CHUNK = 256 };
-#pragma omp for schedule(static)
-    for (int64_t j0 = 0; j0 < N; j0 += CHUNK) {
-        const int64_t j1 = min64(N, j0 + CHUNK);
-        for (int64_t j = j0; j < j1; j++) sums[j] = 0;
-        for (int64_t k = 0; k < K; k++)
-            for (int64_t j = j0; j < j1; j++) sums[j] += B[k * N + j];
-    }
+#pragma omp for schedule(static) nowait
+    for (int64_t j0 = 0; j0 < N; j0 += CHUNK)
+        column_sums_range(B, K, N, j0, min64(N, j0 + CHUNK), sums);
 }
 
 // MR-row panels [p0, p1) of op(A)[i0:i0+mc, k0:k0+kc] (kc x MR each, zero-padded to MR)
@@ -231,8 +237,9 @@ static void gemm_blocks(const FN(mt_kernel) *ker, const problem *P, real *pack) 
                     }
                 }
             }
-            // the packed B block is overwritten next: wait until every thread is done
-            if (P->pack_b) {
+            // the packed B block is overwritten next: wait until every thread is done (after
+            // the last block, the end of the parallel region waits)
+            if (P->pack_b && (jc + NC < N || pc + KC < K)) {
 #pragma omp barrier
             }
         }

@@ -13,13 +13,19 @@ void FN(mt_dense_forward)(const mt_layer *L, const real *params, const real *X, 
     FN(mt_gemm)(0, 0, n, L->out, L->in, X, params + L->w_off, Z, 0, &ep, pack);
 }
 
+// dY (len) ⊙ act'(X, Y) -> dX (len), dX may be dY; threads split the elements
+static void act_derivative_times(int act, real alpha, const real *X, const real *Y,
+                                 const real *dY, real *dX, int64_t len) {
+#pragma omp for schedule(static) nowait
+    for (int64_t i = 0; i < len; i++) dX[i] = dY[i] * act_derivative(act, alpha, X[i], Y[i]);
+}
+
 // dA (n, out) -> dZ = dA ⊙ act'(Z) in place, for a dA no GEMM produced (the loss's)
 void FN(mt_act_backward)(const mt_layer *L, const real *Z, const real *A, real *dA,
                          int64_t n) {
-    const real alpha = (real)L->act_param;
     const int64_t len = n * L->out;
-#pragma omp parallel for schedule(static) if (len >= MT_PAR_ELEMS)
-    for (int64_t i = 0; i < len; i++) dA[i] *= act_derivative(L->act, alpha, Z[i], A[i]);
+    MT_PARALLEL_IF(len >= MT_PAR_ELEMS,
+                   act_derivative_times(L->act, (real)L->act_param, Z, A, dA, dA, len));
 }
 
 // dZ (n, out) -> dW (in, out) = Xᵀ dZ; db (out) = Σ_rows dZ; unless dX is NULL,
@@ -43,12 +49,16 @@ void FN(mt_dense_backward)(const mt_layer *L, const real *params, real *grads,
 // Standalone activation layer (Dense -> BatchNorm -> Activation): the same functions as
 // the fused ones above, on a layer that owns no parameters.
 
+// Y (len) = act(X); threads split the elements
+static void act_apply(int act, real alpha, const real *X, real *Y, int64_t len) {
+#pragma omp for schedule(static) nowait
+    for (int64_t i = 0; i < len; i++) Y[i] = act_forward(act, alpha, X[i]);
+}
+
 // X (n, c) -> Y (n, c) = act(X)
 void FN(mt_activation_forward)(const mt_layer *L, const real *X, real *Y, int64_t n) {
     const int64_t size = n * L->out;
-    const real alpha = (real)L->act_param;
-#pragma omp parallel for schedule(static) if (size >= MT_PAR_ELEMS)
-    for (int64_t i = 0; i < size; i++) Y[i] = act_forward(L->act, alpha, X[i]);
+    MT_PARALLEL_IF(size >= MT_PAR_ELEMS, act_apply(L->act, (real)L->act_param, X, Y, size));
 }
 
 // dY (n, c) ⊙ act'(X, Y) -> dX (n, c); nothing to do without dX (first layer)
@@ -56,7 +66,6 @@ void FN(mt_activation_backward)(const mt_layer *L, const real *X, const real *Y,
                                 const real *dY, real *dX, int64_t n) {
     if (!dX) return;
     const int64_t size = n * L->out;
-    const real alpha = (real)L->act_param;
-#pragma omp parallel for schedule(static) if (size >= MT_PAR_ELEMS)
-    for (int64_t i = 0; i < size; i++) dX[i] = dY[i] * act_derivative(L->act, alpha, X[i], Y[i]);
+    MT_PARALLEL_IF(size >= MT_PAR_ELEMS,
+                   act_derivative_times(L->act, (real)L->act_param, X, Y, dY, dX, size));
 }

@@ -47,6 +47,38 @@ static inline double element_loss(int loss, int half, double z, double t, double
     return fmax(z, 0) - z * t + log1p(exp(-fabs(z)));
 }
 
+// What the rows of a batch share: the loss, its reduction and the scale of each row
+typedef struct {
+    int loss, sk, capped;       // mt_loss; scikit-learn's reduction; its capped log losses
+    const real *w;              // row weights or NULL
+    double inv, lo, hi;         // 1 / the reduction's divisor; the caps
+} loss_args;
+
+// rows [0, n) of P -> their rows of dP and rowloss (weighted); threads split the rows
+static void loss_rows(const loss_args *a, const real *P, const void *y, const int64_t *idx,
+                      real *dP, int64_t n, int64_t out, double *rowloss) {
+#pragma omp for schedule(static) nowait
+    for (int64_t i = 0; i < n; i++) {
+        const real *p = P + i * out;
+        real *dp = dP + i * out;
+        const int64_t r = row_of(idx, i);
+        const double wi = a->w ? a->w[r] : 1, scale = wi * a->inv;
+        double l = 0;
+        if (a->loss == MT_LOSS_CROSS_ENTROPY) {
+            l = softmax_ce_row(p, ((const int64_t *)y)[r], dp, out, scale);
+            if (a->capped) l = fmin(fmax(l, a->lo), a->hi);
+        } else {
+            const real *t = (const real *)y + r * out;
+            for (int64_t j = 0; j < out; j++) {
+                double d, e = element_loss(a->loss, a->sk, p[j], t[j], &d);
+                l += a->capped ? fmin(fmax(e, a->lo), a->hi) : e;
+                dp[j] = (real)(d * scale);
+            }
+        }
+        rowloss[i] = wi * l;
+    }
+}
+
 // P (n, out), y -> dP (n, out); returns the batch loss: the sum over rows of
 // w_i * loss_i over the batch weight W = sum w_i (n when unweighted), with loss_i the
 // row's sum over outputs (over out more for the mean reduction, except cross-entropy).
@@ -63,32 +95,16 @@ double FN(mt_loss_forward_backward)(const mt_net *net, const real *P, const void
         for (int64_t i = 0; i < n; i++) wsum += w[row_of(idx, i)];
     }
     *batch_weight = wsum;
-    const double inv = loss == MT_LOSS_CROSS_ENTROPY || sk ? 1.0 / wsum : 1.0 / (wsum * out);
     // scikit-learn clips probabilities to [eps, 1 - eps] before taking logs
-    const int capped = sk && (loss == MT_LOSS_CROSS_ENTROPY ||
-                              loss == MT_LOSS_BINARY_CROSS_ENTROPY);
-    const double lo = -log1p(-REAL_EPS), hi = -log(REAL_EPS);
-#pragma omp parallel for schedule(static) if (n * out >= MT_PAR_ELEMS)
-    for (int64_t i = 0; i < n; i++) {
-        const real *p = P + i * out;
-        real *dp = dP + i * out;
-        const int64_t r = row_of(idx, i);
-        const double wi = w ? w[r] : 1, scale = wi * inv;
-        double l = 0;
-        if (loss == MT_LOSS_CROSS_ENTROPY) {
-            l = softmax_ce_row(p, ((const int64_t *)y)[r], dp, out, scale);
-            if (capped) l = fmin(fmax(l, lo), hi);
-        } else {
-            const real *t = (const real *)y + r * out;
-            for (int64_t j = 0; j < out; j++) {
-                double d, e = element_loss(loss, sk, p[j], t[j], &d);
-                l += capped ? fmin(fmax(e, lo), hi) : e;
-                dp[j] = (real)(d * scale);
-            }
-        }
-        rowloss[i] = wi * l;
-    }
+    const loss_args a = {
+        .loss = loss, .sk = sk, .w = w,
+        .capped = sk && (loss == MT_LOSS_CROSS_ENTROPY || loss == MT_LOSS_BINARY_CROSS_ENTROPY),
+        .inv = loss == MT_LOSS_CROSS_ENTROPY || sk ? 1.0 / wsum : 1.0 / (wsum * out),
+        .lo = -log1p(-REAL_EPS), .hi = -log(REAL_EPS)};
+    // (a second thread would pay from about a thousand elements, an exp each, on a quiet
+    // machine; but each fork waits for a thread that may be descheduled)
+    MT_PARALLEL_IF(n * out >= MT_PAR_ELEMS, loss_rows(&a, P, y, idx, dP, n, out, rowloss));
     double total = 0;
     for (int64_t i = 0; i < n; i++) total += rowloss[i];
-    return total * inv;
+    return total * a.inv;
 }

@@ -105,6 +105,9 @@ typedef struct {
     uint64_t seed;         // keys the dropout masks, with the iteration, layer and element
     void *work;            // mt_workspace_bytes(net, max_batch) bytes, 64-byte aligned
     int64_t max_batch;
+    double l2_term;        // out, set by mt_step: with the scikit-learn optimizer style, the
+                           // L2 term of its batch loss, 0.5 weight_decay Σ params[:n_decay]²
+                           // / batch weight, from the parameters before the update; else 0
 } mt_net;
 
 // Bytes of workspace a net needs for batches of up to max_batch rows.
@@ -128,6 +131,9 @@ int mt_forward(mt_net *net, const void *X, const int64_t *idx, int64_t n, void *
 // per call (the layers use the workspace's, through the typed entry points in gemm.h).
 int mt_gemm(int dtype, int trans_a, int trans_b, int64_t M, int64_t N, int64_t K,
             const void *A, const void *B, void *C, int accumulate);
+
+// 1 when the n elements of x (dtype) are all finite, else 0. Reads x once.
+int mt_all_finite(int dtype, const void *x, int64_t n);
 
 // The best mt_isa this CPU runs; the one in use (chosen at load: the best); set it
 // (clamped to the CPU's best) and return the one now in use. Results depend on the ISA

@@ -15,6 +15,8 @@
 // Runs the statement given after cond, whose loops are orphaned `omp for` constructs, on a team of
 // threads when `cond`, else directly: entering a parallel region costs about 0.3 us even
 // when its if clause is false, which adds up over the dozen loops of a small iteration.
+// A statement that is one loop marks it `nowait`: the end of the region is its barrier
+// (a second one costs a sleep and a wake-up when a thread has been descheduled).
 #define MT_PARALLEL_IF(cond, ...)                                                          \
     do {                                                                                   \
         if (cond) {                                                                        \
@@ -23,6 +25,15 @@
             __VA_ARGS__;                                                                   \
         }                                                                                  \
     } while (0)
+
+// Compiles the function once per instruction set below and calls the best the CPU runs
+// (resolved once, at load, through a glibc ifunc), for element-wise passes that gain from
+// wider vectors; elsewhere the function is compiled once, for the baseline.
+#if (defined(__x86_64__) || defined(_M_X64)) && defined(__GNUC__) && defined(__GLIBC__)
+#define MT_TARGET_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define MT_TARGET_CLONES
+#endif
 
 // the ISA whose micro-kernels the GEMM uses (cpu.c)
 extern int mt_isa_active;
@@ -80,8 +91,8 @@ double FN(mt_loss_forward_backward)(const mt_net *net, const real *P, const void
                                     const int64_t *idx, real *dP, int64_t n, int64_t out,
                                     double *rowloss, double *batch_weight);
 // optim.c
-void FN(mt_optim_update)(const mt_optim *o, real *params, real *grads, real *state,
-                         int64_t n, double batch_weight);
+double FN(mt_optim_update)(const mt_optim *o, real *params, real *grads, real *state,
+                           int64_t n, double batch_weight);
 #endif
 
 #endif

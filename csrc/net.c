@@ -61,14 +61,19 @@ size_t FN(mt_workspace_bytes)(const mt_net *net, int64_t max_batch) {
     return layout(net, max_batch, NULL, NULL);
 }
 
+// x (n, in) = rows idx of X (rows, in); threads split the rows
+static void gather_rows(const real *X, const int64_t *idx, int64_t n, int64_t in, real *x) {
+#pragma omp for schedule(static) nowait
+    for (int64_t i = 0; i < n; i++)
+        memcpy(x + i * in, X + idx[i] * in, (size_t)in * sizeof(real));
+}
+
 // X rows (idx or 0..n) gathered into ws.x (X itself when idx is NULL)
 static const real *gather(const mt_net *net, workspace *ws, const real *X,
                           const int64_t *idx, int64_t n) {
     const int64_t in = net->layers[0].in;
     if (!idx) return X;
-#pragma omp parallel for schedule(static) if (n * in >= MT_PAR_ELEMS)
-    for (int64_t i = 0; i < n; i++)
-        memcpy(ws->x + i * in, X + idx[i] * in, (size_t)in * sizeof(real));
+    MT_PARALLEL_IF(n * in >= MT_PAR_ELEMS, gather_rows(X, idx, n, in, ws->x));
     return ws->x;
 }
 
@@ -136,6 +141,7 @@ static void backward_layer(mt_net *net, workspace *ws, int l, const real *input,
 int FN(mt_step)(mt_net *net, const real *X, const void *y, const int64_t *idx, int64_t n,
                 int64_t iteration, const mt_optim *opt, double *loss) {
     if (n > net->max_batch) return MT_ERR_BATCH_TOO_LARGE;
+    net->l2_term = 0;
     workspace ws;
     layout(net, net->max_batch, net->work, &ws);
     const real *x = gather(net, &ws, X, idx, n);
@@ -158,7 +164,8 @@ int FN(mt_step)(mt_net *net, const real *X, const void *y, const int64_t *idx, i
         cur = 1 - cur;
     }
     if (!opt) return MT_OK;
-    FN(mt_optim_update)(opt, net->params, net->grads, net->state, net->n_params, batch_weight);
+    net->l2_term = FN(mt_optim_update)(opt, net->params, net->grads, net->state,
+                                       net->n_params, batch_weight);
     for (int l = 0; l <= last; l++)
         if (net->layers[l].kind == MT_LAYER_BATCHNORM)
             FN(mt_batchnorm_update_running)(&net->layers[l], ws.stats[l], net->buffers, n);

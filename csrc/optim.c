@@ -1,108 +1,98 @@
 // Optimizers: one fused pass over the flat parameter, gradient and state buffers.
-// (`if (parallel: ...)`: a bare if clause on `parallel for simd` also turns simd off.)
 #define MT_REAL_SOURCE
 #include "mt_internal.h"
 #include <math.h>
 
 #define NORM_CHUNKS 256
+#define UPDATE_CHUNK 2048
 
-// ||g||^2 as the ordered sum of NORM_CHUNKS fixed chunks: same bits on any thread count
-static double grad_sq_norm(const real *g, int64_t n) {
-    double part[NORM_CHUNKS];
-    const int64_t chunk = (n + NORM_CHUNKS - 1) / NORM_CHUNKS;
-#pragma omp parallel for schedule(static) if (n >= MT_PAR_ELEMS)
+// part[c] = Σ g[c*chunk : (c+1)*chunk]² for the NORM_CHUNKS chunks; threads split them
+static void chunk_sq_sums(const real *g, int64_t n, int64_t chunk, double *part) {
+#pragma omp for schedule(static) nowait
     for (int c = 0; c < NORM_CHUNKS; c++) {
         double s = 0;
         int64_t end = (c + 1) * chunk < n ? (c + 1) * chunk : n;
         for (int64_t i = c * chunk; i < end; i++) s += (double)g[i] * g[i];
         part[c] = s;
     }
+}
+
+// ||g||^2 as the ordered sum of NORM_CHUNKS fixed chunks: same bits on any thread count
+static double grad_sq_norm(const real *g, int64_t n) {
+    double part[NORM_CHUNKS];
+    const int64_t chunk = (n + NORM_CHUNKS - 1) / NORM_CHUNKS;
+    MT_PARALLEL_IF(n >= MT_PAR_ELEMS, chunk_sq_sums(g, n, chunk, part));
     double s = 0;
     for (int c = 0; c < NORM_CHUNKS; c++) s += part[c];
     return s;
 }
 
-// SGD on [lo, hi): buf = mu*buf + g + decay*p; p -= lr * (nesterov ? g + mu*buf : buf)
-// (without momentum, mu == 0: p -= lr * (g + decay*p))
-static void sgd_range(real *restrict p, const real *restrict g, real *restrict buf, int64_t lo,
-                      int64_t hi, real lr, real gscale, real decay, real mu, int nesterov) {
-    if (mu == 0) {
-#pragma omp for simd schedule(static)
-        for (int64_t i = lo; i < hi; i++) p[i] -= lr * (g[i] * gscale + decay * p[i]);
-        return;
-    }
-#pragma omp for simd schedule(static)
-    for (int64_t i = lo; i < hi; i++) {
-        const real gi = g[i] * gscale + decay * p[i];
-        buf[i] = mu * buf[i] + gi;
-        p[i] -= lr * (nesterov ? gi + mu * buf[i] : buf[i]);
-    }
-}
+// The hyperparameters of one update, rounded to real as the formulas use them.
+typedef struct {
+    int kind, style, nesterov;
+    int64_t nd;                  // weight decay on [0, nd)
+    real lr, gscale, mu, wd;     // wd: L2 added to the gradient
+    real decay;                  // AdamW: p -= decay*p
+    real b1, b2, c1, c2, eps;    // torch Adam: c1, c2 bias corrections; sklearn: 1 - beta
+    real lr_t;                   // sklearn Adam: the bias-corrected step
+} update_args;
 
-// scikit-learn's MLP updates (MT_OPT_STYLE_SKLEARN), in its order of operations;
-// state: velocity (n), or Adam moments m (n), v (n). wd is already per batch weight.
-static void sklearn_update(const mt_optim *o, real *p, const real *g, real *state, int64_t n,
-                           real gscale, real wd) {
-    const int64_t nd = o->n_decay;
-    const real lr = (real)o->lr;
-    if (o->kind == MT_OPT_SGD) {
-        const real mu = (real)o->momentum;
-#pragma omp parallel for simd schedule(static) if (parallel: n >= MT_PAR_ELEMS)
-        for (int64_t i = 0; i < n; i++) {
-            real gi = g[i] * gscale + (i < nd ? wd * p[i] : 0);
-            state[i] = mu * state[i] - lr * gi;
-            p[i] += o->nesterov ? mu * state[i] - lr * gi : state[i];
+// The update of p[lo, hi), g, state m (SGD momentum or velocity, Adam first moment) and v
+// (Adam second moment). Returns Σ p[lo:min(hi, nd)]² before the update for the
+// scikit-learn style (its loss's L2 term), else 0.
+// Element-wise, so the same bits from every clone (this file is compiled without
+// contraction into fused multiply-adds) and every split of [0, n) into ranges; only the
+// sum of squares depends on the vector width.
+MT_TARGET_CLONES
+static double update_range(const update_args *u, real *restrict p, const real *restrict g,
+                           real *restrict m, real *restrict v, int64_t lo, int64_t hi) {
+    const int64_t nd = u->nd;
+    const real lr = u->lr, gscale = u->gscale, mu = u->mu, wd = u->wd;
+    const real b1 = u->b1, b2 = u->b2, c1 = u->c1, c2 = u->c2, eps = u->eps;
+    double sq = 0;
+    if (u->style == MT_OPT_STYLE_SKLEARN) {
+        // in scikit-learn's order of operations: velocity m = mu*m - lr*g, p += m
+        // (nesterov: p += mu*m - lr*g); Adam p += -lr_t*m/(sqrt(v)+eps)
+        if (u->kind == MT_OPT_SGD) {
+            const int nesterov = u->nesterov;
+#pragma omp simd reduction(+ : sq)
+            for (int64_t i = lo; i < hi; i++) {
+                const real pi = p[i], gi = g[i] * gscale + (i < nd ? wd * pi : 0);
+                sq += i < nd ? (double)pi * pi : 0;
+                m[i] = mu * m[i] - lr * gi;
+                p[i] = pi + (nesterov ? mu * m[i] - lr * gi : m[i]);
+            }
+        } else {
+            const real lr_t = u->lr_t;
+#pragma omp simd reduction(+ : sq)
+            for (int64_t i = lo; i < hi; i++) {
+                const real pi = p[i], gi = g[i] * gscale + (i < nd ? wd * pi : 0);
+                sq += i < nd ? (double)pi * pi : 0;
+                m[i] = b1 * m[i] + c1 * gi;
+                v[i] = b2 * v[i] + c2 * (gi * gi);
+                // the square root rounded to real, as NumPy computes it
+                p[i] = pi + -lr_t * m[i] / ((real)sqrt(v[i]) + eps);
+            }
         }
-        return;
-    }
-    const real b1 = (real)o->beta1, b2 = (real)o->beta2, eps = (real)o->eps;
-    const real c1 = (real)(1 - o->beta1), c2 = (real)(1 - o->beta2);
-    const double t = (double)o->t;
-    const real lr_t = (real)(o->lr * sqrt(1 - pow(o->beta2, t)) / (1 - pow(o->beta1, t)));
-    real *m = state, *v = state + n;
-#pragma omp parallel for simd schedule(static) if (parallel: n >= MT_PAR_ELEMS)
-    for (int64_t i = 0; i < n; i++) {
-        real gi = g[i] * gscale + (i < nd ? wd * p[i] : 0);
-        m[i] = b1 * m[i] + c1 * gi;
-        v[i] = b2 * v[i] + c2 * (gi * gi);
-        // the square root rounded to real, as NumPy computes it
-        p[i] += -lr_t * m[i] / ((real)sqrt(v[i]) + eps);
-    }
-}
-
-// params (n), grads (n), state: SGD momentum buffer (n) or Adam moments m (n), v (n);
-// batch_weight: the sum of the batch's sample weights (its size when unweighted)
-void FN(mt_optim_update)(const mt_optim *o, real *p, real *g, real *state, int64_t n,
-                         double batch_weight) {
-    real gscale = 1;
-    if (o->clip_norm > 0) {
-        double norm = sqrt(grad_sq_norm(g, n));
-        if (norm > o->clip_norm) gscale = (real)(o->clip_norm / norm);
-    }
-    if (o->style == MT_OPT_STYLE_SKLEARN) {
-        sklearn_update(o, p, g, state, n, gscale, (real)(o->weight_decay / batch_weight));
-        return;
-    }
-    const real lr = (real)o->lr, wd = (real)o->weight_decay;
-    const int64_t nd = o->n_decay;
-    if (o->kind == MT_OPT_SGD) {
-        // weights with L2 decay, then biases without: no test per element
-        const real mu = (real)o->momentum;
-        MT_PARALLEL_IF(n >= MT_PAR_ELEMS, {
-            sgd_range(p, g, state, 0, nd, lr, gscale, wd, mu, o->nesterov);
-            sgd_range(p, g, state, nd, n, lr, gscale, 0, mu, o->nesterov);
-        });
+    } else if (u->kind == MT_OPT_SGD && mu == 0) { // p -= lr * (g + wd*p)
+#pragma omp simd
+        for (int64_t i = lo; i < hi; i++) p[i] -= lr * (g[i] * gscale + (i < nd ? wd * p[i] : 0));
+    } else if (u->kind == MT_OPT_SGD) {
+        // buf = mu*buf + g + wd*p; p -= lr * (nesterov ? g + mu*buf : buf)
+        const int nesterov = u->nesterov;
+#pragma omp simd
+        for (int64_t i = lo; i < hi; i++) {
+            const real gi = g[i] * gscale + (i < nd ? wd * p[i] : 0);
+            m[i] = mu * m[i] + gi;
+            p[i] -= lr * (nesterov ? gi + mu * m[i] : m[i]);
+        }
     } else {
-        const real b1 = (real)o->beta1, b2 = (real)o->beta2, eps = (real)o->eps;
-        const real c1 = (real)(1 - pow(o->beta1, (double)o->t));
-        const real c2 = (real)sqrt(1 - pow(o->beta2, (double)o->t));
-        const real l2 = o->decoupled ? 0 : wd, decay = o->decoupled ? lr * wd : 0;
-        real *m = state, *v = state + n;
-#pragma omp parallel for simd schedule(static) if (parallel: n >= MT_PAR_ELEMS)
-        for (int64_t i = 0; i < n; i++) {
+        const real decay = u->decay;
+#pragma omp simd
+        for (int64_t i = lo; i < hi; i++) {
             real gi = g[i] * gscale;
             if (i < nd) {
-                gi += l2 * p[i];
+                gi += wd * p[i];
                 p[i] -= decay * p[i];
             }
             m[i] = b1 * m[i] + (1 - b1) * gi;
@@ -110,4 +100,60 @@ void FN(mt_optim_update)(const mt_optim *o, real *p, real *g, real *state, int64
             p[i] -= lr * (m[i] / c1) / (sqrt(v[i]) / c2 + eps);
         }
     }
+    return sq;
+}
+
+// part[c] = update_range of chunk c, for the chunks of the n parameters; threads split them
+static void update_chunks(const update_args *u, real *p, const real *g, real *state, int64_t n,
+                          int64_t chunk, int chunks, double *part) {
+#pragma omp for schedule(static) nowait
+    for (int c = 0; c < chunks; c++) {
+        const int64_t lo = c * chunk, hi = lo + chunk < n ? lo + chunk : n;
+        part[c] = update_range(u, p, g, state, state + n, lo, hi);
+    }
+}
+
+// params (n), grads (n), state: SGD momentum buffer (n) or Adam moments m (n), v (n);
+// batch_weight: the sum of the batch's sample weights (its size when unweighted).
+// Returns the L2 term of scikit-learn's loss for the scikit-learn style, from the
+// parameters before the update (0 without weight decay, and for the other style).
+double FN(mt_optim_update)(const mt_optim *o, real *p, real *g, real *state, int64_t n,
+                           double batch_weight) {
+    update_args u = {.kind = o->kind, .style = o->style, .nesterov = o->nesterov,
+                     .nd = o->n_decay, .lr = (real)o->lr, .gscale = 1,
+                     .mu = (real)o->momentum, .eps = (real)o->eps};
+    if (o->clip_norm > 0) {
+        double norm = sqrt(grad_sq_norm(g, n));
+        if (norm > o->clip_norm) u.gscale = (real)(o->clip_norm / norm);
+    }
+    // scikit-learn's alpha is the L2 of the batch's summed loss: per unit of batch weight
+    const double wd = o->style == MT_OPT_STYLE_SKLEARN ? o->weight_decay / batch_weight
+                                                       : o->weight_decay;
+    const double t = (double)o->t;
+    u.wd = (real)wd;
+    u.b1 = (real)o->beta1;
+    u.b2 = (real)o->beta2;
+    if (o->style == MT_OPT_STYLE_SKLEARN) {
+        u.c1 = (real)(1 - o->beta1);
+        u.c2 = (real)(1 - o->beta2);
+        if (o->kind == MT_OPT_ADAM)
+            u.lr_t = (real)(o->lr * sqrt(1 - pow(o->beta2, t)) / (1 - pow(o->beta1, t)));
+    } else if (o->kind == MT_OPT_ADAM) {
+        u.c1 = (real)(1 - pow(o->beta1, t));
+        u.c2 = (real)sqrt(1 - pow(o->beta2, t));
+        if (o->decoupled) { // AdamW: decay the weights, add nothing to the gradient
+            u.decay = u.lr * u.wd;
+            u.wd = 0;
+        }
+    }
+    // fixed chunks, whatever the thread count; a chunk is long enough to run at vector speed
+    const int64_t chunk = (n + NORM_CHUNKS - 1) / NORM_CHUNKS > UPDATE_CHUNK
+                              ? (n + NORM_CHUNKS - 1) / NORM_CHUNKS : UPDATE_CHUNK;
+    const int chunks = (int)((n + chunk - 1) / chunk);
+    double part[NORM_CHUNKS];
+    MT_PARALLEL_IF(n >= MT_PAR_ELEMS, update_chunks(&u, p, g, state, n, chunk, chunks, part));
+    if (o->style != MT_OPT_STYLE_SKLEARN) return 0;
+    double sq = 0;
+    for (int c = 0; c < chunks; c++) sq += part[c];
+    return 0.5 * wd * sq;
 }

@@ -51,12 +51,14 @@ cdef extern from "minitrain.h":
         uint64_t seed
         void *work
         int64_t max_batch
+        double l2_term
     size_t mt_workspace_bytes(const mt_net *net, int64_t max_batch) nogil
     int mt_step(mt_net *net, const void *X, const void *y, const int64_t *idx, int64_t n,
                 int64_t iteration, const mt_optim *opt, double *loss) nogil
     int mt_forward(mt_net *net, const void *X, const int64_t *idx, int64_t n, void *out) nogil
     int mt_gemm(int dtype, int trans_a, int trans_b, int64_t M, int64_t N, int64_t K,
                 const void *A, const void *B, void *C, int accumulate) nogil
+    int mt_all_finite(int dtype, const void *x, int64_t n) nogil
     void mt_set_num_threads(int n)
     int mt_get_num_threads()
     int mt_cpu_isa()
@@ -80,13 +82,21 @@ cdef int _require(a, dtype, int ndim, str name) except -1:
                         f"array")
 
 
-cdef bint _labels_below(const int64_t[::1] y, int64_t n_out):
-    """All labels in [0, n_out): a loop, cheaper than two NumPy reductions on a batch."""
-    cdef Py_ssize_t i
-    for i in range(y.shape[0]):
-        if y[i] < 0 or y[i] >= n_out:
+cdef bint _labels_below(cnp.ndarray y, int64_t n_out):
+    """All labels of the checked int64 array y in [0, n_out): a loop over its pointer,
+    cheaper than two NumPy reductions (or a typed memoryview) on a batch."""
+    cdef const int64_t *labels = <const int64_t *>ptr(y)
+    cdef int64_t i
+    for i in range(cnp.PyArray_SIZE(y)):
+        if labels[i] < 0 or labels[i] >= n_out:
             return False
     return True
+
+
+def labels_below(y, int64_t n_out):
+    """Whether every label of the C-contiguous int64 array y lies in [0, n_out)."""
+    _require(y, np.int64, 1, "y")
+    return _labels_below(y, n_out)
 
 
 def _inside(name, off, size, total):
@@ -172,11 +182,19 @@ cdef class Net:
         self.net.max_batch = 0
         self.net.work = NULL
         self.net.sample_weight = NULL
+        self.net.l2_term = 0
         self.opt.kind = -1
 
     @property
     def max_batch(self):
         return self.net.max_batch
+
+    @property
+    def l2_term(self):
+        """After an update in scikit-learn's style: the L2 term of its batch loss,
+        0.5 weight_decay ||params[:n_decay]||² / batch weight, from the parameters before
+        the update (read in the update's pass); else 0."""
+        return self.net.l2_term
 
     def reserve(self, int64_t max_batch):
         """Size the workspace for batches of up to max_batch rows (grows, never shrinks)."""
@@ -273,12 +291,13 @@ cdef class Net:
         _require(idx, np.int64, 1, "idx")
         if not 0 <= start < stop <= idx.shape[0]:
             raise ValueError("start:stop outside idx")
-        cdef const int64_t[::1] view = idx[start:stop]
+        # the pointer, not a typed memoryview: no Python object made per iteration
+        cdef const int64_t *chosen = <const int64_t *>ptr(idx) + start
         cdef int64_t i, rows = self._X.shape[0]
-        for i in range(view.shape[0]):
-            if view[i] < 0 or view[i] >= rows:
-                raise ValueError(f"idx holds row {view[i]} outside [0, {rows})")
-        return self._run(ptr(self._X), ptr(self._y), self._w, &view[0], stop - start, lr, t,
+        for i in range(stop - start):
+            if chosen[i] < 0 or chosen[i] >= rows:
+                raise ValueError(f"idx holds row {chosen[i]} outside [0, {rows})")
+        return self._run(ptr(self._X), ptr(self._y), self._w, chosen, stop - start, lr, t,
                          update, iteration)
 
     def step(self, X, y, double lr=0, int64_t t=0, bint update=True, int64_t iteration=0,
@@ -345,6 +364,22 @@ def gemm(A, B, bint trans_a=False, bint trans_b=False, C=None, isa=None):
     if status == MT_ERR_NO_MEMORY:
         raise MemoryError("gemm: no memory for the packing buffer")
     return C
+
+
+def all_finite(a):
+    """Whether every element of the C-contiguous float32/float64 array `a` is finite: one
+    pass, no temporary (the input checks run it on every batch)."""
+    dtype = a.dtype if isinstance(a, np.ndarray) else None
+    if dtype not in (np.float32, np.float64):
+        raise TypeError("a must be a float32 or float64 array")
+    _require(a, dtype, cnp.PyArray_NDIM(<cnp.ndarray>a), "a")
+    cdef int dt = MT_FLOAT64 if dtype == np.float64 else MT_FLOAT32
+    cdef const void *p = ptr(a)
+    cdef int64_t n = a.size
+    cdef int ok
+    with nogil:
+        ok = mt_all_finite(dt, p, n)
+    return bool(ok)
 
 
 def _isa_code(name):

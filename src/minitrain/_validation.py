@@ -5,6 +5,11 @@ import warnings
 
 import numpy as np
 
+try:  # single passes in C, no temporaries: these checks run on every batch of train_step
+    from ._core import all_finite as _all_finite, labels_below as _labels_below
+except ImportError:  # the extension was not built
+    _all_finite = _labels_below = None
+
 _CHUNK_ELEMENTS = 1 << 18
 
 
@@ -31,6 +36,11 @@ def _numeric(name, a):
 
 
 def _check_finite(name, a):
+    if _all_finite is not None and a.dtype in (np.float32, np.float64) \
+            and a.flags.c_contiguous:
+        if not _all_finite(a):
+            raise ValueError(f"{name} contains NaN or infinity")
+        return
     # chunked so a memory-mapped X is never loaded whole, nor a temporary as large made
     rows = max(1, _CHUNK_ELEMENTS // max(1, a.size // max(1, a.shape[0])))
     for start in range(0, a.shape[0], rows):
@@ -60,6 +70,12 @@ def check_X(X, dtype, n_features=None, name="X"):
     return out
 
 
+def _labels_in_range(y, n_outputs):
+    if _labels_below is not None and y.dtype == np.int64 and y.flags.c_contiguous:
+        return _labels_below(y, n_outputs)
+    return y.min() >= 0 and y.max() < n_outputs
+
+
 def check_targets(y, loss, n_outputs, n_samples, dtype, name="y"):
     """Targets for `loss`: int64 labels (n,) for cross-entropy, else (n, n_outputs)."""
     arr = _numeric(name, y)
@@ -76,7 +92,7 @@ def check_targets(y, loss, n_outputs, n_samples, dtype, name="y"):
                              f"got shape {arr.shape}")
         if arr.dtype.kind == "f" and not np.all(arr == np.round(arr)):
             raise ValueError(f"{name} must hold integer class labels for the cross-entropy loss")
-        if n_outputs is not None and (arr.min() < 0 or arr.max() >= n_outputs):
+        if n_outputs is not None and not _labels_in_range(arr, n_outputs):
             raise ValueError(f"{name} holds labels outside [0, {n_outputs}): the last layer has "
                              f"{n_outputs} units")
         return np.ascontiguousarray(arr, dtype=np.int64)

@@ -43,6 +43,7 @@ class NumpyNet:
         self.max_batch = 0
         self.opt = None
         self.reduction = "mean"
+        self.l2_term = 0.0  # as the core's: set by step() with the scikit-learn style
         self.X = self.y = self.sample_weight = None
         # below the first layer with parameters no gradient is needed
         self._first = next((l for l, L in enumerate(self.layers)
@@ -110,6 +111,7 @@ class NumpyNet:
         return self.step(self.X[rows], self.y[rows], lr, t, update, iteration, w)
 
     def step(self, X, y, lr=0.0, t=0, update=True, iteration=0, sample_weight=None):
+        self.l2_term = 0.0
         outs, kept = self._forward(X, training=True, iteration=iteration)
         loss = F.loss_value(self.loss, outs[-1], y, self.reduction, sample_weight)
         if not np.isfinite(loss):
@@ -156,7 +158,9 @@ class NumpyNet:
             if norm > o["clip_norm"]:
                 g = g * t_(o["clip_norm"] / norm)
         if o["style"] == STYLE_SKLEARN:
-            self._sklearn_update(lr, t, g, t_(o["weight_decay"] / batch_weight))
+            wd, weights = o["weight_decay"] / batch_weight, p[:o["n_decay"]].astype(np.float64)
+            self.l2_term = 0.5 * wd * float(np.dot(weights, weights))  # before the update
+            self._sklearn_update(lr, t, g, t_(wd))
             return
         lr, wd, nd = t_(lr), t_(o["weight_decay"]), o["n_decay"]
         if o["kind"] == SGD_KIND:

@@ -38,7 +38,7 @@ from sklearn.model_selection import train_test_split
 from sklearn.neural_network import MLPClassifier as _SkMLPClassifier
 from sklearn.neural_network import MLPRegressor as _SkMLPRegressor
 from sklearn.preprocessing import LabelBinarizer
-from sklearn.utils import check_random_state, column_or_1d, gen_batches, shuffle
+from sklearn.utils import check_random_state, column_or_1d, gen_batches
 from sklearn.utils.fixes import _get_additional_lbfgs_options_dict
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import (
@@ -336,27 +336,22 @@ class _BaseMLP(BaseEstimator):
             sample_weight_train, dtype=model.dtype)
         net.reserve(batch_size)
         net.set_data(np.ascontiguousarray(X_train), self._targets(y_train, model.dtype), sw)
-        coefs = [c.reshape(-1) for c in self.coefs_]
         scale = self._data_loss_scale()
         sample_idx = np.arange(n_samples, dtype=np.int64)
         try:
             self.n_iter_ = 0
             for _ in range(self.max_iter):
-                if self.shuffle:
-                    sample_idx = shuffle(sample_idx, random_state=self._random_state)
+                if self.shuffle:  # as sklearn.utils.shuffle does, without its input checks
+                    order = np.arange(n_samples)
+                    self._random_state.shuffle(order)
+                    sample_idx = sample_idx[order]
                 accumulated_loss = 0.0
                 lr = solver.step_lr()
                 for batch in gen_batches(n_samples, batch_size):
-                    size = batch.stop - batch.start
-                    if self.alpha:  # the L2 term on the weights before this update
-                        weight_sum = size if sw is None else float(
-                            sample_weight_train[sample_idx[batch]].sum())
-                        l2 = self._l2_term(coefs, weight_sum)
-                    else:
-                        l2 = 0.0
                     solver.t += 1
                     loss = net.step_rows(sample_idx, batch.start, batch.stop, lr, solver.t)
-                    accumulated_loss += (loss * scale + l2) * size
+                    # the L2 term of the weights before this update, read by the update
+                    accumulated_loss += (loss * scale + net.l2_term) * (batch.stop - batch.start)
                 self.n_iter_ += 1
                 self.loss_ = accumulated_loss / X_train.shape[0]
                 self.t_ += n_samples
