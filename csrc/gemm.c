@@ -217,7 +217,9 @@ static void gemm_blocks(const FN(mt_kernel) *ker, const problem *P, real *pack) 
             if (split_rows) {
                 // this thread's row panels of all of M: no thread waits for another's A
                 const int64_t end = min64(M, rows0 * (t + 1) / T * mr);
-                real *At = Ap + t * mct * kc;
+                // a stride that does not shrink with the last k block: no barrier separates
+                // k blocks here, and a thread ahead must not pack over one still reading
+                real *At = Ap + t * mct * min64(KC, K);
                 for (int64_t ic = rows0 * t / T * mr; ic < end; ic += mct) {
                     const int64_t mc = min64(mct, end - ic), rows = (mc + mr - 1) / mr;
                     if (P->pack_a) pack_a(ker, P, ic, mc, pc, kc, 0, rows, At);

@@ -101,3 +101,25 @@ def test_bad_operands_are_rejected():
         _core.gemm(A, np.ones((4, 2), np.float64))
     with pytest.raises(ValueError, match="C must have shape"):
         _core.gemm(A, np.ones((4, 2), np.float32), C=np.zeros((2, 3), np.float32))
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_two_threads_over_several_k_blocks_are_exact(isa, dtype):
+    # The shape of a weight gradient, Xᵀ·dZ with a batch longer than one k block: the
+    # threads split C by rows and pack A without a barrier between k blocks, so a thread
+    # running ahead must never pack over A panels another still reads. Races show only
+    # now and then: repeat.
+    rng = np.random.default_rng(0)
+    n_before = mt.get_num_threads()
+    try:
+        for M, N, K in [(32, 100, 400), (32, 100, 1100), (64, 40, 700)]:
+            A = rng.standard_normal((K, M)).astype(dtype)
+            B = rng.standard_normal((K, N)).astype(dtype)
+            mt.set_num_threads(1)
+            ref = _core.gemm(A, B, True, False, isa=isa)
+            mt.set_num_threads(2)
+            for _ in range(60):
+                np.testing.assert_array_equal(_core.gemm(A, B, True, False, isa=isa), ref)
+    finally:
+        mt.set_num_threads(n_before)
