@@ -82,15 +82,27 @@ def _timed(fn, k):
 
 
 class Timed:
-    """A sampler over calls of `fn`: after one warm-up call (which also calibrates),
-    a repetition times enough calls to last the requested seconds."""
+    """A sampler over calls of `fn`: after a warm-up call, calibration times batches of
+    doubling size until one lasts a tenth of the requested seconds; a repetition then
+    times enough calls to last those seconds.
+
+    The calibration must not use the first call: it pays one-off costs (a workspace
+    allocated, a function compiled) that would leave a repetition a handful of calls,
+    each starting thread pools that went to sleep during the settle pause."""
 
     def __init__(self, fn, warmup=True, info=dict):
         self.fn, self.warmup, self._info, self.calls = fn, warmup, info, 1
 
     def setup(self, min_seconds):
-        first = _timed(self.fn, 1) if self.warmup else 0.0
-        self.calls = max(1, math.ceil(min_seconds / first)) if first > 0 else 1
+        self.calls = 1
+        if not self.warmup:
+            return
+        self.fn()
+        n, per_call = 1, _timed(self.fn, 1)
+        while per_call * n < min_seconds / 10:
+            n *= 2
+            per_call = _timed(self.fn, n)
+        self.calls = max(1, math.ceil(min_seconds / per_call))
 
     def sample(self):
         return _timed(self.fn, self.calls)
