@@ -239,8 +239,10 @@ def thread_state(loaded, n):
         state["torch_interop"] = torch.get_num_interop_threads()
     try:
         from threadpoolctl import threadpool_info
-        state["threadpools"] = [{k: p.get(k) for k in ("internal_api", "version", "num_threads",
-                                                         "architecture", "filepath")}
+        # library paths below the interpreter's prefix: the report shows no local paths
+        state["threadpools"] = [{**{k: p.get(k) for k in ("internal_api", "version",
+                                                          "num_threads", "architecture")},
+                                 "filepath": p["filepath"].replace(sys.prefix, "<prefix>")}
                                 for p in threadpool_info()]
     except ImportError:
         state["threadpools"] = "threadpoolctl is not installed"
