@@ -191,12 +191,9 @@ class Sequential:
     # --------------------------------------------------------------- validation
     def _check_xy(self, X, y):
         X = check_X(X, self.dtype, self.n_features_in_)
-        if self.built:
-            n_out = self.n_outputs
-        else:
+        if not self.built:
             self._check_structure()
-            n_out = self.n_outputs
-        y = check_targets(y, self.loss, n_out, X.shape[0], self.dtype)
+        y = check_targets(y, self.loss, self.n_outputs, X.shape[0], self.dtype)
         return X, y
 
     # ----------------------------------------------------------------- training
