@@ -91,8 +91,8 @@ static void pack_b(const FN(mt_kernel) *ker, const problem *P, int64_t j0, int64
 // sums[j0, j1) = Σ_k B[k, j0:j1] in k order: a lane per column, so every clone (wider
 // vectors) adds in the same order
 MT_TARGET_CLONES
-static void column_sums_range(const real *B, int64_t K, int64_t N, int64_t j0, int64_t j1,
-                              real *sums) {
+static void column_sums_range(const real *restrict B, int64_t K, int64_t N, int64_t j0,
+                              int64_t j1, real *restrict sums) {
     for (int64_t j = j0; j < j1; j++) sums[j] = 0;
     for (int64_t k = 0; k < K; k++)
         for (int64_t j = j0; j < j1; j++) sums[j] += B[k * N + j];

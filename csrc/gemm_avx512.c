@@ -5,9 +5,9 @@
 #if defined(__x86_64__) || defined(_M_X64)
 #include <immintrin.h>
 
-#define MR 12
-#define NV 2
 #if MT_DOUBLE
+#define MR 8
+#define NV 2
 #define VL 8
 typedef __m512d vec;
 typedef __mmask8 vmask;
@@ -24,6 +24,8 @@ typedef __mmask8 vmask;
 #define V_GT0(x) _mm512_cmp_pd_mask(x, _mm512_setzero_pd(), _CMP_GT_OQ)
 #define V_SELECT(c, t, f) _mm512_mask_blend_pd(c, f, t)
 #else
+#define MR 12
+#define NV 2
 #define VL 16
 typedef __m512 vec;
 typedef __mmask16 vmask;

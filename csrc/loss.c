@@ -3,6 +3,7 @@
 #include "mt_internal.h"
 #include <float.h>
 #include <math.h>
+#include <string.h>
 
 #if MT_DOUBLE
 #define REAL_EPS DBL_EPSILON
@@ -13,13 +14,33 @@
 // one row of targets: labels for cross-entropy are int64, others rows of `real`
 static inline int64_t row_of(const int64_t *idx, int64_t i) { return idx ? idx[i] : i; }
 
+// exp(x) for x <= 0 in straight-line code that vectorises (libm's exp is a call per
+// element): x = k ln2 + r with |r| <= ln2/2, exp(r) by its Taylor series to r^13 in
+// Horner's form (the next term is below 2^-53), 2^k written into the exponent bits through the rounding
+// constant 1.5*2^52. Within an ulp or two of libm; 0 below -708 (exp(-708) < 2^-1021).
+static inline double exp_nonpositive(double x) {
+    const double shifter = 0x1.8p52, big = x < -708 ? -708 : x;
+    const double kd = big * 1.4426950408889634 + shifter, k = kd - shifter;
+    const double r = (big - k * 0x1.62e42fefa3800p-1) - k * 0x1.ef35793c76730p-45;
+    double p = 1;
+    for (int n = 13; n >= 1; n--) p = 1 + p * r * (1.0 / n); // 1 + r/1 (1 + r/2 (1 + ...))
+    uint64_t bits;
+    memcpy(&bits, &kd, sizeof bits);
+    bits = (bits + 1023) << 52; // kd's low bits hold k: the exponent field becomes k + 1023
+    double scale;
+    memcpy(&scale, &bits, sizeof scale);
+    return x < -708 ? 0 : p * scale;
+}
+
 // softmax cross-entropy, labels (n,) int64: loss_i = logsumexp(z_i) - z_i[y_i]
+MT_TARGET_CLONES
 static double softmax_ce_row(const real *z, int64_t label, real *dz, int64_t C, double scale) {
     double m = z[0];
     for (int64_t j = 1; j < C; j++) m = z[j] > m ? z[j] : m;
     double s = 0;
+#pragma omp simd reduction(+ : s)
     for (int64_t j = 0; j < C; j++) { // one exp per logit: dz holds exp(z - m) meanwhile
-        const double e = exp((double)z[j] - m);
+        const double e = exp_nonpositive((double)z[j] - m);
         dz[j] = (real)e;
         s += e;
     }

@@ -93,3 +93,22 @@ def test_train_step_matches_manual_numpy_sgd():
     np.testing.assert_allclose(model.layers[0].W, W1 - 0.1 * X.T @ dh, rtol=1e-12)
     np.testing.assert_allclose(model.layers[0].b, b1 - 0.1 * dh.sum(0), rtol=1e-12, atol=1e-15)
     assert model.iteration == 1 and model.epoch == 0
+
+
+def test_softmax_cross_entropy_over_the_whole_exponent_range():
+    """The core's own exp in the softmax against NumPy's: logits from 0 to 1500 below
+    the row's largest (exp underflows to 0 past -708), loss and gradient in float64."""
+    rng = np.random.default_rng(5)
+    X = np.eye(12)
+    y = rng.integers(0, 10, 12)
+    results = []
+    for backend in ("c", "numpy"):
+        model = mt.Sequential([mt.Dense(10)], seed=0, dtype="float64", backend=backend).build(12)
+        model.layers[0].W[...] = -np.geomspace(1e-3, 1500, 120).reshape(12, 10)
+        model.layers[0].b[...] = 0
+        results.append(model.loss_and_gradient(X, y))
+    (loss_c, grad_c), (loss_n, grad_n) = results
+    assert loss_c == pytest.approx(loss_n, rel=1e-15)
+    # p - 1 for the labels cancels digits: an absolute floor far below the gradient's size
+    np.testing.assert_allclose(grad_c, grad_n, rtol=1e-14, atol=1e-16)
+    assert np.count_nonzero(grad_n) < grad_n.size  # some probabilities did underflow

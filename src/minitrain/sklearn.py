@@ -38,7 +38,7 @@ from sklearn.model_selection import train_test_split
 from sklearn.neural_network import MLPClassifier as _SkMLPClassifier
 from sklearn.neural_network import MLPRegressor as _SkMLPRegressor
 from sklearn.preprocessing import LabelBinarizer
-from sklearn.utils import check_random_state, column_or_1d, gen_batches
+from sklearn.utils import check_random_state, column_or_1d
 from sklearn.utils.fixes import _get_additional_lbfgs_options_dict
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import (
@@ -251,7 +251,13 @@ class _BaseMLP(BaseEstimator):
         self._random_state = check_random_state(self.random_state)
         if first_pass:
             self._initialize(y, layer_units, X.dtype)
-        model = self._synced_model(X.dtype)
+        # float32 X trains in float32, except as scikit-learn: L-BFGS works on SciPy's
+        # float64 copy of the parameters, which then stay float64, and float64
+        # parameters (from it, for a warm start) make every product float64
+        dtype = np.float64 if self.solver == "lbfgs" else np.result_type(
+            X.dtype, self.coefs_[0].dtype)
+        model = self._synced_model(dtype)
+        X = X.astype(dtype, copy=False)
 
         # the core refuses an update whose loss is not finite, so the weights stay
         # those of the last finite iteration; scikit-learn's end non-finite
@@ -347,11 +353,12 @@ class _BaseMLP(BaseEstimator):
                     sample_idx = sample_idx[order]
                 accumulated_loss = 0.0
                 lr = solver.step_lr()
-                for batch in gen_batches(n_samples, batch_size):
+                for start in range(0, n_samples, batch_size):  # gen_batches' batches
+                    stop = min(start + batch_size, n_samples)
                     solver.t += 1
-                    loss = net.step_rows(sample_idx, batch.start, batch.stop, lr, solver.t)
+                    loss = net.step_rows(sample_idx, start, stop, lr, solver.t)
                     # the L2 term of the weights before this update, read by the update
-                    accumulated_loss += (loss * scale + net.l2_term) * (batch.stop - batch.start)
+                    accumulated_loss += (loss * scale + net.l2_term) * (stop - start)
                 self.n_iter_ += 1
                 self.loss_ = accumulated_loss / X_train.shape[0]
                 self.t_ += n_samples
