@@ -27,8 +27,8 @@ static size_t carve(size_t *off, size_t bytes) {
 // With base == NULL only the size is computed.
 static size_t layout(const mt_net *net, int64_t rows, char *base, workspace *ws) {
     size_t off = 0, es = sizeof(real);
-    int64_t width = net->layers[0].in;
-    size_t at = carve(&off, rows * width * es);
+    int64_t width = 0; // the widest layer output: no gradient flows into the data
+    size_t at = carve(&off, rows * net->layers[0].in * es);
     if (base) ws->x = (real *)(base + at);
     for (int l = 0; l < net->nlayers; l++) {
         const mt_layer *L = &net->layers[l];
@@ -51,8 +51,10 @@ static size_t layout(const mt_net *net, int64_t rows, char *base, workspace *ws)
     }
     at = carve(&off, rows * sizeof(double));
     if (base) ws->rowloss = (double *)(base + at);
-    // every GEMM dimension is the batch or a layer width
-    at = carve(&off, FN(mt_gemm_pack_size)(rows > width ? rows : width) * es);
+    // every GEMM dimension is the batch, the data width or a layer width
+    int64_t dim = rows > width ? rows : width;
+    dim = net->layers[0].in > dim ? net->layers[0].in : dim;
+    at = carve(&off, FN(mt_gemm_pack_size)(dim) * es);
     if (base) ws->pack = (real *)(base + at);
     return off;
 }

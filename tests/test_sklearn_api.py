@@ -2,6 +2,7 @@
 
 import copy
 import pickle
+import tracemalloc
 import unittest
 import warnings
 
@@ -80,14 +81,37 @@ def test_pandas_input_records_feature_names():
         reg.predict(df.rename(columns={"a": "z"}))
 
 
-def test_sparse_input_equals_dense():
+@pytest.mark.parametrize("solver", ["sgd", "adam", "lbfgs"])
+@pytest.mark.parametrize("early_stopping", [False, True])
+def test_sparse_input_equals_dense(solver, early_stopping):
     Xs = sp.csr_matrix(np.where(np.abs(X) > 1, X, 0))
-    dense = quiet_fit(MLPClassifier(**PARAMS), Xs.toarray(), Y_CLASS)
-    sparse = quiet_fit(MLPClassifier(**PARAMS), Xs, Y_CLASS)
-    for a, b in zip(dense.coefs_, sparse.coefs_):
+    params = dict(PARAMS, solver=solver, early_stopping=early_stopping)
+    weights = rng.uniform(0.5, 2, X.shape[0])
+    dense = quiet_fit(MLPClassifier(**params), Xs.toarray(), Y_CLASS, sample_weight=weights)
+    sparse = quiet_fit(MLPClassifier(**params), Xs, Y_CLASS, sample_weight=weights)
+    for a, b in zip(dense.coefs_ + dense.intercepts_, sparse.coefs_ + sparse.intercepts_):
         np.testing.assert_array_equal(a, b)
+    assert sparse.n_iter_ == dense.n_iter_ > 1
     np.testing.assert_array_equal(sparse.predict_proba(Xs.tocsc()), dense.predict_proba(
         Xs.toarray()))
+
+
+def test_sparse_input_is_made_dense_one_batch_at_a_time():
+    # 2000 x 20000 at 0.1 % density: 320 MB dense, 0.4 MB sparse
+    Xs = sp.random(2000, 20000, density=0.001, format="csr", random_state=0)
+    y = np.asarray(Xs[:, :2000].sum(axis=1)).ravel()
+    tracemalloc.start()
+    try:
+        reg = quiet_fit(MLPRegressor(hidden_layer_sizes=(4,), max_iter=2, batch_size=100,
+                                     random_state=0), Xs, y)
+        pred = reg.predict(Xs)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert pred.shape == (2000,) and np.isfinite(pred).all() and reg.n_iter_ == 2
+    # a 100-row batch is 16 MB dense, in the core's workspace and as made from Xs
+    # (plus the packing buffer); the whole X would be 320 MB
+    assert peak < 50e6
 
 
 @pytest.mark.parametrize("solver", ["adam", "lbfgs"])

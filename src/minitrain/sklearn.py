@@ -61,6 +61,7 @@ _STOCHASTIC_SOLVERS = ("sgd", "adam")
 _LOSS_OF_OUTPUT = {"softmax": "cross_entropy", "logistic": "binary_cross_entropy",
                    "identity": "mse", "exp": "poisson"}
 _PREDICT_ROWS = 1024
+_DENSE_CHUNK_ELEMENTS = 1 << 20
 
 
 class _StochasticSolver:
@@ -124,11 +125,12 @@ def _store_params(estimator, arguments):
             setattr(estimator, name, value)
 
 
-def _dense(X):
-    """The core reads dense, C-contiguous rows."""
+def _dense(X, dtype=None):
+    """The core reads dense, C-contiguous rows: a sparse X is made dense a batch or a
+    chunk of rows at a time (L-BFGS, which takes the whole of X, excepted)."""
     if sp.issparse(X):
         X = X.toarray()
-    return np.ascontiguousarray(X)
+    return np.ascontiguousarray(X, dtype=dtype)
 
 
 class _BaseMLP(BaseEstimator):
@@ -240,7 +242,8 @@ class _BaseMLP(BaseEstimator):
         first_pass = not hasattr(self, "coefs_") or (not self.warm_start and not incremental)
 
         X, y = self._validate_input(X, y, incremental, reset=first_pass)
-        X = _dense(X)
+        if sp.issparse(X):
+            X = X.tocsr()  # rows are taken batch by batch
         n_samples, n_features = X.shape
         if sample_weight is not None:
             sample_weight = _check_sample_weight(sample_weight, X)
@@ -266,7 +269,7 @@ class _BaseMLP(BaseEstimator):
             if self.solver in _STOCHASTIC_SOLVERS:
                 self._fit_stochastic(model, X, y, sample_weight, incremental)
             else:
-                self._fit_lbfgs(model, X, y, sample_weight)
+                self._fit_lbfgs(model, _dense(X), y, sample_weight)
         except FloatingPointError:
             diverged = True
         if diverged or not np.isfinite(model.params_flat).all():
@@ -340,8 +343,19 @@ class _BaseMLP(BaseEstimator):
         net = model._net
         sw = None if sample_weight_train is None else np.ascontiguousarray(
             sample_weight_train, dtype=model.dtype)
+        targets = self._targets(y_train, model.dtype)
         net.reserve(batch_size)
-        net.set_data(np.ascontiguousarray(X_train), self._targets(y_train, model.dtype), sw)
+        sparse = sp.issparse(X_train)
+        if sparse:  # one batch of rows dense at a time
+            def step(start, stop, lr, t):
+                rows = sample_idx[start:stop]
+                return net.step(X_train[rows].toarray(), targets[rows], lr, t,
+                                sample_weight=None if sw is None else sw[rows])
+        else:  # the core gathers the rows of each batch
+            net.set_data(np.ascontiguousarray(X_train), targets, sw)
+
+            def step(start, stop, lr, t):
+                return net.step_rows(sample_idx, start, stop, lr, t)
         scale = self._data_loss_scale()
         sample_idx = np.arange(n_samples, dtype=np.int64)
         try:
@@ -356,7 +370,7 @@ class _BaseMLP(BaseEstimator):
                 for start in range(0, n_samples, batch_size):  # gen_batches' batches
                     stop = min(start + batch_size, n_samples)
                     solver.t += 1
-                    loss = net.step_rows(sample_idx, start, stop, lr, solver.t)
+                    loss = step(start, stop, lr, solver.t)
                     # the L2 term of the weights before this update, read by the update
                     accumulated_loss += (loss * scale + net.l2_term) * (stop - start)
                 self.n_iter_ += 1
@@ -388,7 +402,8 @@ class _BaseMLP(BaseEstimator):
         except KeyboardInterrupt:
             warnings.warn("Training interrupted by user.")
         finally:
-            net.set_data(X[:1], self._targets(y[:1], model.dtype))  # release the data
+            if not sparse:  # release the data
+                net.set_data(_dense(X[:1]), self._targets(y[:1], model.dtype))
         if early_stopping:  # restore the best weights
             self.coefs_ = self._best_coefs
             self.intercepts_ = self._best_intercepts
@@ -446,13 +461,14 @@ class _BaseMLP(BaseEstimator):
         if check_input:
             X = validate_data(self, X, accept_sparse=["csr", "csc"], reset=False)
         model = self._synced_model()
-        X = np.ascontiguousarray(_dense(X), dtype=model.dtype)
         net = model._net
-        net.reserve(max(net.max_batch, min(X.shape[0], _PREDICT_ROWS)))
+        rows = _PREDICT_ROWS
+        if sp.issparse(X):  # made dense chunk by chunk, a few MB at a time
+            rows = max(1, min(rows, _DENSE_CHUNK_ELEMENTS // X.shape[1]))
+        net.reserve(max(net.max_batch, min(X.shape[0], rows)))
         out = np.empty((X.shape[0], self.n_outputs_), dtype=model.dtype)
-        for start in range(0, X.shape[0], net.max_batch):
-            stop = start + net.max_batch
-            net.forward(X[start:stop], out[start:stop])
+        for start in range(0, X.shape[0], rows):
+            net.forward(_dense(X[start:start + rows], model.dtype), out[start:start + rows])
         return F.output_transform(model.loss, out)
 
     def _score_with_function(self, X, y, sample_weight, score_function):
