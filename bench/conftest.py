@@ -13,6 +13,7 @@ import os
 import pytest
 
 from bench import peers as P
+from bench import tasks as T
 
 
 def bench_threads():
@@ -38,4 +39,10 @@ def load_or_skip(cls):
 
 @pytest.fixture(scope="session", params=[cls.name for cls in P.PEERS])
 def peer(request):
+    return load_or_skip(P.peer_classes([request.param])[0])
+
+
+@pytest.fixture(scope="session", params=T.SKLEARN_FIT_PEERS)
+def estimator_peer(request):
+    """The peers that are scikit-learn estimators (task 8 fits only those)."""
     return load_or_skip(P.peer_classes([request.param])[0])

@@ -10,7 +10,7 @@ import statistics
 from pathlib import Path
 
 from .peers import REFERENCE
-from .tasks import GEMM_IMPLS
+from .tasks import GEMM_IMPLS, SKLEARN_FIT_PEERS
 
 
 def summary(values):
@@ -164,6 +164,7 @@ def report_markdown(results):
     out += _iteration_sections(results)
     out += _epoch_sections(results)
     out += _gemm_sections(results)
+    out += _sklearn_fit_sections(results)
     out += ["## Plots", ""]
     plots = results.get("plots", {})
     if "skipped" in plots:
@@ -282,6 +283,50 @@ def _gemm_sections(results):
             row.append(fmt_ratio(ratios(s["samples"], "numpy")))
             rows.append(row)
         out += [f"### {threads_label(n)}", "", _table(header, rows), ""]
+    return out
+
+
+def _sklearn_fit_sections(results):
+    runs = [(n, run["sklearn_fit"]) for n, run in _runs(results) if "sklearn_fit" in run]
+    if not runs:  # none measured, or a report from before this task
+        return []
+    cases = runs[0][1]["cases"]
+    labels = dict(zip(SKLEARN_FIT_PEERS, ("scikit-learn", "minitrain.sklearn")))
+    out = [f"## 8. {runs[0][1]['title']}", "",
+           "Timed: one whole `fit` of a fresh MLPClassifier, scikit-learn's and "
+           "minitrain.sklearn's, on the same data with the same parameters and "
+           "random_state, each library in its own process. Speed-up: scikit-learn's time ÷ "
+           "minitrain.sklearn's in the same repetition. Difference: the largest relative "
+           "difference max|a − b| / max|b| of minitrain.sklearn's coefs_ (over the layers) "
+           "and loss_curve_ from scikit-learn's (b). The float64 cases check that the "
+           "results are equal; in float32 the libraries round differently (summation "
+           "order) and hundreds of Adam steps amplify that as they amplify any one-ulp "
+           "change of the data, so there the difference measures float32 rounding.", "",
+           "The cases (other parameters at their defaults), with n_iter_ and the final "
+           f"loss_ of each fit at {threads_label(runs[0][0])}:", ""]
+    for name, case in cases.items():
+        params = ", ".join(f"{k}={tuple(v) if isinstance(v, list) else v!r}"
+                           for k, v in case["params"].items() if k != "data")
+        fitted = {label: case["fitted"][peer] for peer, label in labels.items()
+                  if peer in case["fitted"]}
+        data = next((f["data"] for f in fitted.values()), case["params"]["data"])
+        outcome = "; ".join(f"{label}: n_iter_ {f['n_iter_']}, loss_ {f['loss_']:.6g}"
+                            for label, f in fitted.items())
+        out.append(f"- {name}: {data}; {params}, random_state=0 — {outcome or 'no fit'}")
+    out.append("")
+    for n, fit in runs:
+        rows = []
+        for name, case in fit["cases"].items():
+            diff = case["difference"]
+            rows.append([name, *(_cell(case, peer) for peer in SKLEARN_FIT_PEERS),
+                         fmt_ratio(ratios(case["samples"], *SKLEARN_FIT_PEERS)),
+                         f"{diff['coefs_']:.1e} / {diff['loss_curve_']:.1e}" if diff
+                         else "–"])
+        out += [f"### {threads_label(n)}", "",
+                _table(["case", *labels.values(), "speed-up",
+                        "coefs_ / loss_curve_ difference"], rows), ""]
+    for name in cases:
+        out += _errors(results, lambda r, k=name: r["sklearn_fit"]["cases"][k])
     return out
 
 

@@ -301,8 +301,8 @@ def measure(cfg, n, peer_names, log_dir):
                 samplers = {impl: RemoteSampler(processes[host], kind, params, impl)
                             for impl, host in hosts.items()}
             else:
-                samplers = {name: RemoteSampler(p, kind, params)
-                            for name, p in processes.items()}
+                samplers = {name: RemoteSampler(processes[name], kind, params)
+                            for name in T.participants(kind, processes)}
             reps, min_seconds = T.job_repetitions(kind, cfg)
             samples, errors = T.interleaved(samplers, reps, min_seconds, settle)
             infos = {}

@@ -15,6 +15,7 @@ Everything returned is plain JSON-ready data: raw per-repetition figures.
 
 import math
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -22,6 +23,21 @@ import numpy as np
 from . import peers as P
 
 LR, MOMENTUM = 0.01, 0.9
+# the peers of the scikit-learn drop-in task: scikit-learn's MLPClassifier and
+# minitrain's; its speed-up is the first's time ÷ the second's
+SKLEARN_FIT_PEERS = (P.SklearnPeer.name, P.MinitrainSklearnPeer.name)
+
+
+def sklearn_fit_cases(digits_epochs, epoch_label, epoch_hidden):
+    """The fits of the scikit-learn drop-in task: {name: the data ("digits", or the
+    epoch task's "epoch" rows) and MLPClassifier's parameters (random_state=0 added)}."""
+    digits = {"data": "digits", "hidden_layer_sizes": (128,), "batch_size": 32,
+              "max_iter": digits_epochs, "tol": 0.0}
+    epoch = {"data": "epoch", "hidden_layer_sizes": epoch_hidden, "batch_size": 128,
+             "max_iter": 1}
+    return {"digits, sgd": {**digits, "solver": "sgd"},
+            "digits, adam": {**digits, "solver": "adam"},
+            f"{epoch_label} float32, adam": {**epoch, "solver": "adam"}}
 
 
 @dataclass
@@ -52,6 +68,9 @@ class Config:
     accuracy_reps: int = 3
     gemm_square: tuple = (256, 512, 1024, 2048)
     gemm_reps: int = 5
+    sklearn_cases: dict = field(
+        default_factory=lambda: sklearn_fit_cases(50, "60000x784", (256, 128)))
+    sklearn_reps: int = 5
 
     @classmethod
     def quick(cls):
@@ -63,7 +82,8 @@ class Config:
             epoch_rows=300, epoch_features=48, epoch_widths=(48, 16, 10), epoch_batch=64,
             epoch_reps=1, sweep_widths=(48, 16, 10), sweep_batches=(8, 32), sweep_reps=1,
             accuracy_target=0.5, accuracy_max_epochs=5, accuracy_reps=1,
-            gemm_square=(16, 32), gemm_reps=1)
+            gemm_square=(16, 32), gemm_reps=1,
+            sklearn_cases=sklearn_fit_cases(2, "300x48", (16, 8)), sklearn_reps=1)
 
     def to_dict(self):
         return asdict(self)
@@ -189,6 +209,51 @@ def train_until(trainer, data, cfg):
     return {"epochs": epoch, "accuracy": accuracy, "reached": accuracy >= cfg.accuracy_target}
 
 
+def sklearn_fit_data(data, cfg, seed):
+    """X, y of a case of the scikit-learn drop-in task: the shipped digits (all 1797
+    rows) divided by 16, in float64, or the epoch task's float32 rows."""
+    if data == "digits":
+        import minitrain as mt
+
+        X, y = mt.load_digits()
+        return X / 16.0, y
+    return classification_data(cfg.epoch_rows, cfg.epoch_features, cfg.epoch_widths[-1],
+                               seed)
+
+
+def fitted_state(clf):
+    """What the scikit-learn drop-in task compares of a fitted MLPClassifier, as JSON."""
+    return {"n_iter_": int(clf.n_iter_), "loss_": float(clf.loss_),
+            "loss_curve_": [float(loss) for loss in clf.loss_curve_],
+            "coefs_": [W.tolist() for W in clf.coefs_],
+            "intercepts_": [b.tolist() for b in clf.intercepts_]}
+
+
+def relative_difference(arrays, reference):
+    """max over the arrays of max|a − b| / max|b|, b from `reference` (inf when their
+    shapes differ, e.g. loss curves of different lengths)."""
+    pairs = [(np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64))
+             for a, b in zip(arrays, reference)]
+    if len(arrays) != len(reference) or any(a.shape != b.shape for a, b in pairs):
+        return math.inf
+    return max(float(np.abs(a - b).max() / np.abs(b).max()) for a, b in pairs)
+
+
+def fit_comparison(infos):
+    """n_iter_ and loss_ of each peer's fitted estimator and, when both fitted, the
+    largest relative difference of minitrain.sklearn's coefs_, intercepts_ and
+    loss_curve_ from scikit-learn's."""
+    out = {"fitted": {name: {k: info[k] for k in ("data", "n_iter_", "loss_")}
+                      for name, info in infos.items()}, "difference": {}}
+    if set(SKLEARN_FIT_PEERS) <= set(infos):
+        sklearn, drop_in = (infos[name] for name in SKLEARN_FIT_PEERS)
+        out["difference"] = {attr: relative_difference(drop_in[attr], sklearn[attr])
+                             for attr in ("coefs_", "intercepts_")}
+        out["difference"]["loss_curve_"] = relative_difference([drop_in["loss_curve_"]],
+                                                               [sklearn["loss_curve_"]])
+    return out
+
+
 def accuracy_widths(cfg, data):
     return (data[0].shape[1], *cfg.accuracy_widths_hidden, 10)
 
@@ -254,14 +319,24 @@ def jobs(cfg):
     for label, M, N, K, ta, tb in gemm_shapes(cfg):
         out.append((f"gemm/{label}", "gemm", {"M": M, "N": N, "K": K, "trans_a": ta,
                                               "trans_b": tb}))
+    for name, case in cfg.sklearn_cases.items():
+        out.append((f"sklearn_fit/{name}", "sklearn_fit", case))
     return out
+
+
+def participants(kind, peer_names):
+    """The peers that run a job of this kind (GEMM jobs have their own: gemm_hosts)."""
+    if kind == "sklearn_fit":
+        return [name for name in peer_names if name in SKLEARN_FIT_PEERS]
+    return list(peer_names)
 
 
 def job_repetitions(kind, cfg):
     """(repetitions, seconds one repetition lasts at least) of a kind of job."""
     return {"equivalence": (0, 0.0), "iteration": (cfg.reps, cfg.min_sample_seconds),
             "epoch": (cfg.epoch_reps, 0.0), "accuracy": (cfg.accuracy_reps, 0.0),
-            "gemm": (cfg.gemm_reps, cfg.min_sample_seconds / 2)}[kind]
+            "gemm": (cfg.gemm_reps, cfg.min_sample_seconds / 2),
+            "sklearn_fit": (cfg.sklearn_reps, 0.0)}[kind]
 
 
 def make_sampler(kind, params, peer, cfg, impl=None, seed=0):
@@ -295,6 +370,24 @@ def make_sampler(kind, params, peer, cfg, impl=None, seed=0):
         M, N, K, ta, tb = (params[k] for k in ("M", "N", "K", "trans_a", "trans_b"))
         A, B = gemm_operands(np.random.default_rng(seed), M, N, K, ta, tb)
         return Timed(lambda: f(A, B, ta, tb))
+    if kind == "sklearn_fit":
+        from sklearn.exceptions import ConvergenceWarning
+
+        X, y = sklearn_fit_data(params["data"], cfg, seed)
+        estimator = peer.estimator_class()
+        kwargs = {**params, "hidden_layer_sizes": tuple(params["hidden_layer_sizes"]),
+                  "random_state": 0}
+        del kwargs["data"]
+        fitted = []
+
+        def fit():
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                fitted[:] = [estimator(**kwargs).fit(X, y)]
+        fit()  # the warm-up; a repetition is then one whole fit
+        data = f"{X.shape[0]}×{X.shape[1]} {X.dtype}"
+        return Timed(fit, warmup=False,
+                     info=lambda: {"data": data, **fitted_state(fitted[0])})
     if kind == "equivalence":
         X, y = classification_data(params["rows"], params["widths"][0], 10, seed)
         trainer = peer.trainer(P.initial_weights(params["widths"], seed), LR, MOMENTUM)
@@ -356,6 +449,12 @@ def assemble(cfg, measured):
         out["gemm"]["shapes"][label] = {"M": M, "N": N, "K": K, "trans_a": ta,
                                         "trans_b": tb, "flops": 2 * M * N * K,
                                         "samples": samples, "errors": errors}
+    out["sklearn_fit"] = {"title": "scikit-learn drop-in: fit time", "unit": "s/fit",
+                          "cases": {}}
+    for name, case in cfg.sklearn_cases.items():
+        samples, errors, infos = measured[f"sklearn_fit/{name}"]
+        out["sklearn_fit"]["cases"][name] = {"params": case, "samples": samples,
+                                             "errors": errors, **fit_comparison(infos)}
     return out
 
 

@@ -1,5 +1,7 @@
 """Task 4 (one shuffled epoch over 60000x784) and task 5 (time to 95 % test accuracy on
-the shipped digits) per peer."""
+the shipped digits) per peer; task 8 (a whole scikit-learn fit) per estimator peer."""
+
+import pytest
 
 from bench import tasks as T
 
@@ -20,3 +22,13 @@ def test_time_to_accuracy(benchmark, peer):
     outcome = sampler.info()
     benchmark.extra_info.update(outcome)
     assert outcome["reached"], outcome
+
+
+@pytest.mark.parametrize("case", list(CFG.sklearn_cases))
+def test_sklearn_fit(benchmark, estimator_peer, case):
+    sampler = T.make_sampler("sklearn_fit", CFG.sklearn_cases[case], estimator_peer, CFG)
+    benchmark.group = f"scikit-learn fit: {case}"
+    benchmark.pedantic(sampler.fn, rounds=CFG.sklearn_reps, iterations=1)
+    fitted = sampler.info()
+    benchmark.extra_info.update({k: fitted[k] for k in ("data", "n_iter_", "loss_")})
+    assert fitted["n_iter_"] == CFG.sklearn_cases[case]["max_iter"], fitted["n_iter_"]
