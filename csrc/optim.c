@@ -4,7 +4,7 @@
 #include <math.h>
 
 #define NORM_CHUNKS 256
-#define UPDATE_CHUNK 1024
+#define UPDATE_CHUNK 2048
 
 // part[c] = Σ g[c*chunk : (c+1)*chunk]² for the NORM_CHUNKS chunks; threads split them
 static void chunk_sq_sums(const real *g, int64_t n, int64_t chunk, double *part) {
@@ -151,9 +151,7 @@ double FN(mt_optim_update)(const mt_optim *o, real *p, real *g, real *state, int
                               ? (n + NORM_CHUNKS - 1) / NORM_CHUNKS : UPDATE_CHUNK;
     const int chunks = (int)((n + chunk - 1) / chunk);
     double part[NORM_CHUNKS];
-    // Adam's square root and division cost some ten times an SGD element: fewer suffice
-    const int64_t par_elems = o->kind == MT_OPT_ADAM ? MT_PAR_ELEMS / 4 : MT_PAR_ELEMS;
-    MT_PARALLEL_IF(n >= par_elems, update_chunks(&u, p, g, state, n, chunk, chunks, part));
+    MT_PARALLEL_IF(n >= MT_PAR_ELEMS, update_chunks(&u, p, g, state, n, chunk, chunks, part));
     if (o->style != MT_OPT_STYLE_SKLEARN) return 0;
     double sq = 0;
     for (int c = 0; c < chunks; c++) sq += part[c];
