@@ -254,12 +254,14 @@ void FN(mt_gemm)(int trans_a, int trans_b, int64_t M, int64_t N, int64_t K, cons
     const FN(mt_kernel) *ker = kernel_for(mt_isa_active);
     // B is packed to transpose it, or when more than one block of A rows reads it: one
     // block reads each row of B once, as well in place as from a packed copy.
-    // A is packed to transpose it when reused by more than one column panel; rows of a
-    // row-major A are read in place unless they are 4 KB apart (then the MR rows a tile
-    // reads compete for one L1 set).
-    const int a_aliases = (K * (int64_t)sizeof(real)) % 4096 == 0;
+    // A is packed when reused by more than one column panel if its rows are 4 KB apart
+    // (then the MR rows a tile reads compete for one L1 set), or to transpose it unless
+    // it fits in L1 (a tile then broadcasts from MR adjacent elements per k).
+    const int64_t a_stride = (trans_a ? M : K) * (int64_t)sizeof(real);
+    const int a_aliases = a_stride % 4096 == 0;
+    const int a_small = M * K * (int64_t)sizeof(real) <= 32768;
     const problem P = {trans_a, trans_b, M, N, K, A, B, C, accumulate, ep,
-                       .pack_a = N > ker->nr && (trans_a || a_aliases),
+                       .pack_a = N > ker->nr && (a_aliases || (trans_a && !a_small)),
                        .pack_b = trans_b || M > ker->mc};
     MT_PARALLEL_IF((double)M * N * K >= GEMM_PAR_FLOPS, gemm_blocks(ker, &P, pack));
     if (ep && ep->b_sums && !P.pack_b)

@@ -12,10 +12,13 @@ from minitrain import _core
 ISAS = _core.available_isas()
 DTYPES = [np.float32, np.float64]
 TRANSPOSES = [(False, False), (True, False), (False, True), (True, True)]
-# (M, N, K): ones, batch 1, odd sizes, and sizes past every register tile (MR 12/6,
-# NR 32/16/8/4) and cache block (KC 256/512, MC 144, NC 512/1024) without being multiples
+# (M, N, K): ones, batch 1, odd sizes, and sizes past every register tile (MR 12/8/6,
+# NR 32/16/8/4) and cache block (KC 256/512, MC 144, NC 512/1024) without being multiples;
+# small ones as a batch of 32 and 64-128-10 layers make them, and an A whose rows are 4 KB
+# apart when transposed
 SHAPES = [(1, 1, 1), (7, 17, 1), (1, 1023, 7), (17, 7, 255), (255, 17, 1023),
-          (1023, 33, 17), (145, 1025, 257), (10, 128, 32), (128, 10, 32), (32, 128, 10)]
+          (1023, 33, 17), (145, 1025, 257), (10, 128, 32), (128, 10, 32), (32, 128, 10),
+          (64, 128, 32), (512, 40, 8)]
 
 
 def operands(M, N, K, trans_a, trans_b, dtype, seed=0):
