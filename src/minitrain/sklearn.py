@@ -347,15 +347,13 @@ class _BaseMLP(BaseEstimator):
         net.reserve(batch_size)
         sparse = sp.issparse(X_train)
         if sparse:  # one batch of rows dense at a time
-            def step(start, stop, lr, t):
-                rows = sample_idx[start:stop]
+            def step_rows(idx, start, stop, lr, t):
+                rows = idx[start:stop]
                 return net.step(X_train[rows].toarray(), targets[rows], lr, t,
                                 sample_weight=None if sw is None else sw[rows])
         else:  # the core gathers the rows of each batch
             net.set_data(np.ascontiguousarray(X_train), targets, sw)
-
-            def step(start, stop, lr, t):
-                return net.step_rows(sample_idx, start, stop, lr, t)
+            step_rows = net.step_rows
         scale = self._data_loss_scale()
         sample_idx = np.arange(n_samples, dtype=np.int64)
         try:
@@ -370,7 +368,7 @@ class _BaseMLP(BaseEstimator):
                 for start in range(0, n_samples, batch_size):  # gen_batches' batches
                     stop = min(start + batch_size, n_samples)
                     solver.t += 1
-                    loss = step(start, stop, lr, solver.t)
+                    loss = step_rows(sample_idx, start, stop, lr, solver.t)
                     # the L2 term of the weights before this update, read by the update
                     accumulated_loss += (loss * scale + net.l2_term) * (stop - start)
                 self.n_iter_ += 1
