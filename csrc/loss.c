@@ -16,8 +16,9 @@ static inline int64_t row_of(const int64_t *idx, int64_t i) { return idx ? idx[i
 
 // exp(x) for x <= 0 in straight-line code that vectorises (libm's exp is a call per
 // element): x = k ln2 + r with |r| <= ln2/2, exp(r) by its Taylor series to r^13 in
-// Horner's form (the next term is below 2^-53), 2^k written into the exponent bits through the rounding
-// constant 1.5*2^52. Within an ulp or two of libm; 0 below -708 (exp(-708) < 2^-1021).
+// Horner's form (the next term is below 2^-53), 2^k written into the exponent bits
+// through the rounding constant 1.5*2^52. Within an ulp or two of libm; 0 below -708
+// (exp(-708) < 2^-1021).
 static inline double exp_nonpositive(double x) {
     const double shifter = 0x1.8p52, big = x < -708 ? -708 : x;
     const double kd = big * 1.4426950408889634 + shifter, k = kd - shifter;
@@ -30,23 +31,6 @@ static inline double exp_nonpositive(double x) {
     double scale;
     memcpy(&scale, &bits, sizeof scale);
     return x < -708 ? 0 : p * scale;
-}
-
-// softmax cross-entropy, labels (n,) int64: loss_i = logsumexp(z_i) - z_i[y_i]
-MT_TARGET_CLONES
-static double softmax_ce_row(const real *z, int64_t label, real *dz, int64_t C, double scale) {
-    double m = z[0];
-    for (int64_t j = 1; j < C; j++) m = z[j] > m ? z[j] : m;
-    double s = 0;
-#pragma omp simd reduction(+ : s)
-    for (int64_t j = 0; j < C; j++) { // one exp per logit: dz holds exp(z - m) meanwhile
-        const double e = exp_nonpositive((double)z[j] - m);
-        dz[j] = (real)e;
-        s += e;
-    }
-    for (int64_t j = 0; j < C; j++) dz[j] = (real)(dz[j] / s * scale);
-    dz[label] -= (real)scale;
-    return m + log(s) - z[label];
 }
 
 // loss of one output z against target t; *d = d loss / dz. `half` halves the squared
@@ -75,28 +59,88 @@ typedef struct {
     double inv, lo, hi;         // 1 / the reduction's divisor; the caps
 } loss_args;
 
-// rows [0, n) of P -> their rows of dP and rowloss (weighted); threads split the rows
+// The softmax's exp runs over the shifted logits of as many rows as fill SOFTMAX_BLOCK
+// elements: rows of a few logits (a classifier's ten) would leave most of a vector idle.
+enum { SOFTMAX_BLOCK = 1024 };
+
+// x[k] = exp(x[k]) for x <= 0
+MT_TARGET_CLONES
+static void exp_block(double *x, int64_t len) {
+#pragma omp simd
+    for (int64_t k = 0; k < len; k++) x[k] = exp_nonpositive(x[k]);
+}
+
+// rows [i0, i1) of a softmax cross-entropy, labels (n,) int64: loss_i = logsumexp(z_i) -
+// z_i[y_i] -> rowloss (weighted); dz_i = (softmax(z_i) - onehot(y_i)) * scale_i. The rows
+// hold at most SOFTMAX_BLOCK logits, or are one row, taken in windows of that size.
+static void softmax_ce_rows(const loss_args *a, const real *P, const int64_t *labels,
+                            const int64_t *idx, real *dP, int64_t i0, int64_t i1, int64_t C,
+                            double *rowloss) {
+    double x[SOFTMAX_BLOCK], sums[SOFTMAX_BLOCK] = {0}; // Σ_j exp(z_ij - m_i) per row
+    for (int64_t i = i0; i < i1; i++) { // the row maxima m_i, in rowloss meanwhile
+        const real *z = P + i * C;
+        double m = z[0];
+        for (int64_t j = 1; j < C; j++) m = z[j] > m ? z[j] : m;
+        rowloss[i] = m;
+    }
+    const real *z = P + i0 * C;
+    real *dz = dP + i0 * C; // holds exp(z - m) until the rows are normalised
+    const int64_t len = (i1 - i0) * C;
+    for (int64_t e0 = 0; e0 < len; e0 += SOFTMAX_BLOCK) {
+        const int64_t w = len - e0 < SOFTMAX_BLOCK ? len - e0 : SOFTMAX_BLOCK;
+        // the window's elements e0 + k, row segment by row segment: x = z - m
+        for (int64_t k = 0, seg; k < w; k += seg) {
+            const int64_t r = (e0 + k) / C;
+            seg = C - (e0 + k) % C < w - k ? C - (e0 + k) % C : w - k;
+            for (int64_t j = k; j < k + seg; j++) x[j] = (double)z[e0 + j] - rowloss[i0 + r];
+        }
+        exp_block(x, w);
+        for (int64_t k = 0, seg; k < w; k += seg) {
+            const int64_t r = (e0 + k) / C;
+            seg = C - (e0 + k) % C < w - k ? C - (e0 + k) % C : w - k;
+            double s = 0;
+            for (int64_t j = k; j < k + seg; j++) {
+                dz[e0 + j] = (real)x[j];
+                s += x[j];
+            }
+            sums[r] += s;
+        }
+    }
+    for (int64_t i = i0; i < i1; i++) {
+        const int64_t row = row_of(idx, i), label = labels[row];
+        const double wi = a->w ? a->w[row] : 1, scale = wi * a->inv, s = sums[i - i0];
+        real *dzi = dP + i * C;
+        for (int64_t j = 0; j < C; j++) dzi[j] = (real)(dzi[j] / s * scale);
+        dzi[label] -= (real)scale;
+        double l = rowloss[i] + log(s) - P[i * C + label];
+        if (a->capped) l = fmin(fmax(l, a->lo), a->hi);
+        rowloss[i] = wi * l;
+    }
+}
+
+// rows [0, n) of P -> their rows of dP and rowloss (weighted); threads split blocks of rows
 static void loss_rows(const loss_args *a, const real *P, const void *y, const int64_t *idx,
                       real *dP, int64_t n, int64_t out, double *rowloss) {
+    const int64_t rows = out < SOFTMAX_BLOCK ? SOFTMAX_BLOCK / out : 1;
 #pragma omp for schedule(static) nowait
-    for (int64_t i = 0; i < n; i++) {
-        const real *p = P + i * out;
-        real *dp = dP + i * out;
-        const int64_t r = row_of(idx, i);
-        const double wi = a->w ? a->w[r] : 1, scale = wi * a->inv;
-        double l = 0;
+    for (int64_t i0 = 0; i0 < n; i0 += rows) {
+        const int64_t i1 = i0 + rows < n ? i0 + rows : n;
         if (a->loss == MT_LOSS_CROSS_ENTROPY) {
-            l = softmax_ce_row(p, ((const int64_t *)y)[r], dp, out, scale);
-            if (a->capped) l = fmin(fmax(l, a->lo), a->hi);
-        } else {
-            const real *t = (const real *)y + r * out;
+            softmax_ce_rows(a, P, (const int64_t *)y, idx, dP, i0, i1, out, rowloss);
+            continue;
+        }
+        for (int64_t i = i0; i < i1; i++) {
+            const real *p = P + i * out, *t = (const real *)y + row_of(idx, i) * out;
+            real *dp = dP + i * out;
+            const double wi = a->w ? a->w[row_of(idx, i)] : 1, scale = wi * a->inv;
+            double l = 0;
             for (int64_t j = 0; j < out; j++) {
                 double d, e = element_loss(a->loss, a->sk, p[j], t[j], &d);
                 l += a->capped ? fmin(fmax(e, a->lo), a->hi) : e;
                 dp[j] = (real)(d * scale);
             }
+            rowloss[i] = wi * l;
         }
-        rowloss[i] = wi * l;
     }
 }
 

@@ -112,3 +112,19 @@ def test_softmax_cross_entropy_over_the_whole_exponent_range():
     # p - 1 for the labels cancels digits: an absolute floor far below the gradient's size
     np.testing.assert_allclose(grad_c, grad_n, rtol=1e-14, atol=1e-16)
     assert np.count_nonzero(grad_n) < grad_n.size  # some probabilities did underflow
+
+
+@pytest.mark.parametrize("rows,classes", [(250, 10), (5, 1500), (40, 1024), (3, 2049)])
+def test_softmax_cross_entropy_in_blocks_of_rows(rows, classes):
+    """The core takes the softmax's exp over blocks of up to 1024 logits: several blocks
+    of short rows, and rows longer than a block, against the NumPy twin."""
+    rng = np.random.default_rng(6)
+    X = rng.normal(size=(rows, 8)) * 3
+    y = rng.integers(0, classes, rows)
+    results = []
+    for backend in ("c", "numpy"):
+        model = mt.Sequential([mt.Dense(classes)], seed=0, dtype="float64", backend=backend)
+        results.append(model.build(8).loss_and_gradient(X, y))
+    (loss_c, grad_c), (loss_n, grad_n) = results
+    assert loss_c == pytest.approx(loss_n, rel=1e-14)
+    np.testing.assert_allclose(grad_c, grad_n, rtol=1e-12, atol=1e-16)

@@ -124,3 +124,16 @@ def test_two_epochs_give_bit_identical_weights_on_one_and_two_threads(dtype, dro
         params.append(model.params_flat.copy())
     np.testing.assert_array_equal(params[0], params[1])
     assert model.evaluate(X, y)["accuracy"] > 0.9
+
+
+def test_loss_over_many_blocks_of_rows_is_bit_identical_on_one_and_two_threads(threads):
+    # 2048 rows of 64 logits: threads split 128 blocks of 16 rows
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(2048, 16)), rng.integers(0, 64, 2048)
+    results = []
+    for n in (1, 2):
+        threads(n)
+        model = mt.Sequential([mt.Dense(64)], seed=0, dtype="float64").build(16)
+        results.append(model.loss_and_gradient(X, y))
+    assert results[0][0] == results[1][0]
+    np.testing.assert_array_equal(results[0][1], results[1][1])
