@@ -461,7 +461,8 @@ class _BaseMLP(BaseEstimator):
         model = self._synced_model()
         net = model._net
         rows = _PREDICT_ROWS
-        if sp.issparse(X):  # made dense chunk by chunk, a few MB at a time
+        if sp.issparse(X):  # made dense chunk of rows by chunk, a few MB at a time
+            X = X.tocsr()
             rows = max(1, min(rows, _DENSE_CHUNK_ELEMENTS // X.shape[1]))
         net.reserve(max(net.max_batch, min(X.shape[0], rows)))
         out = np.empty((X.shape[0], self.n_outputs_), dtype=model.dtype)
