@@ -314,20 +314,43 @@ def _sklearn_fit_sections(results):
                             for label, f in fitted.items())
         out.append(f"- {name}: {data}; {params}, random_state=0 — {outcome or 'no fit'}")
     out.append("")
+    out += ["\"minitrain.sklearn GFLOP/s\": the fit's forward and backward products over "
+            "its median time, against the FMA peak of the fit's dtype; \"at the peak\": the "
+            "speed-up of a fit that did those products at the peak and nothing else, the "
+            "most any implementation could reach on this machine.", ""]
     for n, fit in runs:
         rows = []
         for name, case in fit["cases"].items():
             diff = case["difference"]
             rows.append([name, *(_cell(case, peer) for peer in SKLEARN_FIT_PEERS),
                          fmt_ratio(ratios(case["samples"], *SKLEARN_FIT_PEERS)),
+                         *_fit_rates(results, n, case),
                          f"{diff['coefs_']:.1e} / {diff['loss_curve_']:.1e}" if diff
                          else "–"])
         out += [f"### {threads_label(n)}", "",
-                _table(["case", *labels.values(), "speed-up",
-                        "coefs_ / loss_curve_ difference"], rows), ""]
+                _table(["case", *labels.values(), "speed-up", "minitrain.sklearn GFLOP/s",
+                        "at the peak", "coefs_ / loss_curve_ difference"], rows), ""]
     for name in cases:
         out += _errors(results, lambda r, k=name: r["sklearn_fit"]["cases"][k])
     return out
+
+
+def _fit_rates(results, n, case):
+    """[minitrain.sklearn's GFLOP/s (% of the peak), the speed-up bound at the FMA peak]
+    of a case of task 8, "–" for what was not measured."""
+    sklearn, drop_in = (summary(case["samples"].get(peer, [])) for peer in SKLEARN_FIT_PEERS)
+    fitted = case["fitted"].get(SKLEARN_FIT_PEERS[1])
+    if not drop_in or not fitted:
+        return ["–", "–"]
+    rate = fitted["flops"] / drop_in["median"] / 1e9
+    peak = _peak(results, n, fitted["dtype"])
+    if not peak:
+        return [f"{rate:.0f}", "–"]
+    cell = f"{rate:.0f} ({rate / peak:.0%})"
+    if not sklearn:
+        return [cell, "–"]
+    bound = sklearn["median"] / (fitted["flops"] / peak / 1e9)
+    return [cell, f"×{bound:.1f}" if bound < 100 else f"×{bound:,.0f}"]
 
 
 def uncontrolled(results):

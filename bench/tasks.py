@@ -221,9 +221,13 @@ def sklearn_fit_data(data, cfg, seed):
                                seed)
 
 
-def fitted_state(clf):
-    """What the scikit-learn drop-in task compares of a fitted MLPClassifier, as JSON."""
-    return {"n_iter_": int(clf.n_iter_), "loss_": float(clf.loss_),
+def fitted_state(clf, X):
+    """What the scikit-learn drop-in task compares of a MLPClassifier fitted on X, as
+    JSON, with the floating-point operations of its fit (every epoch is one pass of
+    forward and backward products over all rows: iteration_flops is linear in the rows)."""
+    widths = (X.shape[1], *clf.hidden_layer_sizes, clf.n_outputs_)
+    return {"dtype": str(X.dtype), "flops": iteration_flops(widths, X.shape[0]) * clf.n_iter_,
+            "n_iter_": int(clf.n_iter_), "loss_": float(clf.loss_),
             "loss_curve_": [float(loss) for loss in clf.loss_curve_],
             "coefs_": [W.tolist() for W in clf.coefs_],
             "intercepts_": [b.tolist() for b in clf.intercepts_]}
@@ -243,7 +247,7 @@ def fit_comparison(infos):
     """n_iter_ and loss_ of each peer's fitted estimator and, when both fitted, the
     largest relative difference of minitrain.sklearn's coefs_, intercepts_ and
     loss_curve_ from scikit-learn's."""
-    out = {"fitted": {name: {k: info[k] for k in ("data", "n_iter_", "loss_")}
+    out = {"fitted": {name: {k: info[k] for k in ("data", "dtype", "flops", "n_iter_", "loss_")}
                       for name, info in infos.items()}, "difference": {}}
     if set(SKLEARN_FIT_PEERS) <= set(infos):
         sklearn, drop_in = (infos[name] for name in SKLEARN_FIT_PEERS)
@@ -387,7 +391,7 @@ def make_sampler(kind, params, peer, cfg, impl=None, seed=0):
         fit()  # the warm-up; a repetition is then one whole fit
         data = f"{X.shape[0]}×{X.shape[1]} {X.dtype}"
         return Timed(fit, warmup=False,
-                     info=lambda: {"data": data, **fitted_state(fitted[0])})
+                     info=lambda: {"data": data, **fitted_state(fitted[0], X)})
     if kind == "equivalence":
         X, y = classification_data(params["rows"], params["widths"][0], 10, seed)
         trainer = peer.trainer(P.initial_weights(params["widths"], seed), LR, MOMENTUM)

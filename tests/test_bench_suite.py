@@ -91,6 +91,11 @@ def test_sklearn_fit_times_both_estimators_with_the_same_results(quick_report):
             assert drop_in["loss_"] == pytest.approx(sklearn["loss_"], rel=bound)
             assert sklearn["data"] == drop_in["data"] == \
                 ("1797×64 float64" if digits else "300×48 float32")
+            rows, features = (1797, 64) if digits else (300, 48)
+            widths = (features, *cases[name]["hidden_layer_sizes"], 10)
+            assert sklearn["flops"] == drop_in["flops"] == \
+                T.iteration_flops(widths, rows) * cases[name]["max_iter"]
+            assert drop_in["dtype"] == ("float64" if digits else "float32")
 
 
 def test_relative_difference_is_relative_to_the_reference():
@@ -98,6 +103,17 @@ def test_relative_difference_is_relative_to_the_reference():
     assert T.relative_difference([[1.0, 2.5], [[4.0]]], [[1.0, 2.0], [[2.0]]]) == 1.0
     assert T.relative_difference([[1.0, 2.0]], [[1.0, 2.0, 3.0]]) == math.inf
     assert T.relative_difference([[1.0]], [[1.0], [2.0]]) == math.inf
+
+
+def test_fit_rate_and_the_speed_up_a_fit_at_the_fma_peak_would_reach():
+    # 1 GFLOP in 10 ms against a 200 GFLOP/s peak; scikit-learn takes 100 ms, a fit at
+    # the peak 5 ms
+    results = {"fma_peak": {"2": {"float64_gflops_cpu_time": 200.0}}}
+    case = {"samples": {"sklearn": [0.1, 0.12, 0.09], "minitrain-sklearn": [0.01, 0.011, 0.009]},
+            "fitted": {"minitrain-sklearn": {"flops": 1e9, "dtype": "float64"}}}
+    assert render._fit_rates(results, 2, case) == ["100 (50%)", "×20.0"]
+    assert render._fit_rates({}, 2, case) == ["100", "–"]
+    assert render._fit_rates(results, 2, {"samples": {}, "fitted": {}}) == ["–", "–"]
 
 
 def test_only_the_estimator_peers_fit_as_scikit_learn():
@@ -122,8 +138,8 @@ def test_report_files_are_written_and_parse(quick_report):
                     "## 6. Peak resident memory", "## 7. GEMM",
                     "## 8. scikit-learn drop-in: fit time", "## What this run could not"):
         assert heading in md
-    header = "| case | scikit-learn | minitrain.sklearn | speed-up | coefs_ / loss_curve_ " \
-             "difference |"
+    header = "| case | scikit-learn | minitrain.sklearn | speed-up | minitrain.sklearn " \
+             "GFLOP/s | at the peak | coefs_ / loss_curve_ difference |"
     for n in THREADS:
         assert f"### {render.threads_label(n)}\n\n{header}" in md
     assert results["machine"]["cpu"] and results["machine"]["versions"]["numpy"]
