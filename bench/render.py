@@ -340,7 +340,7 @@ def _fit_rates(results, n, case):
     of a case of task 8, "–" for what was not measured."""
     sklearn, drop_in = (summary(case["samples"].get(peer, [])) for peer in SKLEARN_FIT_PEERS)
     fitted = case["fitted"].get(SKLEARN_FIT_PEERS[1])
-    if not drop_in or not fitted:
+    if not drop_in or not fitted or "flops" not in fitted:  # or a report from before
         return ["–", "–"]
     rate = fitted["flops"] / drop_in["median"] / 1e9
     peak = _peak(results, n, fitted["dtype"])
