@@ -13,10 +13,12 @@ import argparse
 import csv
 import hashlib
 import importlib.util
+import io
 import math
 import os
 import sys
 import time
+import types
 from pathlib import Path
 
 import numpy as np
@@ -638,18 +640,18 @@ class _EpochTable(mt.Callback):
         return value * self.loss_scale if name in ("loss", "val_loss") else value
 
 
-def _fold_scaling(model, mean, std, y_mean=None, y_scale=None):
+def _fold_scaling(model, d):
     """Make `model` take raw features (and predict a standardised target in its own
     units): the affine maps of the standardisation folded into the first and last
     Dense layers, computed in float64."""
     dense = [layer for layer in model.layers if isinstance(layer, mt.Dense)]
     first, last = dense[0], dense[-1]
     W = first.W.astype(np.float64)
-    first.b[...] = first.b - (mean / std) @ W
-    first.W[...] = W / std[:, None]
-    if y_mean is not None:
-        last.W[...] = last.W.astype(np.float64) * y_scale
-        last.b[...] = last.b.astype(np.float64) * y_scale + np.reshape(y_mean, -1)
+    first.b[...] = first.b - (d.mean / d.std) @ W
+    first.W[...] = W / d.std[:, None]
+    if d.y_mean is not None:
+        last.W[...] = last.W.astype(np.float64) * d.y_scale
+        last.b[...] = last.b.astype(np.float64) * d.y_scale + np.reshape(d.y_mean, -1)
 
 
 def _label(c):
@@ -658,94 +660,96 @@ def _label(c):
     return str(c)
 
 
-def _write_predictions(path, model, X, classes, loss, target_name, y_mean, y_scale):
-    if loss in _CLASSIFICATION_LOSSES:
+def _write_predictions(path, model, X, d):
+    """A CSV of the predictions for the (standardised) rows X: the class label and the
+    probability of each class, or the target's value."""
+    if d.loss in _CLASSIFICATION_LOSSES:
         proba = model.predict_proba(X).astype(np.float64)
-        if loss == "binary_cross_entropy":
+        if d.loss == "binary_cross_entropy":
             proba = np.column_stack([1 - proba[:, 0], proba[:, 0]])
-        header = [target_name] + [f"probability_{_label(c)}" for c in classes]
-        rows = ([_label(classes[k])] + [f"{p:.6g}" for p in row]
+        header = [d.target_name] + [f"probability_{_label(c)}" for c in d.classes]
+        rows = ([_label(d.classes[k])] + [f"{p:.6g}" for p in row]
                 for k, row in zip(proba.argmax(axis=1), proba, strict=True))
     else:
         pred = model.predict(X).astype(np.float64)
-        if y_mean is not None:
-            pred = pred * y_scale + y_mean
+        if d.y_mean is not None:
+            pred = pred * d.y_scale + d.y_mean
         pred = pred.reshape(len(X), -1)
-        header = ([target_name] if pred.shape[1] == 1
-                  else [f"{target_name}_{k}" for k in range(pred.shape[1])])
+        header = ([d.target_name] if pred.shape[1] == 1
+                  else [f"{d.target_name}_{k}" for k in range(pred.shape[1])])
         rows = ([f"{v:.9g}" for v in row] for row in pred)
 
     def write(f):
-        text = csv.writer(_Text(f), lineterminator="\n")
-        text.writerow(header)
-        text.writerows(rows)
+        text = io.TextIOWrapper(f, encoding="utf-8", newline="")
+        writer = csv.writer(text, lineterminator="\n")
+        writer.writerow(header)
+        writer.writerows(rows)
+        text.detach()  # flushes, and leaves the file to atomic_write
     checkpoint.atomic_write(path, write)
 
 
-class _Text:
-    """A text view of a binary file, for csv.writer under atomic_write."""
+def _resume_options(args, given):
+    """The checkpoint of --resume, and the command line's options saved in it (None for
+    a checkpoint written by the API), which fill in those not given."""
+    if not args.resume:
+        return None, None
+    saved = _load_checkpoint(args.resume)
+    state = saved._saved_callback_states.get(_RunOptions.__name__)
+    if state is not None:
+        for dest, value in state["options"].items():
+            if dest in vars(args) and dest not in given and dest not in SESSION_OPTIONS:
+                setattr(args, dest, value)
+    return saved, state
 
-    def __init__(self, f):
-        self.f = f
 
-    def write(self, s):
-        return self.f.write(s.encode())
-
-
-def _run(args, argv, say, warn):
-    given = _given(argv)
-    if args.threads is not None:
-        mt.set_num_threads(args.threads)
-
-    saved, saved_state = None, None
-    if args.resume:
-        saved = _load_checkpoint(args.resume)
-        saved_state = saved._saved_callback_states.get(_RunOptions.__name__)
-        if saved_state is not None:
-            for dest, value in saved_state["options"].items():
-                if dest in vars(args) and dest not in given and dest not in SESSION_OPTIONS:
-                    setattr(args, dest, value)
+def _check_options(args, given):
+    """What can be checked of the options before reading any data."""
     if args.patience is not None and args.validation_split is None:
         args.validation_split = PATIENCE_VALIDATION_SPLIT
     if "momentum" in given and args.optimizer != "sgd":
         raise CommandError(f"--momentum applies to --optimizer sgd, not {args.optimizer}")
-    for option in ("checkpoint", "save", "predict_output", "plot"):
-        if getattr(args, option):
-            _check_output(_flag(option), getattr(args, option))
+    if args.data is None and "target" in given:
+        raise CommandError("--target selects a column of --data; the digits have theirs")
+    for dest in ("checkpoint", "save", "predict_output", "plot"):
+        if getattr(args, dest):
+            _check_output(_flag(dest), getattr(args, dest))
     if args.plot:
         _check_plot(args.plot)
 
-    # the data
-    builtin = args.data is None
-    if builtin:
-        if "target" in given:
-            raise CommandError("--target selects a column of --data; the digits have theirs")
+
+def _prepare_data(args, given, warn):
+    """The data of the run: read, checked, split (test, then validation from the
+    training rows) and standardised with the statistics of the rows trained on."""
+    d = types.SimpleNamespace(delimiter=None, classes=None, y_mean=None, y_scale=None,
+                              loss_scale=1.0, validation=None, predict_X=None)
+    if args.data is None:
         X, y = mt.load_digits()
         X, y = X.astype(np.float64), y.astype(np.float64)
-        name, target_name, delimiter = ("digits (UCI optical recognition, 1797 8x8 images)",
-                                        "digit", None)
+        d.name, d.target_name = "digits (UCI optical recognition, 1797 8x8 images)", "digit"
     else:
-        X, y, target_name, delimiter = load_table(args.data, args.target, "target" in given)
-        name = Path(args.data).name
-        args.data = os.path.abspath(args.data)
-    fingerprint = _fingerprint(X, y)
-    task, loss = _task_and_loss(args, y, target_name, builtin, warn)
-    classes = None
-    if task == "classification":
-        classes, y = np.unique(y, return_inverse=True)
-        if len(classes) < 2:
-            raise CommandError(f"the target {target_name} has one class ({_label(classes[0])}):"
-                               f" nothing to classify")
-        if loss == "binary_cross_entropy" and len(classes) != 2:
+        X, y, d.target_name, d.delimiter = load_table(args.data, args.target,
+                                                      "target" in given)
+        d.name = Path(args.data).name
+        args.data = os.path.abspath(args.data)  # a resume from elsewhere finds it
+    d.n_features = X.shape[1]
+    d.fingerprint = _fingerprint(X, y)
+    d.task, d.loss = _task_and_loss(args, y, d.target_name, args.data is None, warn)
+    if d.task == "classification":
+        d.classes, y = np.unique(y, return_inverse=True)
+        if len(d.classes) < 2:
+            raise CommandError(f"the target {d.target_name} has one class "
+                               f"({_label(d.classes[0])}): nothing to classify")
+        if d.loss == "binary_cross_entropy" and len(d.classes) != 2:
             raise CommandError(f"--loss binary_cross_entropy takes two classes; the target "
-                               f"{target_name} has {len(classes)}")
-    stratify = task == "classification"
+                               f"{d.target_name} has {len(d.classes)}")
+    d.n_out = (len(d.classes) if d.loss == "cross_entropy" else
+               y.shape[1] if y.ndim == 2 else 1)
+    stratify = d.task == "classification"
     try:
         X_fit, X_test, y_fit, y_test = mt.train_test_split(X, y, test_size=args.test_size,
                                                            seed=args.seed, stratify=stratify)
     except ValueError as err:
         raise CommandError(f"--test-size {args.test_size}: {err}") from None
-    validation = None
     if args.validation_split is not None:
         try:
             X_fit, X_val, y_fit, y_val = mt.train_test_split(
@@ -753,65 +757,119 @@ def _run(args, argv, say, warn):
                 stratify=stratify)
         except ValueError as err:
             raise CommandError(f"--validation-split {args.validation_split}: {err}") from None
-        validation = (X_val, y_val)
-    predict_X = None
     if args.predict:
-        predict_X = load_features(args.predict, X.shape[1], args.target)
+        d.predict_X = load_features(args.predict, d.n_features, args.target)
         if args.predict_output is None:
             args.predict_output = Path(args.predict).name.rsplit(".", 1)[0] + ".predictions.csv"
         if Path(args.predict_output).resolve() in (Path(args.predict).resolve(),
-                                                   Path(args.data or "").resolve()):
+                                                   Path(args.data or args.predict).resolve()):
             raise CommandError(f"--predict-output {args.predict_output}: would overwrite an "
                                f"input file")
 
-    # standardise with the statistics of the rows trained on only
-    mean, std = X_fit.mean(axis=0), X_fit.std(axis=0)
-    std[std == 0] = 1
+    d.mean, d.std = X_fit.mean(axis=0), X_fit.std(axis=0)
+    d.std[d.std == 0] = 1
+    if d.loss == "mse":
+        # SGD on a target in the hundreds diverges: standardise it too, with one scale
+        # for all outputs, so that the loss in the target's units is a multiple of the
+        # loss trained on
+        d.y_mean = y_fit.mean(axis=0)
+        d.y_scale = float(np.sqrt(np.mean(y_fit.reshape(len(y_fit), -1).var(axis=0)))) or 1.0
+        d.loss_scale = d.y_scale ** 2
+    d.fit = (_standard(d, X_fit), _targets(d, y_fit))
+    d.test = (_standard(d, X_test), _targets(d, y_test))
+    if args.validation_split is not None:
+        d.validation = (_standard(d, X_val), _targets(d, y_val))
+    return d
 
-    def features(A):
-        return (A - mean) / std
 
-    y_mean = y_scale = None
-    loss_scale = 1.0
-    if loss == "mse":
-        # one scale for all outputs, so that the loss in the target's units is a multiple
-        # of the loss trained on; SGD on a target in the hundreds diverges otherwise
-        y_mean = y_fit.mean(axis=0)
-        y_scale = float(np.sqrt(np.mean(y_fit.reshape(len(y_fit), -1).var(axis=0)))) or 1.0
-        loss_scale = y_scale ** 2
+def _standard(d, X):
+    return (X - d.mean) / d.std
 
-    def targets(t):
-        if loss == "mse":
-            return (t - y_mean) / y_scale
-        if loss == "binary_cross_entropy":
-            return t.astype(np.float64)[:, None]
-        return t.astype(np.int64) if loss == "cross_entropy" else t
 
-    fit_data = (features(X_fit), targets(y_fit))
-    test_data = (features(X_test), targets(y_test))
-    if validation is not None:
-        validation = (features(validation[0]), targets(validation[1]))
+def _targets(d, y):
+    """The targets as the loss takes them."""
+    if d.loss == "mse":
+        return (y - d.y_mean) / d.y_scale
+    if d.loss == "binary_cross_entropy":
+        return y.astype(np.float64)[:, None]
+    return y.astype(np.int64) if d.loss == "cross_entropy" else y
 
-    n_out = (len(classes) if loss == "cross_entropy" else 1 if loss == "binary_cross_entropy"
-             else 1 if y.ndim == 1 else y.shape[1])
-    model = mt.Sequential(_layers(args, n_out), loss=loss, seed=args.seed, dtype=args.dtype,
-                          backend=args.backend)
-    n = len(X_fit)
+
+def _train(args, d, say, saved, model, opt, batch_size, callbacks):
+    n_val = f"{len(d.validation[0])} validation / " if d.validation else ""
+    kind = f"{d.task}, {len(d.classes)} classes" if d.classes is not None else d.task
+    if d.delimiter not in (None, ","):
+        kind += f", {d.delimiter!r}-separated"
+    say(f"minitrain: {d.name} — {len(d.fit[0])} train / {n_val}{len(d.test[0])} test rows, "
+        f"{d.n_features} features, {kind}, {mt.get_num_threads()} threads")
+    if saved is not None:
+        say(f"resuming {args.resume} after epoch {saved.epoch}")
+    extras = (f", dropout {args.dropout:g}" if args.dropout else "") + (
+        ", batch norm" if args.batch_norm else "")
+    say(f"model: {d.n_features}-{'-'.join(map(str, args.hidden))}-{d.n_out}{extras}, "
+        f"{d.loss}, {opt if opt is not None else saved.optimizer}, batch {batch_size}")
+    try:
+        return model.fit(*d.fit, epochs=args.epochs, batch_size=batch_size, optimizer=opt,
+                         seed=args.seed, verbose=0, validation_data=d.validation,
+                         metrics=_metrics(d), callbacks=callbacks, resume_from=args.resume)
+    except FloatingPointError as err:
+        lr = (opt or saved.optimizer).lr
+        counts = (", or scale the counts down (--loss poisson takes them as they are)"
+                  if d.loss == "poisson" else "")
+        raise RunError(f"{str(err).split(':')[0]}: the loss is no longer finite; lower --lr "
+                       f"(this run's is {lr:g}){counts}") from None
+
+
+def _metrics(d):
+    return None if d.loss == "poisson" else "auto"
+
+
+def _write_outputs(args, d, say, model, hist):
+    try:
+        if args.plot:
+            shown = mt.History.from_dict(hist.to_dict())
+            for key in ("loss", "val_loss"):
+                if key in shown.history:
+                    shown.history[key] = [v * d.loss_scale for v in shown.history[key]]
+            shown.plot(args.plot)
+            say(f"learning curves written to {args.plot}")
+        if d.predict_X is not None:
+            _write_predictions(args.predict_output, model, _standard(d, d.predict_X), d)
+            say(f"predictions for {len(d.predict_X)} rows of {args.predict} written to "
+                f"{args.predict_output}")
+        if args.save:
+            _fold_scaling(model, d)
+            model.save(args.save)
+            say(f"model written to {args.save} (it takes the raw features)")
+    except OSError as err:
+        raise RunError(f"could not write {err.filename or 'a file'}: "
+                       f"{err.strerror or err}") from None
+
+
+def _run(args, argv, say, warn):
+    given = _given(argv)
+    if args.threads is not None:
+        mt.set_num_threads(args.threads)
+    saved, saved_state = _resume_options(args, given)
+    _check_options(args, given)
+    d = _prepare_data(args, given, warn)
+
+    model = mt.Sequential(_layers(args, d.n_out), loss=d.loss, seed=args.seed,
+                          dtype=args.dtype, backend=args.backend)
+    n = len(d.fit[0])
     batch_size = min(args.batch_size, n)
-    opt = _optimizer(args, loss, -(-n // batch_size))
+    opt = _optimizer(args, d.loss, -(-n // batch_size))
     if saved is not None:
         if not given & _OPTIMIZER_OPTIONS:
             opt = None  # the saved one, as it was
-        _check_resume(args, given, saved, saved_state, model, opt, fingerprint,
+        _check_resume(args, given, saved, saved_state, model, opt, d.fingerprint,
                       batch_size=batch_size, n_samples=n, shuffle=True, drop_last=False)
         if saved.epoch >= args.epochs:
             raise CommandError(f"--epochs {args.epochs}: the run saved in {args.resume} has "
                                f"trained {saved.epoch} epochs; pass a larger --epochs to "
                                f"continue it")
-
-    metrics = None if loss == "poisson" else "auto"
     options = {k: v for k, v in vars(args).items() if k not in SESSION_OPTIONS}
-    callbacks = [_EpochTable(say, loss_scale), _RunOptions(options, fingerprint)]
+    callbacks = [_EpochTable(say, d.loss_scale), _RunOptions(options, d.fingerprint)]
     stopper = None
     if args.patience is not None:
         stopper = mt.EarlyStopping(patience=args.patience, restore_best_weights=True)
@@ -819,31 +877,9 @@ def _run(args, argv, say, warn):
     if args.checkpoint:
         callbacks.append(mt.ModelCheckpoint(args.checkpoint))
 
-    counts = f"{n} train / " + (f"{len(validation[0])} validation / " if validation else "")
-    kind = f"{task}, {len(classes)} classes" if classes is not None else task
-    if delimiter not in (None, ","):
-        kind += f", {delimiter!r}-separated"
-    say(f"minitrain: {name} — {counts}{len(X_test)} test rows, {X.shape[1]} features, {kind}, "
-        f"{mt.get_num_threads()} threads")
-    if saved is not None:
-        say(f"resuming {args.resume} after epoch {saved.epoch}")
-    extras = (f", dropout {args.dropout:g}" if args.dropout else "") + (
-        ", batch norm" if args.batch_norm else "")
-    say(f"model: {X.shape[1]}-{'-'.join(map(str, args.hidden))}-{n_out}{extras}, {loss}, "
-        f"{opt if opt is not None else saved.optimizer}, batch {batch_size}")
-
+    # every check is done: the run begins
     t0 = time.perf_counter()
-    try:
-        hist = model.fit(*fit_data, epochs=args.epochs, batch_size=batch_size, optimizer=opt,
-                         seed=args.seed, verbose=0, validation_data=validation, metrics=metrics,
-                         callbacks=callbacks, resume_from=args.resume)
-    except FloatingPointError as err:
-        lr = (opt or saved.optimizer).lr
-        where = str(err).split(":")[0]
-        counts = (", or scale the counts down (--loss poisson takes them as they are)"
-                  if loss == "poisson" else "")
-        raise RunError(f"{where}: the loss is no longer finite; lower --lr (this run's is "
-                       f"{lr:g}){counts}") from None
+    hist = _train(args, d, say, saved, model, opt, batch_size, callbacks)
     wall = time.perf_counter() - t0
     ran = hist.epochs - (saved.epoch if saved is not None else 0)
     if hist.stop_reason == "early_stopping":
@@ -852,33 +888,13 @@ def _run(args, argv, say, warn):
     elif hist.stop_reason != "completed":
         say(f"stopped: {hist.stop_reason.replace('_', ' ')}")
 
-    # the test split, touched once
-    result = model.evaluate(*test_data, metrics=metrics)
-    summary = f"test loss {result['loss'] * loss_scale:.4f}"
+    result = model.evaluate(*d.test, metrics=_metrics(d))  # the test split, touched once
+    summary = f"test loss {result['loss'] * d.loss_scale:.4f}"
     if "accuracy" in result:
         summary = f"test accuracy {result['accuracy']:.4f} · " + summary
     if "r2" in result:
         summary += f" · test r2 {result['r2']:.4f}"
-
-    try:
-        if args.plot:
-            shown = mt.History.from_dict(hist.to_dict())
-            for key in ("loss", "val_loss"):
-                if key in shown.history:
-                    shown.history[key] = [v * loss_scale for v in shown.history[key]]
-            shown.plot(args.plot)
-            say(f"learning curves written to {args.plot}")
-        if predict_X is not None:
-            _write_predictions(args.predict_output, model, features(predict_X), classes, loss,
-                               target_name, y_mean, y_scale)
-            say(f"predictions for {len(predict_X)} rows of {args.predict} written to "
-                f"{args.predict_output}")
-        if args.save:
-            _fold_scaling(model, mean, std, y_mean, y_scale)
-            model.save(args.save)
-            say(f"model written to {args.save} (it takes the raw features)")
-    except OSError as err:
-        raise RunError(f"could not write {err.filename or ''}: {err.strerror or err}") from None
+    _write_outputs(args, d, say, model, hist)
     print(f"{summary} · {ran} epochs in {wall:.2f} s "
           f"({1000 * wall / max(ran, 1):.1f} ms/epoch)", flush=True)
     return 0
