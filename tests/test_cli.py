@@ -130,6 +130,16 @@ def test_divergence_names_the_learning_rate(tmp_path, capsys):
     assert "scale the inputs" not in line
 
 
+def test_the_library_names_the_learning_rate_and_the_targets_scale_too():
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(200, 3))
+    model = mt.Sequential([mt.Dense(128, activation="relu"), mt.Dense(1)], loss="mse", seed=0)
+    with pytest.raises(FloatingPointError, match="Lower the learning rate, or standardise a "
+                                                 "regression target whose scale is large"):
+        model.fit(X, 300 + 50 * X[:, 0], epochs=5, optimizer=mt.SGD(lr=0.05, momentum=0.9),
+                  verbose=0)
+
+
 def test_csv_with_header_adam_regression(tmp_path, capsys):
     rng = np.random.default_rng(1)
     X = rng.normal(size=(200, 3))
@@ -161,9 +171,11 @@ def test_text_class_labels_in_csv_and_npz_are_classes(tmp_path, table, capsys):
 
 
 def test_semicolon_separated_csv_is_read(tmp_path, table, capsys):
+    # as spreadsheets write it where the decimal mark is a comma
     X, y = table
     path = write_csv(tmp_path / "s.csv", ["a", "b", "c", "d", "y"],
-                     np.column_stack([X, y]), delimiter=";")
+                     [[f"{v:.6f}".replace(".", ",") for v in row] + [str(label)]
+                      for row, label in zip(X, y, strict=True)], delimiter=";")
     out = run(["--data", path, "--epochs", "10", "--task", "classification"], capsys)
     assert "';'-separated" in out and "4 features" in out
     assert last_number(out, "test accuracy") > 0.85
@@ -198,7 +210,9 @@ def bad_files(tmp_path):
         "txt": str(tmp_path / "x.txt"),
         "noxy": str(tmp_path / "w.npz"),
         "notckpt": str(tmp_path / "not.npz"),
+        "objects": str(tmp_path / "objects.npz"),
     }
+    np.savez(tmp_path / "objects.npz", X=np.zeros((3, 2)), y=np.array([{}, 1, "a"], dtype=object))
     (tmp_path / "x.txt").write_text("1,2")
     np.savez(tmp_path / "w.npz", a=np.zeros(3))
     (tmp_path / "not.npz").write_bytes(b"not a checkpoint")
@@ -242,6 +256,9 @@ BAD = [  # (arguments, what the one line must name)
     (["--data", "{good}", "--loss", "binary_cross_entropy"],
      "--loss binary_cross_entropy takes two classes; the target y has 3"),
     (["--target", "0"], "--target selects a column of --data"),
+    (["--data", "{objects}"], "--data {objects}: holds Python objects (pickles)"),
+    (["--data", "{good}", "--predict", "{good}", "--predict-output", "{good}"],
+     "--predict-output {good}: would overwrite an input file"),
 ]
 
 

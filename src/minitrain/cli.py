@@ -240,16 +240,35 @@ class Table:
         self.delimiter = delimiter
 
 
+def _delimiter(sample, complete):
+    """The column separator of a CSV's first bytes: the Sniffer's choice, but ';' when
+    every line holds as many ';' -- the CSV of spreadsheets in locales whose decimal
+    mark is the comma, on which the Sniffer prefers ','."""
+    lines = [line for line in sample.splitlines()[:None if complete else -1] if line.strip()]
+    if lines and len({line.count(";") for line in lines}) == 1 and lines[0].count(";"):
+        return csv.excel, ";"
+    try:
+        dialect = csv.Sniffer().sniff(sample, delimiters=",;\t|")
+    except csv.Error:  # one column, or too little text to tell
+        dialect = csv.excel
+    return dialect, dialect.delimiter
+
+
+def _number(cell, decimal_comma):
+    """float(cell), or None; with ';' between the columns, '1,5' is 1.5."""
+    try:
+        return float(cell.replace(",", ".") if decimal_comma else cell)
+    except ValueError:
+        return None
+
+
 def _read_csv(path, option):
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
             sample = f.read(1 << 16)
+            dialect, delimiter = _delimiter(sample, complete=len(sample) < 1 << 16)
             f.seek(0)
-            try:
-                dialect = csv.Sniffer().sniff(sample, delimiters=",;\t|")
-            except csv.Error:  # one column, or too little text to tell
-                dialect = csv.excel
-            reader = csv.reader(f, dialect)
+            reader = csv.reader(f, dialect, delimiter=delimiter)
             rows, lines = [], []
             for row in reader:
                 if any(cell.strip() for cell in row):  # blank lines are no rows
@@ -271,15 +290,9 @@ def _read_csv(path, option):
             raise CommandError(f"{option} {path}: line {line} has {len(row)} cells, line "
                                f"{lines[0]} has {width}")
 
-    def number(cell):
-        try:
-            float(cell)
-            return True
-        except ValueError:
-            return False
-
+    comma = delimiter == ";"
     # a header row: a cell that is no number above a cell that is one
-    header = len(rows) > 1 and any(not number(a) and number(b)
+    header = len(rows) > 1 and any(_number(a, comma) is None and _number(b, comma) is not None
                                    for a, b in zip(rows[0], rows[1], strict=True))
     names = [c.strip() for c in rows[0]] if header else None
     if header:
@@ -287,11 +300,10 @@ def _read_csv(path, option):
     columns = []
     for j in range(width):
         cells = [row[j] for row in rows]
-        try:
-            columns.append(np.array(cells, dtype=np.float64))
-        except ValueError:
-            columns.append(np.array([c.strip() for c in cells]))
-    return Table(names, columns, dialect.delimiter), lines
+        values = [_number(c, comma) for c in cells]
+        columns.append(np.array(values, dtype=np.float64) if None not in values
+                       else np.array([c.strip() for c in cells]))
+    return Table(names, columns, delimiter), lines
 
 
 def _column_name(table, j):
@@ -303,17 +315,13 @@ def _check_numeric(table, lines, j, path, option, what):
     col = table.columns[j]
     if col.dtype.kind != "f":
         for i, cell in enumerate(col):
-            try:
-                float(cell)
-            except ValueError:
+            if _number(cell, table.delimiter == ";") is None:
                 where = f"{option} {path}: line {lines[i]}, column {_column_name(table, j)}"
                 if not cell:
                     raise CommandError(f"{where}: empty cell ({what} must be numbers; "
-                                       f"minitrain does not fill in missing values)") from None
-                hint = ("; decimal commas are not read, use '.'"
-                        if table.delimiter == ";" and "," in cell else "")
+                                       f"minitrain does not fill in missing values)")
                 raise CommandError(f"{where}: {cell[:40]!r} is not a number ({what} must be "
-                                   f"numbers){hint}") from None
+                                   f"numbers)")
     bad = np.flatnonzero(~np.isfinite(col))
     if bad.size:
         i = bad[0]
@@ -846,13 +854,14 @@ def _write_outputs(args, d, say, model, hist):
                        f"{err.strerror or err}") from None
 
 
-def _run(args, argv, say, warn):
+def _run(args, argv, say):
+    warnings = []  # shown once every check has passed: an error is the only line then
     given = _given(argv)
     if args.threads is not None:
         mt.set_num_threads(args.threads)
     saved, saved_state = _resume_options(args, given)
     _check_options(args, given)
-    d = _prepare_data(args, given, warn)
+    d = _prepare_data(args, given, warnings.append)
 
     model = mt.Sequential(_layers(args, d.n_out), loss=d.loss, seed=args.seed,
                           dtype=args.dtype, backend=args.backend)
@@ -878,6 +887,8 @@ def _run(args, argv, say, warn):
         callbacks.append(mt.ModelCheckpoint(args.checkpoint))
 
     # every check is done: the run begins
+    for message in warnings:
+        print(f"{PROG}: warning: {message}", file=sys.stderr, flush=True)
     t0 = time.perf_counter()
     hist = _train(args, d, say, saved, model, opt, batch_size, callbacks)
     wall = time.perf_counter() - t0
@@ -951,11 +962,8 @@ def main(argv=None):
         if not args.quiet:
             print(*parts, flush=True)
 
-    def warn(message):
-        print(f"{PROG}: warning: {message}", file=sys.stderr, flush=True)
-
     try:
-        return _run(args, argv, say, warn)
+        return _run(args, argv, say)
     except CommandError as err:
         parser.exit(err.status, f"{PROG}: error: {' '.join(str(err).split())}\n")
     except BrokenPipeError:
