@@ -373,3 +373,15 @@ def test_resume_of_a_checkpoint_saved_by_the_api_lists_settings_as_options(tmp_p
     _, line = fails(["--resume", str(tmp_path / "api.npz"), "--hidden", "32"], capsys)
     assert "--batch-size 16 in the checkpoint, 32 here" in line
     assert "the training rows (--data, --test-size, --validation-split) 1797" in line
+
+
+def test_outputs_of_different_scales_are_standardised_each(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(300, 3))
+    Y = np.column_stack([100 + 30 * X[:, 0], -5 + X[:, 1]])
+    np.savez(tmp_path / "m.npz", X=X, y=Y)
+    out = run(["--data", str(tmp_path / "m.npz"), "--save", str(tmp_path / "model.npz")],
+              capsys)
+    assert last_number(out, "test r2") > 0.98  # the small output is fitted too
+    errors = mt.load(tmp_path / "model.npz").predict(X) - Y
+    assert np.sqrt(np.mean(errors ** 2, axis=0))[1] < 0.2

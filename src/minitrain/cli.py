@@ -40,8 +40,9 @@ _OPTIMIZER_OPTIONS = {"optimizer", "lr", "momentum", "weight_decay", "schedule"}
 _DEFAULT_LR = {"sgd": 0.05, "adam": 0.001, "adamw": 0.001}
 # the last layer's curvature under a squared error grows with the hidden width (about
 # 2 x 128 for 128 ReLU units on standardised data): SGD with momentum 0.9 needs an lr
-# below about 0.015 there, where the bounded softmax gradient takes 0.05
-_DEFAULT_SGD_REGRESSION_LR = 0.005
+# below about 0.015 there, where the bounded softmax gradient takes 0.05; the Poisson
+# loss's exp(z) is steeper still for counts in the tens
+_DEFAULT_SGD_LR = {"mse": 0.005, "poisson": 0.001}
 _REGRESSION_LOSSES = ("mse", "poisson")
 _CLASSIFICATION_LOSSES = ("cross_entropy", "binary_cross_entropy")
 # resume_conflicts' names of settings, as the options that set them
@@ -175,8 +176,8 @@ def build_parser():
     train.add_argument("--optimizer", choices=("sgd", "adam", "adamw"), default="sgd",
                        help="sgd (with --momentum), adam, or adamw (decoupled weight decay)")
     train.add_argument("--lr", type=_POSITIVE,
-                       help="learning rate (default: 0.05 for sgd, 0.005 for sgd on a "
-                            "regression, 0.001 for adam and adamw)")
+                       help="learning rate (default: 0.05 for sgd, 0.005 for sgd on mse, "
+                            "0.001 for sgd on poisson and for adam and adamw)")
     train.add_argument("--momentum", type=_RATE, default=0.9,
                        help="momentum of --optimizer sgd")
     train.add_argument("--weight-decay", type=_NON_NEGATIVE, metavar="DECAY",
@@ -555,8 +556,8 @@ def schedule(name, lr, total_iterations):
 
 
 def _optimizer(args, loss, iterations_per_epoch):
-    lr = args.lr or (_DEFAULT_SGD_REGRESSION_LR if args.optimizer == "sgd"
-                     and loss in _REGRESSION_LOSSES else _DEFAULT_LR[args.optimizer])
+    lr = args.lr or (_DEFAULT_SGD_LR.get(loss, _DEFAULT_LR["sgd"]) if args.optimizer == "sgd"
+                     else _DEFAULT_LR[args.optimizer])
     lr = schedule(args.schedule, lr, args.epochs * iterations_per_epoch)
     decay = {} if args.weight_decay is None else {"weight_decay": args.weight_decay}
     if args.optimizer == "sgd":
@@ -777,12 +778,12 @@ def _prepare_data(args, given, warn):
     d.mean, d.std = X_fit.mean(axis=0), X_fit.std(axis=0)
     d.std[d.std == 0] = 1
     if d.loss == "mse":
-        # SGD on a target in the hundreds diverges: standardise it too, with one scale
-        # for all outputs, so that the loss in the target's units is a multiple of the
-        # loss trained on
-        d.y_mean = y_fit.mean(axis=0)
-        d.y_scale = float(np.sqrt(np.mean(y_fit.reshape(len(y_fit), -1).var(axis=0)))) or 1.0
-        d.loss_scale = d.y_scale ** 2
+        # SGD on a target in the hundreds diverges: standardise it too; a single target's
+        # loss in its own units is then the loss trained on times its variance
+        d.y_mean, d.y_scale = y_fit.mean(axis=0), y_fit.std(axis=0)
+        d.y_scale = np.where(d.y_scale == 0, 1.0, d.y_scale)
+        if y_fit.ndim == 1:
+            d.loss_scale = float(d.y_scale) ** 2
     d.fit = (_standard(d, X_fit), _targets(d, y_fit))
     d.test = (_standard(d, X_test), _targets(d, y_test))
     if args.validation_split is not None:
@@ -816,6 +817,9 @@ def _train(args, d, say, saved, model, opt, batch_size, callbacks):
         ", batch norm" if args.batch_norm else "")
     say(f"model: {d.n_features}-{'-'.join(map(str, args.hidden))}-{d.n_out}{extras}, "
         f"{d.loss}, {opt if opt is not None else saved.optimizer}, batch {batch_size}")
+    if d.loss == "mse" and d.n_out > 1:
+        say("the losses per epoch are those of the standardised outputs; the test loss is in "
+            "the outputs' units")
     try:
         return model.fit(*d.fit, epochs=args.epochs, batch_size=batch_size, optimizer=opt,
                          seed=args.seed, verbose=0, validation_data=d.validation,
@@ -900,7 +904,10 @@ def _run(args, argv, say):
         say(f"stopped: {hist.stop_reason.replace('_', ' ')}")
 
     result = model.evaluate(*d.test, metrics=_metrics(d))  # the test split, touched once
-    summary = f"test loss {result['loss'] * d.loss_scale:.4f}"
+    test_loss = result["loss"] * d.loss_scale
+    if d.loss == "mse" and d.n_out > 1:  # outputs of several scales: in their own units
+        test_loss = float(np.mean(((model.predict(d.test[0]) - d.test[1]) * d.y_scale) ** 2))
+    summary = f"test loss {test_loss:.4f}"
     if "accuracy" in result:
         summary = f"test accuracy {result['accuracy']:.4f} · " + summary
     if "r2" in result:
