@@ -5,8 +5,9 @@ reported as one line, ``minitrain: error: ...``, naming the option or the file, 
 exit status 2 (argparse's convention). A run that fails after it started (training
 diverged, a disk full) says so the same way with exit status 1.
 
-Options are added in ``build_parser``, each to its group; ``_RunOptions`` lists the
-ones that describe a session rather than a run (what a checkpoint does not keep).
+Options are added in ``build_parser``, each to its group. A checkpoint keeps the
+options of its run, for ``--resume``; ``SESSION_OPTIONS`` lists those that describe
+one invocation instead (outputs, threads), which it does not keep.
 """
 
 import argparse
@@ -87,11 +88,13 @@ class _Help(argparse.ArgumentDefaultsHelpFormatter):
 def _integer(low):
     def integer(text):
         try:
-            return check_int("value", int(text), low)
-        except ValueError as err:
-            if str(err).startswith("value"):
-                raise argparse.ArgumentTypeError(str(err)) from None
+            value = int(text)
+        except ValueError:
             raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        try:
+            return check_int("value", value, low)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
     return integer
 
 
@@ -347,7 +350,32 @@ def _target_index(spec, names, width, path):
     return index % width
 
 
-def _open_npz(path, option):
+def _require_file(path, option):
+    path = Path(path)
+    if not path.is_file():
+        raise CommandError(f"{option} {path}: no such file" if not path.exists()
+                           else f"{option} {path}: not a file")
+    return path
+
+
+def _data_file(path, option):
+    """`path` as a Path and its kind ('.csv', '.npz' or '.npy')."""
+    path = _require_file(path, option)
+    suffix = path.suffix.lower()
+    if suffix not in (".csv", ".npz", ".npy"):
+        raise CommandError(f"{option} {path}: use a .csv, .npz or .npy file")
+    return path, suffix
+
+
+def _read_npy(path, option):
+    table = _np_load(path, option)
+    if isinstance(table, np.lib.npyio.NpzFile):
+        table.close()
+        raise CommandError(f"{option} {path}: a .npz archive named .npy; rename it .npz")
+    return table
+
+
+def _np_load(path, option):
     try:
         data = np.load(path, allow_pickle=False)
     except ValueError as err:
@@ -361,7 +389,7 @@ def _open_npz(path, option):
 
 
 def _npz_arrays(path, option):
-    data = _open_npz(path, option)
+    data = _np_load(path, option)
     if not isinstance(data, np.lib.npyio.NpzFile):
         raise CommandError(f"{option} {path}: a .npz holds arrays X and y; this is a .npy array")
     with data:
@@ -409,11 +437,7 @@ def _target_values(y, path, option):
 
 def load_table(path, target, target_given=True, option="--data"):
     """(X float64, y numbers or text, the target's name, the CSV delimiter or None)."""
-    path = Path(path)
-    if not path.is_file():
-        raise CommandError(f"{option} {path}: no such file" if not path.exists()
-                           else f"{option} {path}: not a file")
-    suffix = path.suffix.lower()
+    path, suffix = _data_file(path, option)
     if suffix == ".npz":
         if target_given:
             raise CommandError(f"--target {target}: a .npz holds its target as the array y; "
@@ -428,18 +452,13 @@ def load_table(path, target, target_given=True, option="--data"):
                                f"{X.shape}, y {y.shape}")
         return _check_X(X, path, option), _target_values(y, path, option), "y", None
     if suffix == ".npy":
-        table = _open_npz(path, option)
-        if isinstance(table, np.lib.npyio.NpzFile):
-            table.close()
-            raise CommandError(f"{option} {path}: a .npz archive named .npy; rename it .npz")
+        table = _read_npy(path, option)
         if table.ndim != 2 or table.shape[1] < 2:
             raise CommandError(f"{option} {path}: expected a 2-D table with feature columns "
                                f"and a target column, got shape {table.shape}")
         j = _target_index(target, None, table.shape[1], path)
         X = _check_X(np.delete(table, j, axis=1), path, option)
         return X, _target_values(table[:, j], path, option), f"column {j}", None
-    if suffix != ".csv":
-        raise CommandError(f"{option} {path}: use a .csv, .npz or .npy file")
     table, lines = _read_csv(path, option)
     width = len(table.columns)
     j = _target_index(target, table.names, width, path)
@@ -460,22 +479,14 @@ def load_table(path, target, target_given=True, option="--data"):
 def load_features(path, n_features, target, option="--predict"):
     """The feature rows of `path` for --predict: the features alone, or a table like
     --data's (its target column then dropped)."""
-    path = Path(path)
-    if not path.is_file():
-        raise CommandError(f"{option} {path}: no such file" if not path.exists()
-                           else f"{option} {path}: not a file")
-    suffix = path.suffix.lower()
+    path, suffix = _data_file(path, option)
     if suffix == ".npz":
         X = _check_X(_npz_arrays(path, option)[0], path, option)
     elif suffix == ".npy":
-        table = _open_npz(path, option)
-        if isinstance(table, np.lib.npyio.NpzFile):
-            table.close()
-            raise CommandError(f"{option} {path}: a .npz archive named .npy; rename it .npz")
-        X = _check_X(table if table.ndim == 2 else table.reshape(1, -1), path, option)
+        X = _check_X(_read_npy(path, option), path, option)
         if X.shape[1] == n_features + 1:
             X = np.delete(X, _target_index(target, None, X.shape[1], path), axis=1)
-    elif suffix == ".csv":
+    else:
         table, lines = _read_csv(path, option)
         width = len(table.columns)
         drop = None
@@ -485,8 +496,6 @@ def load_features(path, n_features, target, option="--predict"):
             drop = _target_index(target, table.names, width, path)
         X = np.column_stack([_check_numeric(table, lines, k, path, option, "features")
                              for k in range(width) if k != drop])
-    else:
-        raise CommandError(f"{option} {path}: use a .csv, .npz or .npy file")
     if X.shape[1] != n_features:
         raise CommandError(f"{option} {path}: has {X.shape[1]} feature columns, the model "
                            f"takes {n_features}")
@@ -516,9 +525,7 @@ def _check_plot(path):
 
 
 def _load_checkpoint(path):
-    if not Path(path).is_file():
-        raise CommandError(f"--resume {path}: no such file" if not Path(path).exists()
-                           else f"--resume {path}: not a file")
+    _require_file(path, "--resume")
     try:
         return checkpoint.load(path)
     except (ValueError, OSError) as err:
