@@ -343,6 +343,11 @@ def test_regression_model_saved_predicts_in_the_targets_units(tmp_path, monkeypa
     predicted = np.loadtxt(tmp_path / "r.predictions.csv", skiprows=1)
     np.testing.assert_allclose(mt.load(tmp_path / "m.npz").predict(X), predicted, rtol=1e-5)
     assert np.abs(predicted - target).mean() < 0.05 * target.std()
+    # its weights take raw features: it is no checkpoint of the run
+    _, line = fails(["--resume", str(tmp_path / "m.npz"), "--epochs", "40"], capsys)
+    assert "a model written by --save" in line
+    _, line = fails(["--data", data, "--checkpoint", "run.npz", "--save", "run.npz"], capsys)
+    assert "--save run.npz: is the --checkpoint file" in line
 
 
 def test_resume_continues_the_saved_run_or_lists_the_conflicting_options(tmp_path, capsys):

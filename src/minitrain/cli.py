@@ -623,9 +623,10 @@ class _RunOptions(mt.Callback):
 
     def __init__(self, options, data):
         self.options, self.data = options, data
+        self.folded = False  # set for --save: its weights take raw features
 
     def get_state(self):
-        return {"options": self.options, "data": self.data}
+        return {"options": self.options, "data": self.data, "folded": self.folded}
 
 
 class _EpochTable(mt.Callback):
@@ -711,6 +712,9 @@ def _resume_options(args, given):
         return None, None
     saved = _load_checkpoint(args.resume)
     state = saved._saved_callback_states.get(_RunOptions.__name__)
+    if state is not None and state.get("folded"):
+        raise CommandError(f"--resume {args.resume}: a model written by --save, whose weights "
+                           f"take the raw features; resume from the run's --checkpoint")
     if state is not None:
         for dest, value in state["options"].items():
             if dest in vars(args) and dest not in given and dest not in SESSION_OPTIONS:
@@ -729,6 +733,11 @@ def _check_options(args, given):
     for dest in ("checkpoint", "save", "predict_output", "plot"):
         if getattr(args, dest):
             _check_output(_flag(dest), getattr(args, dest))
+    for dest in ("checkpoint", "resume"):
+        if args.save and getattr(args, dest) and \
+                Path(args.save).resolve() == Path(getattr(args, dest)).resolve():
+            raise CommandError(f"--save {args.save}: is the {_flag(dest)} file; the model "
+                               f"--save writes takes raw features and cannot be resumed")
     if args.plot:
         _check_plot(args.plot)
 
@@ -843,7 +852,7 @@ def _metrics(d):
     return None if d.loss == "poisson" else "auto"
 
 
-def _write_outputs(args, d, say, model, hist):
+def _write_outputs(args, d, say, model, hist, run_options):
     try:
         if args.plot:
             shown = mt.History.from_dict(hist.to_dict())
@@ -858,6 +867,7 @@ def _write_outputs(args, d, say, model, hist):
                 f"{args.predict_output}")
         if args.save:
             _fold_scaling(model, d)
+            run_options.folded = True
             model.save(args.save)
             say(f"model written to {args.save} (it takes the raw features)")
     except OSError as err:
@@ -889,7 +899,8 @@ def _run(args, argv, say):
                                f"trained {saved.epoch} epochs; pass a larger --epochs to "
                                f"continue it")
     options = {k: v for k, v in vars(args).items() if k not in SESSION_OPTIONS}
-    callbacks = [_EpochTable(say, d.loss_scale), _RunOptions(options, d.fingerprint)]
+    run_options = _RunOptions(options, d.fingerprint)
+    callbacks = [_EpochTable(say, d.loss_scale), run_options]
     stopper = None
     if args.patience is not None:
         stopper = mt.EarlyStopping(patience=args.patience, restore_best_weights=True)
@@ -919,7 +930,7 @@ def _run(args, argv, say):
         summary = f"test accuracy {result['accuracy']:.4f} · " + summary
     if "r2" in result:
         summary += f" · test r2 {result['r2']:.4f}"
-    _write_outputs(args, d, say, model, hist)
+    _write_outputs(args, d, say, model, hist, run_options)
     print(f"{summary} · {ran} epochs in {wall:.2f} s "
           f"({1000 * wall / max(ran, 1):.1f} ms/epoch)", flush=True)
     return 0
