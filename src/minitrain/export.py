@@ -27,6 +27,7 @@ import numpy as np
 
 from . import checkpoint
 from ._validation import check_int
+from .models import _FUSED_OUTPUT
 
 # opset 17 is run by every ONNX Runtime since 1.13 and by most other runtimes; Gelu
 # became an operator in opset 20
@@ -93,8 +94,11 @@ def to_onnx(model, path=None, *, opset=DEFAULT_OPSET, mean=None, scale=None, cla
         x = g.op("Sub", x, g.const("input_mean", mean))
     if scale is not None:
         x = g.op("Div", x, g.const("input_scale", scale))
+    last = len(model.layers) - 1
     for i, layer in enumerate(model.layers):
-        x = _layer(g, f"layer{i}", layer, x)
+        # a softmax / sigmoid output is fused into the loss: the head applies it
+        fused = i == last and layer.activation == _FUSED_OUTPUT.get(model.loss)
+        x = _layer(g, f"layer{i}", layer, x, fused)
     outputs = _head(g, model, x, classes)
 
     helper = onnx.helper
@@ -174,13 +178,12 @@ class _Graph:
         return output
 
 
-def _layer(g, name, layer, x):
+def _layer(g, name, layer, x, fused):
     kind = type(layer).__name__
     if kind == "Dense":
         x = g.op("MatMul", x, g.const(f"{name}_W", layer.W))
         x = g.op("Add", x, g.const(f"{name}_b", layer.b))
-        # a softmax output is fused into the loss: the head applies it
-        act = "identity" if layer.activation == "softmax" else layer.activation
+        act = "identity" if fused else layer.activation
         return _activation(g, act, layer.negative_slope, x)
     if kind == "Activation":
         return _activation(g, layer.activation, layer.negative_slope, x)
