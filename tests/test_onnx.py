@@ -86,6 +86,18 @@ def test_every_layer_activation_and_loss_gives_predict(activation, loss, dtype):
         np.testing.assert_allclose(alphas, [0.2, 0.3], rtol=1e-7)
 
 
+def test_float64_batchnorm_keeps_its_epsilon_in_float64():
+    """Small variances make epsilon count: as a float32 attribute (BatchNormalization's)
+    it would move the outputs by ~1e-10."""
+    rng = np.random.default_rng(4)
+    X = rng.normal(size=(256, 4)) * 1e-3
+    model = mt.Sequential([mt.Dense(8), mt.BatchNorm(momentum=0.0), mt.Dense(2)], loss="mse",
+                          seed=0, dtype="float64")
+    model.fit(X, rng.normal(size=(256, 2)), epochs=1, batch_size=256, verbose=0, metrics=None)
+    assert model.layers[1].running_var.max() < 1e-4
+    assert_same_outputs(model, X, model.to_onnx(), "float64")
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("loss", ["binary_cross_entropy", "mse", "poisson"])
 def test_one_output_is_one_dimensional_as_predict(loss, dtype):
@@ -196,6 +208,7 @@ def test_bad_arguments_raise_and_name_the_argument():
             ({"mean": np.zeros(5)}, ValueError, r"mean must have shape \(6,\)"),
             ({"scale": np.zeros(6)}, ValueError, "scale must be non-zero"),
             ({"scale": [np.nan] * 6}, ValueError, "scale contains NaN"),
+            ({"mean": [1e300] * 6}, ValueError, r"mean contains NaN or infinity \(in float32"),
             ({"mean": ["a"] * 6}, TypeError, "mean must hold numbers"),
             ({"classes": [1, 2]}, ValueError, "classes must be 3"),
             ({"bogus": 1}, TypeError, "bogus")]:

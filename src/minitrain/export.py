@@ -128,9 +128,11 @@ def _vector(name, value, n, dtype):
     if arr.shape != (n,):
         raise ValueError(f"{name} must have shape ({n},), one value per input feature, "
                          f"got {arr.shape}")
-    if not np.all(np.isfinite(arr)):
-        raise ValueError(f"{name} contains NaN or infinity")
-    return arr.astype(dtype)
+    with np.errstate(over="ignore"):
+        arr = arr.astype(dtype)
+    if not np.all(np.isfinite(arr)):  # after the cast: float64 values too large for float32
+        raise ValueError(f"{name} contains NaN or infinity (in {np.dtype(dtype).name})")
+    return arr
 
 
 def _classes(model, classes):
