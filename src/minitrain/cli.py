@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 import minitrain as mt
+from minitrain import export
 
 
 def load_table(path, target):
@@ -52,6 +53,17 @@ def schedule(name, lr, total_iterations):
     }[name]()
 
 
+def onnx_file(path):
+    """--export's checks, made before any training: the onnx extra and the directory."""
+    try:
+        export.import_onnx()
+    except ImportError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    if not Path(path).absolute().parent.is_dir():
+        raise argparse.ArgumentTypeError(f"no such directory: {Path(path).absolute().parent}")
+    return path
+
+
 def parse_args(argv):
     p = argparse.ArgumentParser(
         prog="minitrain",
@@ -89,6 +101,10 @@ def parse_args(argv):
                    help="save the model and its training state here after every epoch")
     p.add_argument("--resume", metavar="NPZ",
                    help="continue the run saved in this checkpoint up to --epochs")
+    p.add_argument("--export", metavar="ONNX", type=onnx_file,
+                   help="write the trained model here as ONNX, standardisation and class "
+                        "labels included, so it takes the raw features (needs the onnx "
+                        "extra)")
     p.add_argument("-q", "--quiet", action="store_true", help="print only the final result")
     return p.parse_args(argv)
 
@@ -158,6 +174,9 @@ def main(argv=None):
     if args.plot:
         hist.plot(args.plot)
         say(f"learning curves written to {args.plot}")
+    if args.export:
+        model.to_onnx(args.export, mean=mean, scale=std, classes=classes)
+        say(f"ONNX model written to {args.export}")
     result = model.evaluate(X_test, y_test)
     summary = f"test loss {result['loss']:.4f}"
     if "accuracy" in result:

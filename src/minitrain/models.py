@@ -503,6 +503,13 @@ class Sequential:
         atomically). Read it back with ``minitrain.load`` or ``fit(resume_from=path)``."""
         checkpoint.save(self, path)
 
+    def to_onnx(self, path=None, **options):
+        """The inference graph as an ``onnx.ModelProto``, also written to `path` when
+        given; outputs as ``predict`` / ``predict_proba``. Needs the ``onnx`` extra; see
+        ``minitrain.export.to_onnx`` for the options."""
+        from .export import to_onnx
+        return to_onnx(self, path, **options)
+
     def summary(self):
         """A table of the layers and their parameter counts."""
         width = max([28] + [len(repr(layer)) + 2 for layer in self.layers])

@@ -652,3 +652,11 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
     def partial_fit(self, X, y, sample_weight=None):
         """Update the model with a single epoch over the given data."""
         return self._fit(X, y, sample_weight=sample_weight, incremental=True)
+
+
+try:  # skl2onnx.to_onnx(est, X[:1]) then converts these as scikit-learn's MLPs
+    from ._skl2onnx import register as _register_skl2onnx
+except ImportError:  # skl2onnx, an optional extra, is not installed
+    pass
+else:
+    _register_skl2onnx(MLPClassifier, MLPRegressor)
