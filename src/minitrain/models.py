@@ -1,5 +1,6 @@
 """Sequential: a stack of layers trained by mini-batch gradient descent."""
 
+import copy
 import logging
 import math
 import numbers
@@ -496,6 +497,93 @@ class Sequential:
                              f"of this model's")
         for k, v in mine.items():
             v[...] = weights[k]
+
+    def get_state(self):
+        """The whole model as plain values: what pickling, ``copy.deepcopy`` and
+        checkpoints are made of.
+
+        A dict of JSON-able values and NumPy arrays (copies): ``config`` (architecture,
+        loss, dtype, backend, seeds, input width), ``arrays`` (every flat buffer:
+        ``params_flat``, ``grads_flat``, ``state_flat`` (the optimizer's moments),
+        ``buffers_flat``; empty before the model is built), ``optimizer`` (its config and
+        update count), ``epoch``, ``iteration``, ``rng`` (the generator's state),
+        ``history`` and ``callbacks`` (the state of the last fit's callbacks).
+        ``set_state`` of it gives a model that predicts the same and trains on
+        bit-identically.
+        """
+        callbacks = self._callbacks.get_states() if self._callbacks else \
+            self._saved_callback_states
+        return {
+            "config": checkpoint.model_config(self),
+            "arrays": {k: v.copy() for k, v in checkpoint.flat_arrays(self).items()},
+            "optimizer": {**self.optimizer.get_config(), "iterations": self.optimizer.iterations},
+            "epoch": self.epoch, "iteration": self.iteration,
+            "rng": self.rng.bit_generator.state,
+            "history": None if self.history is None else copy.deepcopy(self.history.to_dict()),
+            "callbacks": copy.deepcopy(callbacks or {}),
+            # the workspace size sets predict's default batch: kept so the copy batches alike
+            "max_batch": self._net.max_batch if self.built else 0,
+        }
+
+    def set_state(self, state):
+        """Make this model the one `state` (from ``get_state``) describes: its layers,
+        weights, optimizer, counters, generator and history. The state is checked whole
+        before anything changes; a ValueError leaves the model as it was."""
+        vars(self).update(vars(type(self)._from_state(state)))
+
+    @classmethod
+    def _from_state(cls, state):
+        if not isinstance(state, dict):
+            raise TypeError(f"state must be a dict from get_state(), got {type(state).__name__}")
+        try:
+            cfg = state["config"]
+            model = cls([checkpoint._layer(c) for c in cfg["layers"]], loss=cfg["loss"],
+                        seed=cfg["seed"], dtype=cfg["dtype"], backend=cfg["backend"])
+            model.dropout_seed = cfg["dropout_seed"]
+            if cfg["n_features_in"] is not None:
+                model.build(cfg["n_features_in"])
+            opt = dict(state["optimizer"])
+            iterations = int(opt.pop("iterations"))
+            model.optimizer = optimizers.from_config(opt)
+            model.optimizer.iterations = iterations
+            model.epoch, model.iteration = int(state["epoch"]), int(state["iteration"])
+            model.rng = checkpoint._rng(state["rng"])
+            history = state["history"]
+            model.history = None if history is None else History.from_dict(copy.deepcopy(history))
+            model._saved_callback_states = copy.deepcopy(state["callbacks"])
+            arrays = dict(state["arrays"])
+            max_batch = int(state.get("max_batch", 0))
+        except (KeyError, TypeError, ValueError) as err:
+            raise ValueError(f"state is not a minitrain model state ({type(err).__name__}: "
+                             f"{err})") from None
+        buffers = checkpoint.flat_arrays(model)
+        if set(arrays) != set(buffers):
+            raise ValueError(f"state holds the arrays {sorted(arrays)}, its architecture has "
+                             f"{sorted(buffers)}")
+        for name, buf in buffers.items():
+            if np.shape(arrays[name]) != buf.shape:
+                raise ValueError(f"state: {name} has shape {np.shape(arrays[name])}, the "
+                                 f"architecture needs {buf.shape}")
+        for name, buf in buffers.items():
+            buf[...] = arrays[name]
+        if model.built:
+            model._net.reserve(max_batch)
+            # the saved state_flat belongs to this optimizer: bind it, as a trained model is
+            model._use_optimizer(model.optimizer)
+        return model
+
+    def __getstate__(self):
+        # never the C core's network (a pointer): it is rebuilt from the arrays
+        return self.get_state()
+
+    def __setstate__(self, state):
+        self.set_state(state)
+
+    def __deepcopy__(self, memo):
+        new = type(self).__new__(type(self))
+        memo[id(self)] = new
+        new.set_state(self.get_state())
+        return new
 
     def save(self, path):
         """Write the model and its training state (optimizer, counters, random
