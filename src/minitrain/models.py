@@ -58,7 +58,8 @@ class Sequential:
     layers : list of Layer
         The input width is taken from the data on the first ``fit`` (or ``build``).
     loss : str
-        ``cross_entropy`` (softmax over the last layer, integer labels), ``mse``,
+        ``cross_entropy`` (softmax over the last layer; integer labels, or exactly one-hot
+        rows, which are taken as their labels), ``mse``,
         ``binary_cross_entropy`` (sigmoid over each output, 0/1 targets), or ``poisson``
         (counts; the prediction is exp of the last layer's output).
     seed : int or None
@@ -183,8 +184,8 @@ class Sequential:
         if optimizer is not self._net_optimizer:
             if self._net_optimizer is not None:
                 self.state_flat[:] = 0
-            self._net.set_optimizer(optimizer.kind, n_decay=self._n_decay,
-                                    **optimizer.core_args())
+            n_decay = self.params_flat.size if optimizer.decay_all else self._n_decay
+            self._net.set_optimizer(optimizer.kind, n_decay=n_decay, **optimizer.core_args())
             self._net_optimizer = optimizer
         self.optimizer = optimizer
         return optimizer
@@ -591,16 +592,41 @@ class Sequential:
         atomically). Read it back with ``minitrain.load`` or ``fit(resume_from=path)``."""
         checkpoint.save(self, path)
 
-    def summary(self):
-        """A table of the layers and their parameter counts."""
-        width = max([28] + [len(repr(layer)) + 2 for layer in self.layers])
-        rows = [f"{'layer':<{width}}{'output':>10}{'params':>12}"]
+    def summary(self, line_length=None, print_fn=None):
+        """Print a table of the layers, their output shapes and parameter counts, as
+        Keras' ``Model.summary`` does; returns None.
+
+        Parameters
+        ----------
+        line_length : int, optional
+            Width of the table (at least the default, which fits the layers).
+        print_fn : callable, optional
+            Called with each line of the table instead of ``print``; e.g.
+            ``lines = []; model.summary(print_fn=lines.append)`` keeps the text.
+        """
+        print_fn = print if print_fn is None else print_fn
+        name_width = max([28] + [len(repr(layer)) + 2 for layer in self.layers])
+        width = max(name_width + 37, line_length or 0)
+        shape_width = (width - name_width) * 2 // 3
+        param_width = width - name_width - shape_width
+        rows = [("Layer (type)", "Output Shape", "Param #")]
         for layer in self.layers:
-            n = layer.n_params if layer.n_in else "?"
-            rows.append(f"{layer!r:<{width}}{layer.units or '?':>10}{n:>12}")
+            built = layer.n_in is not None
+            rows.append((repr(layer), f"(None, {layer.units})" if layer.units else "?",
+                         f"{layer.n_params + layer.n_buffers:,}" if built else "?"))
+        print_fn(f'Model: "{type(self).__name__.lower()}"')
+        print_fn("_" * width)
+        for i, (name, shape, params) in enumerate(rows):
+            print_fn(f"{name:<{name_width}}{shape:<{shape_width}}{params:>{param_width}}")
+            print_fn("=" * width if i in (0, len(rows) - 1) else "")
         if self.built:
-            rows.append(f"total parameters: {self.params_flat.size}")
-        return "\n".join(rows)
+            trainable, fixed = self.params_flat.size, self.buffers_flat.size
+            print_fn(f"Total params: {trainable + fixed:,}")
+            print_fn(f"Trainable params: {trainable:,}")
+            print_fn(f"Non-trainable params: {fixed:,}")
+        else:
+            print_fn("Total params: ? (the model is built on the first fit, or by build)")
+        print_fn("_" * width)
 
     def __repr__(self):
         return f"Sequential({self.layers!r}, loss={self.loss!r})"
