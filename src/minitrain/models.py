@@ -40,16 +40,6 @@ def _positive(name, value):
     return float(value)
 
 
-def _ensure_console_logging():
-    """With verbose > 0 and no logging set up by the application, show INFO lines."""
-    if not logger.handlers and not logging.getLogger().handlers:
-        handler = logging.StreamHandler(sys.stdout)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        logger.addHandler(handler)
-    if logger.getEffectiveLevel() > logging.INFO:
-        logger.setLevel(logging.INFO)
-
-
 class Sequential:
     """A multi-layer perceptron: layers applied in order, trained with ``fit``.
 
@@ -239,7 +229,8 @@ class Sequential:
             result is bit-identical to the uninterrupted run; `seed` is then ignored.
         verbose : 0, 1 or 2
             0 prints nothing; 1 shows a progress bar on interactive terminals and a line
-            per epoch; 2 a line per epoch.
+            per epoch; 2 a line per epoch. The lines go to standard output, written
+            rather than logged, so the logging set-up changes nothing about them.
         """
         run = self._plan_fit(X, y, epochs, batch_size, optimizer, shuffle, drop_last, seed,
                              verbose, validation_data, validation_split, metrics, callbacks,
@@ -329,8 +320,6 @@ class Sequential:
         run.optimizer = self._use_optimizer(run.optimizer)
         self._net.reserve(run.batch_size)
         self._net.set_data(run.X, run.y)
-        if run.verbose:
-            _ensure_console_logging()
         if run.saved is None or self.history is None:
             self.history = History(run.params)
         self.history.params = run.params
