@@ -161,6 +161,7 @@ class Sequential:
         if self.dropout_seed is None:
             self.dropout_seed = int(self.rng.integers(2**63))
         self.n_features_in_ = n_features
+        self._layer_spec = spec  # what another backend's net over these buffers needs
         self._net = make_net(self.backend, self.dtype, F.LOSSES[self.loss], spec,
                              self.params_flat, self.grads_flat, self.state_flat,
                              self.buffers_flat, self.dropout_seed)
