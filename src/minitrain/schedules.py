@@ -86,7 +86,8 @@ class ExponentialDecay(Schedule):
         self.initial_learning_rate = _number(
             "initial_learning_rate", lr if initial_learning_rate is None else initial_learning_rate,
             low_open=True)
-        if not isinstance(decay_steps, numbers.Integral) and isinstance(decay_rate, numbers.Integral):
+        if not isinstance(decay_steps, numbers.Integral) \
+                and isinstance(decay_rate, numbers.Integral):
             # a call in the order minitrain took before, (lr, decay_rate, decay_steps)
             raise ValueError(f"decay_steps must be an integer >= 1, got {decay_steps!r}: the "
                              f"order is Keras' ExponentialDecay(initial_learning_rate, "
