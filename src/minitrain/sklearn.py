@@ -264,8 +264,9 @@ class _BaseMLP(BaseEstimator):
         model = self._synced_model(dtype)
         X = X.astype(dtype, copy=False)
 
-        # L-BFGS: the core refuses a loss that is not finite, as scikit-learn's result would
-        # be non-finite (sgd and adam train on through it, as scikit-learn's do)
+        # L-BFGS: the core refuses a non-finite loss, where scikit-learn's weights would end
+        # non-finite and be refused just the same; sgd and adam train on through one, as
+        # scikit-learn's do
         diverged = False
         try:
             if self.solver in _STOCHASTIC_SOLVERS:
@@ -417,7 +418,7 @@ class _BaseMLP(BaseEstimator):
             warnings.warn("Training interrupted by user.")
         finally:
             if not sparse:  # release the data
-                net.set_data(_dense(X[:1]), self._targets(y[:1], model.dtype))
+                model._net.set_data(_dense(X[:1]), self._targets(y[:1], model.dtype))
         if early_stopping:  # restore the best weights
             self.coefs_ = self._best_coefs
             self.intercepts_ = self._best_intercepts
