@@ -138,3 +138,29 @@ def test_multiprocessing_and_joblib_round_trip(tmp_path, data):
     _same(model, there)
     _same(model, pickle.loads(there_too))
     _same(model, from_file)
+
+
+class _KeepBest(mt.Callback):
+    """What experiment trackers do: a deep copy of the model at every epoch's end."""
+
+    def __init__(self):
+        self.copies = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.copies.append(copy.deepcopy(self.model))
+
+
+def test_copies_taken_during_fit_change_nothing(data):
+    X, y = data
+    keep = _KeepBest()
+    model = _model("c")
+    model.fit(X, y, epochs=3, batch_size=32, verbose=0, validation_split=0.25,
+              callbacks=[keep, mt.EarlyStopping(patience=5)])
+    plain = _model("c")
+    plain.fit(X, y, epochs=3, batch_size=32, verbose=0, validation_split=0.25,
+              callbacks=[mt.EarlyStopping(patience=5)])
+    _same(model, plain)
+    assert [c.epoch for c in keep.copies] == [1, 2, 3]
+    _same(keep.copies[-1], model)
+    # the copy carries the callbacks' state of its epoch
+    assert keep.copies[0].get_state()["callbacks"] != {}
