@@ -243,9 +243,9 @@ BAD = [  # (arguments, what the one line must name)
     (["--dropout", "1"], "argument --dropout: value must lie in [0, 1), got 1"),
     (["--activation", "swish"], "argument --activation: invalid choice: 'swish'"),
     (["--optimizer", "adam", "--momentum", "0.5"], "--momentum applies to --optimizer sgd"),
-    (["--checkpoint", "{nodir}/run.npz"], "--checkpoint {nodir}/run.npz: the directory"),
-    (["--plot", "{nodir}/curves.png"], "--plot {nodir}/curves.png: the directory"),
-    (["--save", "{nodir}/m.npz"], "--save {nodir}/m.npz: the directory"),
+    (["--checkpoint", "{nodir}/run.npz"], "--checkpoint {nodir}/run.npz: no such directory"),
+    (["--plot", "{nodir}/curves.png"], "--plot {nodir}/curves.png: no such directory"),
+    (["--save", "{nodir}/m.npz"], "--save {nodir}/m.npz: no such directory"),
     (["--resume", "{missing}"], "--resume {missing}: no such file"),
     (["--resume", "{notckpt}"], "--resume {notckpt}: {notckpt} is not a minitrain checkpoint"),
     (["--resume", "{good}"], "--resume {good}: {good} is not a minitrain checkpoint"),
@@ -390,3 +390,18 @@ def test_outputs_of_different_scales_are_standardised_each(tmp_path, capsys):
     assert last_number(out, "test r2") > 0.98  # the small output is fitted too
     errors = mt.load(tmp_path / "model.npz").predict(X) - Y
     assert np.sqrt(np.mean(errors ** 2, axis=0))[1] < 0.2
+
+
+def test_export_of_a_regression_predicts_in_the_targets_units(tmp_path, capsys):
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    rng = np.random.default_rng(4)
+    X = rng.normal(size=(300, 2))
+    target = 1000 + 200 * X[:, 0] - 100 * X[:, 1]
+    data = write_csv(tmp_path / "r.csv", ["a", "b", "t"], np.column_stack([X, target]))
+    path = tmp_path / "r.onnx"
+    out = run(["--data", data, "--export", str(path)], capsys)
+    assert f"ONNX model written to {path}" in out
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    predicted, = session.run(None, {"X": X.astype(np.float32)})
+    assert np.abs(predicted.reshape(-1) - target).mean() < 0.05 * target.std()

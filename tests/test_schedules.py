@@ -24,9 +24,8 @@ def small_model(seed=0):
 @pytest.mark.parametrize("schedule, values", [
     (S.Constant(0.1), {0: 0.1, 7: 0.1, 10**6: 0.1}),
     (S.StepDecay(0.1, step_size=10, gamma=0.5), {0: 0.1, 9: 0.1, 10: 0.05, 25: 0.025}),
-    (S.ExponentialDecay(0.1, decay_rate=0.5, decay_steps=10), {0: 0.1, 5: 0.1 * 0.5 ** 0.5,
-                                                                 10: 0.05, 30: 0.0125}),
-    (S.ExponentialDecay(0.1, decay_rate=0.5, decay_steps=10, staircase=True),
+    (S.ExponentialDecay(0.1, 10, 0.5), {0: 0.1, 5: 0.1 * 0.5 ** 0.5, 10: 0.05, 30: 0.0125}),
+    (S.ExponentialDecay(0.1, 10, 0.5, True),
      {9: 0.1, 10: 0.05, 19: 0.05}),
     # warm-up: lr * (t + 1) / warmup_steps, then half a cosine from lr to min_lr
     (S.CosineDecay(0.1, decay_steps=100, warmup_steps=10, min_lr=0.01),

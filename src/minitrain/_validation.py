@@ -76,6 +76,20 @@ def _labels_in_range(y, n_outputs):
     return y.min() >= 0 and y.max() < n_outputs
 
 
+def _one_hot_labels(name, arr, n_outputs):
+    """The class labels of exactly one-hot rows (a single 1, the rest 0), as Keras'
+    categorical targets; soft labels and anything else 2-D are refused."""
+    ones = arr == 1
+    if not (ones | (arr == 0)).all() or not (ones.sum(axis=1) == 1).all():
+        raise ValueError(f"{name} must be 1-D class labels or exactly one-hot rows (a single 1, "
+                         f"the rest 0) for the cross-entropy loss, got shape {arr.shape} with "
+                         f"rows that are not one-hot")
+    if n_outputs is not None and arr.shape[1] != n_outputs:
+        raise ValueError(f"{name} has {arr.shape[1]} one-hot columns, the last layer has "
+                         f"{n_outputs} units")
+    return ones.argmax(axis=1)
+
+
 def check_targets(y, loss, n_outputs, n_samples, dtype, name="y"):
     """Targets for `loss`: int64 labels (n,) for cross-entropy, else (n, n_outputs)."""
     arr = _numeric(name, y)
@@ -87,6 +101,8 @@ def check_targets(y, loss, n_outputs, n_samples, dtype, name="y"):
     if loss == "cross_entropy":
         if arr.ndim == 2 and arr.shape[1] == 1:
             arr = arr[:, 0]
+        elif arr.ndim == 2:
+            arr = _one_hot_labels(name, arr, n_outputs)
         if arr.ndim != 1:
             raise ValueError(f"{name} must be 1-D class labels for the cross-entropy loss, "
                              f"got shape {arr.shape}")

@@ -44,6 +44,9 @@ class NumpyNet:
         self.opt = None
         self.reduction = "mean"
         self.l2_term = 0.0  # as the core's: set by step() with the scikit-learn style
+        # False: a non-finite loss is updated through, as scikit-learn's MLP does, where
+        # the core refuses the update (FloatingPointError)
+        self.finite_only = True
         self.X = self.y = self.sample_weight = None
         # below the first layer with parameters no gradient is needed
         self._first = next((l for l, L in enumerate(self.layers)
@@ -114,7 +117,7 @@ class NumpyNet:
         self.l2_term = 0.0
         outs, kept = self._forward(X, training=True, iteration=iteration)
         loss = F.loss_value(self.loss, outs[-1], y, self.reduction, sample_weight)
-        if not np.isfinite(loss):
+        if self.finite_only and not np.isfinite(loss):
             raise FloatingPointError(f"the loss is not finite ({loss})")
         d = F.loss_gradient(self.loss, outs[-1], y, self.reduction, sample_weight)
         for l in range(len(self.layers) - 1, self._first - 1, -1):

@@ -392,21 +392,36 @@ def format_logs(logs):
 
 
 class EpochLine(Callback):
-    """One log line per epoch (``fit(verbose=2)``, or ``verbose=1`` off a terminal)."""
+    """One line per epoch (``fit(verbose=2)``, or ``verbose=1`` off a terminal), written
+    to `stream` (standard output by default).
+
+    The line is written, not logged, as Keras writes its progress: it then looks the
+    same whatever the application's logging set-up, and is never shown twice (once by
+    a handler of the library, once by the application's). The ``minitrain`` logger
+    keeps the events (early stopping, learning-rate changes) at DEBUG level.
+    """
+
+    def __init__(self, stream=None):
+        self.line_stream = stream
 
     def on_epoch_end(self, epoch, logs=None):
-        logger.info("Epoch %d/%d · %d it · %s · %.2f s", epoch, self.params["epochs"],
-                    self.params["iterations_per_epoch"], format_logs(logs), logs["time"])
+        line = (f"Epoch {epoch}/{self.params['epochs']} · {self.params['iterations_per_epoch']} "
+                f"it · {format_logs(logs)} · {logs['time']:.2f} s")
+        # sys.stdout looked up now: it may have been replaced since the fit began
+        print(line, file=self.line_stream or sys.stdout, flush=True)
 
 
 class ProgressBar(EpochLine):
     """What ``fit(verbose=1)`` shows on an interactive terminal: a bar per epoch with
     the iteration within the epoch, the running loss, the learning rate and the speed
-    (tqdm when installed, else a one-line fallback), then the epoch's line."""
+    (tqdm when installed, else a one-line fallback), then the epoch's line. Both are
+    written to `stream` when given; by default the bar goes to standard error and the
+    line to standard output."""
 
     _REFRESH = 0.1  # seconds between redraws, so drawing never slows training down
 
     def __init__(self, stream=None):
+        super().__init__(stream)
         self.stream = stream or sys.stderr
         self._tqdm = None
 

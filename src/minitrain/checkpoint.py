@@ -65,20 +65,20 @@ def model_config(model):
 
 
 def save(model, path):
-    """Write `model` (built) and its training state to `path`, atomically. The state of
-    the callbacks of the model's current (or last) fit goes with it."""
+    """Write `model` (built) and its training state to `path`, atomically: its
+    ``get_state()``, arrays apart. The state of the callbacks of the model's current (or
+    last) fit goes with it."""
     model._require_built()
-    callbacks = model._callbacks.get_states() if model._callbacks else model._saved_callback_states
-    arrays = {f"model.{k}": v for k, v in flat_arrays(model).items()}
-    history = model.history
+    state = model.get_state()
+    arrays = {f"model.{k}": v for k, v in state["arrays"].items()}
     header = {
         "format": FORMAT, "version": VERSION,
-        "model": model_config(model),
-        "optimizer": {**model.optimizer.get_config(), "iterations": model.optimizer.iterations},
-        "epoch": model.epoch, "iteration": model.iteration,
-        "rng": model.rng.bit_generator.state,
-        "history": None if history is None else _split_arrays(history.to_dict(), "history", arrays),
-        "callbacks": _split_arrays(callbacks or {}, "callbacks", arrays),
+        "model": state["config"],
+        "optimizer": state["optimizer"],
+        "epoch": state["epoch"], "iteration": state["iteration"],
+        "rng": state["rng"],
+        "history": _split_arrays(state["history"], "history", arrays),
+        "callbacks": _split_arrays(state["callbacks"], "callbacks", arrays),
     }
     arrays[_HEADER] = np.array(json.dumps(header, default=_json_default))
     atomic_write(path, lambda f: np.savez(f, **arrays))

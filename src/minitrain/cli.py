@@ -25,15 +25,15 @@ from pathlib import Path
 import numpy as np
 
 import minitrain as mt
-from minitrain import checkpoint
+from minitrain import checkpoint, export
 from minitrain import functional as F
 from minitrain._validation import check_int
 
 PROG = "minitrain"
 # the options of one invocation, not of the run it trains: a checkpoint keeps the
 # others, and --resume takes from the checkpoint those not given again
-SESSION_OPTIONS = {"resume", "checkpoint", "plot", "save", "predict", "predict_output",
-                   "quiet", "threads"}
+SESSION_OPTIONS = {"resume", "checkpoint", "plot", "save", "export", "predict",
+                   "predict_output", "quiet", "threads"}
 PATIENCE_VALIDATION_SPLIT = 0.1
 # an integer target with at most this many distinct values is taken for class labels
 MAX_GUESSED_CLASSES = 100
@@ -212,6 +212,10 @@ def build_parser():
                           "takes the raw features and predicts in the target's units, the "
                           "standardisation being folded into its first and last layers "
                           "(default: not saved)")
+    out.add_argument("--export", metavar="ONNX",
+                     help="write the trained model here as ONNX, standardisation and class "
+                          "labels included, so it takes the raw features (needs the onnx "
+                          "extra: pip install \"minitrain[onnx]\") (default: none)")
     out.add_argument("--predict", metavar="FILE",
                      help="predict the rows of this .csv, .npy or .npz file (the features, "
                           "or a table like --data's) into --predict-output (default: none)")
@@ -506,7 +510,7 @@ def load_features(path, n_features, target, option="--predict"):
 def _check_output(option, path):
     directory = Path(path).resolve().parent
     if not directory.is_dir():
-        raise CommandError(f"{option} {path}: the directory {directory} does not exist")
+        raise CommandError(f"{option} {path}: no such directory: {directory}")
     if Path(path).is_dir():
         raise CommandError(f"{option} {path}: is a directory")
 
@@ -730,9 +734,14 @@ def _check_options(args, given):
         raise CommandError(f"--momentum applies to --optimizer sgd, not {args.optimizer}")
     if args.data is None and "target" in given:
         raise CommandError("--target selects a column of --data; the digits have theirs")
-    for dest in ("checkpoint", "save", "predict_output", "plot"):
+    for dest in ("checkpoint", "save", "export", "predict_output", "plot"):
         if getattr(args, dest):
             _check_output(_flag(dest), getattr(args, dest))
+    if args.export:
+        try:
+            export.import_onnx()
+        except ImportError as err:
+            raise CommandError(f"--export {args.export}: {err}") from None
     for dest in ("checkpoint", "resume"):
         if args.save and getattr(args, dest) and \
                 Path(args.save).resolve() == Path(getattr(args, dest)).resolve():
@@ -761,6 +770,8 @@ def _prepare_data(args, given, warn):
     d.task, d.loss = _task_and_loss(args, y, d.target_name, args.data is None, warn)
     if d.task == "classification":
         d.classes, y = np.unique(y, return_inverse=True)
+        if d.classes.dtype.kind == "f" and np.all(d.classes == np.round(d.classes)):
+            d.classes = d.classes.astype(np.int64)  # labels read as numbers are integers
         if len(d.classes) < 2:
             raise CommandError(f"the target {d.target_name} has one class "
                                f"({_label(d.classes[0])}): nothing to classify")
@@ -865,11 +876,15 @@ def _write_outputs(args, d, say, model, hist, run_options):
             _write_predictions(args.predict_output, model, _standard(d, d.predict_X), d)
             say(f"predictions for {len(d.predict_X)} rows of {args.predict} written to "
                 f"{args.predict_output}")
-        if args.save:
+        if args.save or args.export:
             _fold_scaling(model, d)
             run_options.folded = True
+        if args.save:
             model.save(args.save)
             say(f"model written to {args.save} (it takes the raw features)")
+        if args.export:
+            model.to_onnx(args.export, classes=d.classes)
+            say(f"ONNX model written to {args.export}")
     except OSError as err:
         raise RunError(f"could not write {err.filename or 'a file'}: "
                        f"{err.strerror or err}") from None

@@ -35,7 +35,8 @@ class Layer:
     into the model's flat buffers, bound by the model.
 
     ``n_weights`` parameters are decayed by the optimizers' weight decay; the other
-    ``n_params - n_weights`` (biases, batch-norm scales and shifts) are not.
+    ``n_params - n_weights`` (biases, batch-norm scales and shifts) are not, unless the
+    optimizer has ``decay_all=True``.
     ``n_buffers`` counts non-trainable state (batch-norm running statistics).
     """
 
@@ -160,8 +161,9 @@ class BatchNorm(Layer):
     match ``torch.nn.BatchNorm1d(momentum=0.1, eps=1e-5)``). ``predict`` and
     ``evaluate`` use the running estimates (initially mean 0 and variance 1).
 
-    ``gamma`` (initially 1) and ``beta`` (initially 0) are trained and not decayed; the
-    running statistics live in the model's ``buffers_flat``.
+    ``gamma`` (initially 1) and ``beta`` (initially 0) are trained and not decayed (but
+    by an optimizer with ``decay_all=True``); the running statistics live in the model's
+    ``buffers_flat``.
 
     Parameters
     ----------

@@ -1,5 +1,6 @@
 """Sequential: a stack of layers trained by mini-batch gradient descent."""
 
+import copy
 import logging
 import math
 import numbers
@@ -39,16 +40,6 @@ def _positive(name, value):
     return float(value)
 
 
-def _ensure_console_logging():
-    """With verbose > 0 and no logging set up by the application, show INFO lines."""
-    if not logger.handlers and not logging.getLogger().handlers:
-        handler = logging.StreamHandler(sys.stdout)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        logger.addHandler(handler)
-    if logger.getEffectiveLevel() > logging.INFO:
-        logger.setLevel(logging.INFO)
-
-
 class Sequential:
     """A multi-layer perceptron: layers applied in order, trained with ``fit``.
 
@@ -57,7 +48,8 @@ class Sequential:
     layers : list of Layer
         The input width is taken from the data on the first ``fit`` (or ``build``).
     loss : str
-        ``cross_entropy`` (softmax over the last layer, integer labels), ``mse``,
+        ``cross_entropy`` (softmax over the last layer; integer labels, or exactly one-hot
+        rows, which are taken as their labels), ``mse``,
         ``binary_cross_entropy`` (sigmoid over each output, 0/1 targets), or ``poisson``
         (counts; the prediction is exp of the last layer's output).
     seed : int or None
@@ -169,6 +161,7 @@ class Sequential:
         if self.dropout_seed is None:
             self.dropout_seed = int(self.rng.integers(2**63))
         self.n_features_in_ = n_features
+        self._layer_spec = spec  # what another backend's net over these buffers needs
         self._net = make_net(self.backend, self.dtype, F.LOSSES[self.loss], spec,
                              self.params_flat, self.grads_flat, self.state_flat,
                              self.buffers_flat, self.dropout_seed)
@@ -182,8 +175,8 @@ class Sequential:
         if optimizer is not self._net_optimizer:
             if self._net_optimizer is not None:
                 self.state_flat[:] = 0
-            self._net.set_optimizer(optimizer.kind, n_decay=self._n_decay,
-                                    **optimizer.core_args())
+            n_decay = self.params_flat.size if optimizer.decay_all else self._n_decay
+            self._net.set_optimizer(optimizer.kind, n_decay=n_decay, **optimizer.core_args())
             self._net_optimizer = optimizer
         self.optimizer = optimizer
         return optimizer
@@ -242,7 +235,8 @@ class Sequential:
             training rows.
         verbose : 0, 1 or 2
             0 prints nothing; 1 shows a progress bar on interactive terminals and a line
-            per epoch; 2 a line per epoch.
+            per epoch; 2 a line per epoch. The lines go to standard output, written
+            rather than logged, so the logging set-up changes nothing about them.
         """
         run = self._plan_fit(X, y, epochs, batch_size, optimizer, shuffle, drop_last, seed,
                              verbose, validation_data, validation_split, metrics, callbacks,
@@ -338,8 +332,6 @@ class Sequential:
         run.optimizer = self._use_optimizer(run.optimizer)
         self._net.reserve(run.batch_size)
         self._net.set_data(run.X, run.y)
-        if run.verbose:
-            _ensure_console_logging()
         if run.saved is None or self.history is None:
             self.history = History(run.params)
         self.history.params = run.params
@@ -508,22 +500,141 @@ class Sequential:
         for k, v in mine.items():
             v[...] = weights[k]
 
+    def get_state(self):
+        """The whole model as plain values: what pickling, ``copy.deepcopy`` and
+        checkpoints are made of.
+
+        A dict of JSON-able values and NumPy arrays (copies): ``config`` (architecture,
+        loss, dtype, backend, seeds, input width), ``arrays`` (every flat buffer:
+        ``params_flat``, ``grads_flat``, ``state_flat`` (the optimizer's moments),
+        ``buffers_flat``; empty before the model is built), ``optimizer`` (its config and
+        update count), ``epoch``, ``iteration``, ``rng`` (the generator's state),
+        ``history`` and ``callbacks`` (the state of the last fit's callbacks).
+        ``set_state`` of it gives a model that predicts the same and trains on
+        bit-identically.
+        """
+        callbacks = self._callbacks.get_states() if self._callbacks else \
+            self._saved_callback_states
+        return {
+            "config": checkpoint.model_config(self),
+            "arrays": {k: v.copy() for k, v in checkpoint.flat_arrays(self).items()},
+            "optimizer": {**self.optimizer.get_config(), "iterations": self.optimizer.iterations},
+            "epoch": self.epoch, "iteration": self.iteration,
+            "rng": self.rng.bit_generator.state,
+            "history": None if self.history is None else copy.deepcopy(self.history.to_dict()),
+            "callbacks": copy.deepcopy(callbacks or {}),
+            # the workspace size sets predict's default batch: kept so the copy batches alike
+            "max_batch": self._net.max_batch if self.built else 0,
+        }
+
+    def set_state(self, state):
+        """Make this model the one `state` (from ``get_state``) describes: its layers,
+        weights, optimizer, counters, generator and history. The state is checked whole
+        before anything changes; a ValueError leaves the model as it was."""
+        vars(self).update(vars(type(self)._from_state(state)))
+
+    @classmethod
+    def _from_state(cls, state):
+        if not isinstance(state, dict):
+            raise TypeError(f"state must be a dict from get_state(), got {type(state).__name__}")
+        try:
+            cfg = state["config"]
+            model = cls([checkpoint._layer(c) for c in cfg["layers"]], loss=cfg["loss"],
+                        seed=cfg["seed"], dtype=cfg["dtype"], backend=cfg["backend"])
+            model.dropout_seed = cfg["dropout_seed"]
+            if cfg["n_features_in"] is not None:
+                model.build(cfg["n_features_in"])
+            opt = dict(state["optimizer"])
+            iterations = int(opt.pop("iterations"))
+            model.optimizer = optimizers.from_config(opt)
+            model.optimizer.iterations = iterations
+            model.epoch, model.iteration = int(state["epoch"]), int(state["iteration"])
+            model.rng = checkpoint._rng(state["rng"])
+            history = state["history"]
+            model.history = None if history is None else History.from_dict(copy.deepcopy(history))
+            model._saved_callback_states = copy.deepcopy(state["callbacks"])
+            arrays = dict(state["arrays"])
+            max_batch = int(state.get("max_batch", 0))
+        except (KeyError, TypeError, ValueError) as err:
+            raise ValueError(f"state is not a minitrain model state ({type(err).__name__}: "
+                             f"{err})") from None
+        buffers = checkpoint.flat_arrays(model)
+        if set(arrays) != set(buffers):
+            raise ValueError(f"state holds the arrays {sorted(arrays)}, its architecture has "
+                             f"{sorted(buffers)}")
+        for name, buf in buffers.items():
+            if np.shape(arrays[name]) != buf.shape:
+                raise ValueError(f"state: {name} has shape {np.shape(arrays[name])}, the "
+                                 f"architecture needs {buf.shape}")
+        for name, buf in buffers.items():
+            buf[...] = arrays[name]
+        if model.built:
+            model._net.reserve(max_batch)
+            # the saved state_flat belongs to this optimizer: bind it, as a trained model is
+            model._use_optimizer(model.optimizer)
+        return model
+
+    def __getstate__(self):
+        # never the C core's network (a pointer): it is rebuilt from the arrays
+        return self.get_state()
+
+    def __setstate__(self, state):
+        self.set_state(state)
+
+    def __deepcopy__(self, memo):
+        new = type(self).__new__(type(self))
+        memo[id(self)] = new
+        new.set_state(self.get_state())
+        return new
+
     def save(self, path):
         """Write the model and its training state (optimizer, counters, random
         generator, history, callbacks' state) to `path` (``.npz``; no pickle; written
         atomically). Read it back with ``minitrain.load`` or ``fit(resume_from=path)``."""
         checkpoint.save(self, path)
 
-    def summary(self):
-        """A table of the layers and their parameter counts."""
-        width = max([28] + [len(repr(layer)) + 2 for layer in self.layers])
-        rows = [f"{'layer':<{width}}{'output':>10}{'params':>12}"]
+    def to_onnx(self, path=None, **options):
+        """The inference graph as an ``onnx.ModelProto``, also written to `path` when
+        given; outputs as ``predict`` / ``predict_proba``. Needs the ``onnx`` extra; see
+        ``minitrain.export.to_onnx`` for the options."""
+        from .export import to_onnx
+        return to_onnx(self, path, **options)
+
+    def summary(self, line_length=None, print_fn=None):
+        """Print a table of the layers, their output shapes and parameter counts, as
+        Keras' ``Model.summary`` does; returns None.
+
+        Parameters
+        ----------
+        line_length : int, optional
+            Width of the table (at least the default, which fits the layers).
+        print_fn : callable, optional
+            Called with each line of the table instead of ``print``; e.g.
+            ``lines = []; model.summary(print_fn=lines.append)`` keeps the text.
+        """
+        print_fn = print if print_fn is None else print_fn
+        name_width = max([28] + [len(repr(layer)) + 2 for layer in self.layers])
+        width = max(name_width + 37, line_length or 0)
+        shape_width = (width - name_width) * 2 // 3
+        param_width = width - name_width - shape_width
+        rows = [("Layer (type)", "Output Shape", "Param #")]
         for layer in self.layers:
-            n = layer.n_params if layer.n_in else "?"
-            rows.append(f"{layer!r:<{width}}{layer.units or '?':>10}{n:>12}")
+            built = layer.n_in is not None
+            rows.append((repr(layer), f"(None, {layer.units})" if layer.units else "?",
+                         f"{layer.n_params + layer.n_buffers:,}" if built else "?"))
+        print_fn(f'Model: "{type(self).__name__.lower()}"')
+        print_fn("_" * width)
+        for i, (name, shape, params) in enumerate(rows):
+            print_fn(f"{name:<{name_width}}{shape:<{shape_width}}{params:>{param_width}}")
+            print_fn("=" * width if i in (0, len(rows) - 1) else "")
         if self.built:
-            rows.append(f"total parameters: {self.params_flat.size}")
-        return "\n".join(rows)
+            trainable, fixed = self.params_flat.size, self.buffers_flat.size
+            print_fn(f"Total params: {trainable + fixed:,}")
+            print_fn(f"Trainable params: {trainable:,}")
+            print_fn(f"Non-trainable params: {fixed:,}")
+        else:
+            print_fn("Total params: ? (the model is built on the first fit, or by build)")
+        print_fn("_" * width)
 
     def __repr__(self):
         return f"Sequential({self.layers!r}, loss={self.loss!r})"

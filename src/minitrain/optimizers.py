@@ -4,6 +4,8 @@ the model's flat parameter, gradient and state buffers."""
 import math
 import numbers
 
+import numpy as np
+
 from . import schedules
 
 SGD_KIND, ADAM_KIND = 0, 1
@@ -28,15 +30,21 @@ class Optimizer:
 
     ``lr`` is a number or a ``minitrain.schedules.Schedule``; with a schedule, ``lr``
     holds the rate of the latest update and ``lr_schedule`` the schedule.
+    ``weight_decay`` applies to the weights alone (as in Keras and scikit-learn);
+    ``decay_all=True`` applies it to every parameter, biases and batch-norm scales and
+    shifts too, as PyTorch's optimizers do to every parameter they are given.
     """
 
     kind = None
 
-    def __init__(self, lr, weight_decay, clip_norm):
+    def __init__(self, lr, weight_decay, clip_norm, decay_all=False):
         self.lr_schedule = lr if isinstance(lr, schedules.Schedule) else None
         self.lr = _check("lr", lr(0) if self.lr_schedule else lr, low_open=True)
         self.weight_decay = _check("weight_decay", weight_decay)
         self.clip_norm = _check("clip_norm", clip_norm) if clip_norm is not None else 0.0
+        if not isinstance(decay_all, (bool, np.bool_)):
+            raise TypeError(f"decay_all must be True or False, got {decay_all!r}")
+        self.decay_all = bool(decay_all)
         self.iterations = 0
 
     def next_lr(self):
@@ -68,8 +76,9 @@ class SGD(Optimizer):
 
     kind = SGD_KIND
 
-    def __init__(self, lr=0.01, momentum=0.0, nesterov=False, weight_decay=0.0, clip_norm=None):
-        super().__init__(lr, weight_decay, clip_norm)
+    def __init__(self, lr=0.01, momentum=0.0, nesterov=False, weight_decay=0.0, clip_norm=None,
+                 decay_all=False):
+        super().__init__(lr, weight_decay, clip_norm, decay_all)
         self.momentum = _check("momentum", momentum, high=1.0, high_open=True)
         if nesterov and self.momentum == 0:
             raise ValueError("nesterov=True needs a momentum > 0")
@@ -81,7 +90,7 @@ class SGD(Optimizer):
     def get_config(self):
         return {"class": "SGD", "lr": self._lr_config(), "momentum": self.momentum,
                 "nesterov": self.nesterov, "weight_decay": self.weight_decay,
-                "clip_norm": self.clip_norm or None}
+                "clip_norm": self.clip_norm or None, "decay_all": self.decay_all}
 
 
 class Adam(Optimizer):
@@ -92,8 +101,8 @@ class Adam(Optimizer):
     decoupled = False
 
     def __init__(self, lr=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-8, weight_decay=0.0,
-                 clip_norm=None):
-        super().__init__(lr, weight_decay, clip_norm)
+                 clip_norm=None, decay_all=False):
+        super().__init__(lr, weight_decay, clip_norm, decay_all)
         self.beta_1 = _check("beta_1", beta_1, high=1.0, high_open=True)
         self.beta_2 = _check("beta_2", beta_2, high=1.0, high_open=True)
         self.epsilon = _check("epsilon", epsilon, low_open=True)
@@ -105,7 +114,8 @@ class Adam(Optimizer):
     def get_config(self):
         return {"class": type(self).__name__, "lr": self._lr_config(), "beta_1": self.beta_1,
                 "beta_2": self.beta_2, "epsilon": self.epsilon,
-                "weight_decay": self.weight_decay, "clip_norm": self.clip_norm or None}
+                "weight_decay": self.weight_decay, "clip_norm": self.clip_norm or None,
+                "decay_all": self.decay_all}
 
 
 class AdamW(Adam):
@@ -114,8 +124,8 @@ class AdamW(Adam):
     decoupled = True
 
     def __init__(self, lr=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-8, weight_decay=0.01,
-                 clip_norm=None):
-        super().__init__(lr, beta_1, beta_2, epsilon, weight_decay, clip_norm)
+                 clip_norm=None, decay_all=False):
+        super().__init__(lr, beta_1, beta_2, epsilon, weight_decay, clip_norm, decay_all)
 
 
 _NAMES = {"sgd": SGD, "adam": Adam, "adamw": AdamW}

@@ -68,18 +68,37 @@ class StepDecay(Schedule):
 
 
 class ExponentialDecay(Schedule):
-    """``lr * decay_rate ** (t / decay_steps)`` (the exponent floored when
-    `staircase`), as Keras' ExponentialDecay."""
+    """``initial_learning_rate * decay_rate ** (t / decay_steps)`` (the exponent floored
+    when `staircase`): Keras' ExponentialDecay, with its arguments in its order.
 
-    def __init__(self, lr, decay_rate, decay_steps=1, staircase=False):
-        self.lr = _number("lr", lr, low_open=True)
-        self.decay_rate = _number("decay_rate", decay_rate, low_open=True, high=1.0)
+    ``lr`` is accepted as a keyword for `initial_learning_rate`, as the other schedules
+    name it.
+    """
+
+    def __init__(self, initial_learning_rate=None, decay_steps=None, decay_rate=None,
+                 staircase=False, *, lr=None):
+        if (initial_learning_rate is None) == (lr is None):
+            raise TypeError("ExponentialDecay takes initial_learning_rate (or its alias lr), "
+                            "once")
+        if decay_steps is None or decay_rate is None:
+            raise TypeError("ExponentialDecay needs decay_steps and decay_rate: "
+                            "ExponentialDecay(initial_learning_rate, decay_steps, decay_rate)")
+        self.initial_learning_rate = _number(
+            "initial_learning_rate", lr if initial_learning_rate is None else initial_learning_rate,
+            low_open=True)
+        if not isinstance(decay_steps, numbers.Integral) \
+                and isinstance(decay_rate, numbers.Integral):
+            # a call in the order minitrain took before, (lr, decay_rate, decay_steps)
+            raise ValueError(f"decay_steps must be an integer >= 1, got {decay_steps!r}: the "
+                             f"order is Keras' ExponentialDecay(initial_learning_rate, "
+                             f"decay_steps, decay_rate)")
         self.decay_steps = _steps("decay_steps", decay_steps)
+        self.decay_rate = _number("decay_rate", decay_rate, low_open=True, high=1.0)
         self.staircase = bool(staircase)
 
     def __call__(self, t):
         p = t // self.decay_steps if self.staircase else t / self.decay_steps
-        return self.lr * self.decay_rate ** p
+        return self.initial_learning_rate * self.decay_rate ** p
 
 
 class CosineDecay(Schedule):

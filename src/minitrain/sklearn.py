@@ -50,6 +50,7 @@ from sklearn.utils.optimize import _check_optimize_result
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 
 from . import functional as F
+from .backends import make_net
 from .layers import Dense
 from .models import Sequential
 from .optimizers import ADAM_KIND, SGD_KIND, STYLE_SKLEARN
@@ -81,11 +82,12 @@ class _StochasticSolver:
         model.state_flat[:] = 0
         self.state = model.state_flat
 
-    def attach(self, model, alpha):
-        """Make the model's core update with this solver; alpha is the L2 penalty."""
+    def attach(self, model, alpha, net=None):
+        """Make the model's core (or `net`) update with this solver; alpha is the L2
+        penalty."""
         kind = SGD_KIND if self.solver == "sgd" else ADAM_KIND
-        model._net.set_optimizer(kind, weight_decay=alpha, n_decay=_n_weights(model),
-                                 style=STYLE_SKLEARN, **self.hyper)
+        (net or model._net).set_optimizer(kind, weight_decay=alpha, n_decay=_n_weights(model),
+                                          style=STYLE_SKLEARN, **self.hyper)
 
     def step_lr(self):
         # Adam's step size comes from learning_rate_init, bias-corrected in the core
@@ -262,8 +264,9 @@ class _BaseMLP(BaseEstimator):
         model = self._synced_model(dtype)
         X = X.astype(dtype, copy=False)
 
-        # the core refuses an update whose loss is not finite, so the weights stay
-        # those of the last finite iteration; scikit-learn's end non-finite
+        # L-BFGS: the core refuses a non-finite loss, where scikit-learn's weights would end
+        # non-finite and be refused just the same; sgd and adam train on through one, as
+        # scikit-learn's do
         diverged = False
         try:
             if self.solver in _STOCHASTIC_SOLVERS:
@@ -346,14 +349,19 @@ class _BaseMLP(BaseEstimator):
         targets = self._targets(y_train, model.dtype)
         net.reserve(batch_size)
         sparse = sp.issparse(X_train)
-        if sparse:  # one batch of rows dense at a time
-            def step_rows(idx, start, stop, lr, t):
-                rows = idx[start:stop]
-                return net.step(X_train[rows].toarray(), targets[rows], lr, t,
-                                sample_weight=None if sw is None else sw[rows])
-        else:  # the core gathers the rows of each batch
+
+        def batches_of(net):
+            if sparse:  # one batch of rows dense at a time
+                def step_rows(idx, start, stop, lr, t):
+                    rows = idx[start:stop]
+                    return net.step(X_train[rows].toarray(), targets[rows], lr, t,
+                                    sample_weight=None if sw is None else sw[rows])
+                return step_rows
+            # the core gathers the rows of each batch
             net.set_data(np.ascontiguousarray(X_train), targets, sw)
-            step_rows = net.step_rows
+            return net.step_rows
+
+        step_rows = batches_of(net)
         scale = self._data_loss_scale()
         sample_idx = np.arange(n_samples, dtype=np.int64)
         try:
@@ -368,7 +376,16 @@ class _BaseMLP(BaseEstimator):
                 for start in range(0, n_samples, batch_size):  # gen_batches' batches
                     stop = min(start + batch_size, n_samples)
                     solver.t += 1
-                    loss = step_rows(sample_idx, start, stop, lr, solver.t)
+                    try:
+                        loss = step_rows(sample_idx, start, stop, lr, solver.t)
+                    except FloatingPointError:
+                        # the core refuses an update with a non-finite loss; scikit-learn
+                        # makes it (its weights turn non-finite, its validation scores
+                        # NaN, early stopping keeps the best weights): so does the NumPy
+                        # twin of the core, over the same buffers, from here on
+                        net = self._nonfinite_twin(model, solver)
+                        step_rows = batches_of(net)
+                        loss = step_rows(sample_idx, start, stop, lr, solver.t)
                     # the L2 term of the weights before this update, read by the update
                     accumulated_loss += (loss * scale + net.l2_term) * (stop - start)
                 self.n_iter_ += 1
@@ -401,11 +418,23 @@ class _BaseMLP(BaseEstimator):
             warnings.warn("Training interrupted by user.")
         finally:
             if not sparse:  # release the data
-                net.set_data(_dense(X[:1]), self._targets(y[:1], model.dtype))
+                model._net.set_data(_dense(X[:1]), self._targets(y[:1], model.dtype))
         if early_stopping:  # restore the best weights
             self.coefs_ = self._best_coefs
             self.intercepts_ = self._best_intercepts
             self._synced_model()
+
+    def _nonfinite_twin(self, model, solver):
+        """The NumPy backend's network over `model`'s buffers, set up as its core is,
+        that updates through a non-finite loss."""
+        net = make_net("numpy", model.dtype, F.LOSSES[model.loss], model._layer_spec,
+                       model.params_flat, model.grads_flat, model.state_flat,
+                       model.buffers_flat, model.dropout_seed)
+        net.set_reduction(F.REDUCTIONS["sklearn"])
+        net.reserve(model._net.max_batch)
+        net.finite_only = False
+        solver.attach(model, self.alpha, net)
+        return net
 
     def _update_no_improvement_count(self, early_stopping, X, y, sample_weight):
         if early_stopping:
@@ -652,3 +681,11 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
     def partial_fit(self, X, y, sample_weight=None):
         """Update the model with a single epoch over the given data."""
         return self._fit(X, y, sample_weight=sample_weight, incremental=True)
+
+
+try:  # skl2onnx.to_onnx(est, X[:1]) then converts these as scikit-learn's MLPs
+    from ._skl2onnx import register as _register_skl2onnx
+except ImportError:  # skl2onnx, an optional extra, is not installed
+    pass
+else:
+    _register_skl2onnx(MLPClassifier, MLPRegressor)
