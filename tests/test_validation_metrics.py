@@ -133,9 +133,10 @@ def test_plot_without_matplotlib_says_how_to_install_it(monkeypatch):
         hist.plot("never.png")
 
 
-def test_cli_validates_on_the_test_split_and_plots(tmp_path, capsys):
+def test_cli_validates_on_a_validation_split_and_plots(tmp_path, capsys):
     path = tmp_path / "cli.png"
-    assert cli.main(["--epochs", "2", "--hidden", "16", "--plot", str(path)]) == 0
+    assert cli.main(["--epochs", "2", "--hidden", "16", "--validation-split", "0.1",
+                     "--plot", str(path)]) == 0
     header = next(line for line in capsys.readouterr().out.splitlines() if "iterations" in line)
     assert header.split() == ["epoch", "iterations", "loss", "accuracy", "val_loss",
                               "val_accuracy", "lr", "time", "(s)"]

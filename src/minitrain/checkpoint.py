@@ -203,19 +203,60 @@ def load(path):
     return model
 
 
-def check_resumable(saved, model, optimizer):
-    """Raise ValueError unless `model` (possibly unbuilt) has the architecture of the
-    loaded checkpoint `saved` and `optimizer` (if given) its configuration."""
+# the settings of a fit that shape its batches: a resumed run must keep them to continue
+# the saved run exactly (History.params records them; older checkpoints lack some)
+RUN_SETTINGS = ("batch_size", "shuffle", "drop_last", "n_samples")
+
+
+def resume_conflicts(saved, model, optimizer=None, **settings):
+    """The settings in which resuming `saved` (a loaded checkpoint) with `model`
+    (possibly unbuilt), `optimizer` (None: the saved one) and the fit `settings`
+    (names in RUN_SETTINGS) would not continue the saved run, as a list of
+    ``(name, saved value, requested value)``; empty when it would."""
+    conflicts = []
     mine, theirs = model_config(model), model_config(saved)
     if not model.built:
         mine["n_features_in"] = theirs["n_features_in"]
     for key in ("layers", "loss", "dtype", "n_features_in"):
         if mine[key] != theirs[key]:
-            raise ValueError(f"resume_from: the checkpoint was saved from another architecture "
-                             f"({key} {theirs[key]!r}, this model has {mine[key]!r})")
-    if optimizer is not None and optimizer.get_config() != saved.optimizer.get_config():
-        raise ValueError(f"resume_from: optimizer {optimizer!r} differs from the checkpoint's "
-                         f"{saved.optimizer!r}; pass optimizer=None to continue with the saved one")
+            shown = (model.layers, saved.layers) if key == "layers" else (mine[key], theirs[key])
+            conflicts.append((key, shown[1], shown[0]))
+    if optimizer is not None:
+        old, new = saved.optimizer.get_config(), optimizer.get_config()
+        if old["class"] != new["class"]:
+            conflicts.append(("optimizer", saved.optimizer, optimizer))
+        else:
+            old_lr = saved.optimizer.lr_schedule or old["lr"]
+            new_lr = optimizer.lr_schedule or new["lr"]
+            conflicts.extend((key, old_lr, new_lr) if key == "lr" else (key, old[key], new[key])
+                             for key in old if key != "class" and old[key] != new.get(key))
+    params = saved.history.params if saved.history is not None else {}
+    for key in RUN_SETTINGS:
+        if key in settings and key in params and settings[key] != params[key]:
+            conflicts.append((key, params[key], settings[key]))
+    return conflicts
+
+
+def describe_conflicts(conflicts, names=None):
+    """'name X in the checkpoint, Y here; ...' for `resume_conflicts`' list; `names`
+    renames settings (the command line shows its options)."""
+    names = names or {}
+    return "; ".join(f"{names.get(key, key)} {old!r} in the checkpoint, {new!r} here"
+                     for key, old, new in conflicts)
+
+
+def check_resumable(saved, model, optimizer, path="the checkpoint", **settings):
+    """Raise ValueError, listing every conflicting setting, unless resuming `saved`
+    with `model`, `optimizer` and the fit `settings` continues the saved run exactly
+    (see resume_conflicts)."""
+    conflicts = resume_conflicts(saved, model, optimizer, **settings)
+    if conflicts:
+        hint = ("; pass optimizer=None to continue with the saved optimizer"
+                if any(key not in RUN_SETTINGS + ("layers", "loss", "dtype", "n_features_in")
+                       for key, _, _ in conflicts) else "")
+        raise ValueError(f"resume_from: {path} holds a run that these settings would not "
+                         f"continue exactly: {describe_conflicts(conflicts)}{hint}. Resume with "
+                         f"the saved settings (more epochs are fine), or start a new run")
 
 
 def transfer(saved, model, optimizer):

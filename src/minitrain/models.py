@@ -228,6 +228,11 @@ class Sequential:
             state are restored and training runs from the saved epoch up to epoch
             `epochs` (here `epochs` counts the total, as Keras' ``initial_epoch``). The
             result is bit-identical to the uninterrupted run; `seed` is then ignored.
+            Anything else that would change the run is refused, before anything changes,
+            by a ValueError listing each conflicting setting: the architecture, the
+            optimizer's kind and hyper-parameters (pass ``optimizer=None`` to continue
+            with the saved one), `batch_size`, `shuffle`, `drop_last`, and the number of
+            training rows.
         verbose : 0, 1 or 2
             0 prints nothing; 1 shows a progress bar on interactive terminals and a line
             per epoch; 2 a line per epoch. The lines go to standard output, written
@@ -263,8 +268,9 @@ class Sequential:
         if optimizer is not None:
             optimizer = optimizers.get(optimizer)
         saved = checkpoint.load(resume_from) if resume_from is not None else None
-        if saved is not None:
-            checkpoint.check_resumable(saved, self, optimizer)
+        if saved is not None and checkpoint.resume_conflicts(saved, self):
+            # another architecture: the data cannot even be checked against it
+            checkpoint.check_resumable(saved, self, optimizer, resume_from)
         X, y = (saved or self)._check_xy(X, y)
         epochs = check_int("epochs", epochs, 0)
         batch_size = check_int("batch_size", batch_size, 1)
@@ -276,19 +282,24 @@ class Sequential:
         metric_names = evaluation.resolve(metrics, self.loss)
         train_rows, validation = self._validation_set(X, y, validation_data, validation_split)
         n = X.shape[0] if train_rows is None else len(train_rows)
-        if optimizer is None:
-            optimizer = saved.optimizer if saved is not None else self.optimizer
         if batch_size > n:
             warnings.warn(f"batch_size={batch_size} is larger than the {n} samples; "
                           f"it is clipped to {n}", UserWarning, stacklevel=3)
             batch_size = n
+        shuffle, drop_last = bool(shuffle), bool(drop_last)
+        if saved is not None:
+            checkpoint.check_resumable(saved, self, optimizer, resume_from, n_samples=n,
+                                       batch_size=batch_size, shuffle=shuffle,
+                                       drop_last=drop_last)
+        if optimizer is None:
+            optimizer = saved.optimizer if saved is not None else self.optimizer
         per_epoch = n // batch_size if drop_last else math.ceil(n / batch_size)
         if per_epoch == 0:
             raise ValueError("drop_last=True with batch_size > n_samples leaves no iteration")
         first = saved.epoch if saved is not None else self.epoch
         last = epochs if saved is not None else self.epoch + epochs
         params = {"epochs": last, "batch_size": batch_size, "n_samples": n,
-                  "iterations_per_epoch": per_epoch}
+                  "iterations_per_epoch": per_epoch, "shuffle": shuffle, "drop_last": drop_last}
         extra = [ConvergenceCheck(tol, n_iter_no_change)] if tol is not None else []
         if verbose:
             extra.append(ProgressBar() if verbose == 1 and sys.stderr.isatty() else EpochLine())
@@ -347,8 +358,8 @@ class Sequential:
                 raise FloatingPointError(
                     f"training diverged at epoch {epoch}, iteration {done + 1} "
                     f"(iteration {self.iteration + 1} overall): {err}; the weights of the "
-                    f"last finite iteration are kept. Lower the learning rate or "
-                    f"scale the inputs.") from None
+                    f"last finite iteration are kept. Lower the learning rate, or "
+                    f"standardise a regression target whose scale is large.") from None
             opt.iterations += 1
             self.iteration += 1
             done += 1
