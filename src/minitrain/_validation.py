@@ -1,5 +1,6 @@
 """Input checks shared by the models and fronts. Every error names the argument."""
 
+import math
 import numbers
 import warnings
 
@@ -20,6 +21,20 @@ def check_int(name, value, low, high=None):
         bound = f">= {low}" if high is None else f"in [{low}, {high}]"
         raise ValueError(f"{name} must be {bound}, got {value!r}")
     return int(value)
+
+
+def check_number(name, value, low=0.0, low_open=False, high=None, high_open=False):
+    """`value` as a float if it is a finite real number within the bounds (``[low,
+    high]``, either end open on request; no upper bound when `high` is None)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    if (low is not None and (value < low or (low_open and value == low))) or (
+            high is not None and (value > high or (high_open and value == high))):
+        lo = "-inf" if low is None else low
+        hi = "inf" if high is None else high
+        raise ValueError(f"{name} must lie in {'(' if low_open else '['}{lo}, "
+                         f"{hi}{')' if high_open else ']'}, got {value!r}")
+    return float(value)
 
 
 def _numeric(name, a):
@@ -59,7 +74,8 @@ def check_X(X, dtype, n_features=None, name="X"):
         raise ValueError(f"{name} has {arr.shape[1]} features, the model expects {n_features}")
     if arr.dtype.kind == "f":
         _check_finite(name, arr)
-    out = np.ascontiguousarray(arr, dtype=dtype)
+    with np.errstate(over="ignore"):  # an overflow is reported below, naming X
+        out = np.ascontiguousarray(arr, dtype=dtype)
     if isinstance(arr, np.memmap) and not np.may_share_memory(out, arr):
         warnings.warn(f"{name} is memory-mapped as {arr.dtype} (C-contiguous: "
                       f"{arr.flags.c_contiguous}); it was loaded whole to convert it to a "
@@ -103,4 +119,14 @@ def check_targets(y, loss, n_outputs, n_samples, dtype, name="y"):
                          f"layer's {n_outputs} units, got {np.shape(y)}")
     if loss == "binary_cross_entropy" and ((arr < 0) | (arr > 1)).any():
         raise ValueError(f"{name} must lie in [0, 1] for the binary cross-entropy loss")
-    return np.ascontiguousarray(arr, dtype=dtype)
+    if loss == "poisson" and (arr < 0).any():
+        raise ValueError(f"{name} must hold counts >= 0 for the Poisson loss")
+    with np.errstate(over="ignore"):  # an overflow is reported below, naming y
+        out = np.ascontiguousarray(arr, dtype=dtype)
+    if arr.dtype.kind == "f" and arr.dtype.itemsize > out.dtype.itemsize:
+        try:
+            _check_finite(name, out)
+        except ValueError:
+            raise ValueError(f"{name} holds values too large for the model's dtype "
+                             f"{out.dtype.name} (largest {np.finfo(out.dtype).max:.4g})") from None
+    return out

@@ -218,8 +218,8 @@ class Sequential:
             regression) as validation data, before training.
         metrics : "auto", list of str, or None
             Metrics logged per epoch besides the loss, on the training rows and the
-            validation data: ``"auto"`` is ``accuracy`` for classification and ``r2`` for
-            regression; see ``minitrain.evaluation.METRICS``. Training-set metrics are
+            validation data: ``"auto"`` is ``accuracy`` for classification, ``r2`` for
+            mse and none for poisson; see ``minitrain.evaluation.METRICS``. Training-set metrics are
             computed at the end of each epoch on the training rows (at most 10,000 of
             them, evenly spaced), an inference pass; ``None`` skips them.
         callbacks : list of Callback
@@ -284,6 +284,8 @@ class Sequential:
         n = X.shape[0] if train_rows is None else len(train_rows)
         if optimizer is None:
             optimizer = saved.optimizer if saved is not None else self.optimizer
+        if optimizer.lr_schedule is not None:
+            optimizer._scheduled_lr()  # the first rate of the run, refused before it starts
         if batch_size > n:
             warnings.warn(f"batch_size={batch_size} is larger than the {n} samples; "
                           f"it is clipped to {n}", UserWarning, stacklevel=3)
@@ -406,11 +408,13 @@ class Sequential:
         For users who keep their own loop; counts towards ``iteration`` (not ``epoch``).
         """
         X, y = self._check_xy(X, y)
+        opt = optimizers.get(optimizer if optimizer is not None else self.optimizer)
+        lr = opt.next_lr()  # a schedule's bad rate is refused before the model changes
         if not self.built:
             self.build(X.shape[1])
-        opt = self._use_optimizer(optimizer)
+        opt = self._use_optimizer(opt)
         self._net.reserve(X.shape[0])
-        loss = self._net.step(X, y, opt.next_lr(), opt.iterations + 1, iteration=self.iteration)
+        loss = self._net.step(X, y, lr, opt.iterations + 1, iteration=self.iteration)
         opt.iterations += 1
         self.iteration += 1
         return loss
