@@ -65,7 +65,8 @@ def test_reduce_lr_on_plateau_still_sets_the_rate():
     assert opt.lr == pytest.approx(0.1 * 0.5 ** 2)  # the first epoch sets the best
 
 
-@pytest.mark.parametrize("value", [math.nan, math.inf, -0.1, 0.0, "fast", None])
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf, -0.1, -1e-300, "fast", None,
+                                   True])
 def test_a_schedule_value_that_is_not_a_positive_rate_stops_train_step(value):
     X, y = problem()
     model = mt.Sequential([mt.Dense(2)], seed=0, optimizer=mt.SGD(lr=BadAfter(2, value)))
@@ -76,6 +77,17 @@ def test_a_schedule_value_that_is_not_a_positive_rate_stops_train_step(value):
         model.train_step(X, y)
     assert_unchanged(model, before)
     assert model.optimizer.lr == 0.05
+
+
+def test_a_schedule_may_decay_to_zero():
+    X, y = problem()
+    model = mt.Sequential([mt.Dense(2)], seed=0)
+    opt = mt.SGD(lr=S.CosineDecay(0.1, decay_steps=3))
+    model.fit(X, y, epochs=2, batch_size=10, optimizer=opt, verbose=0)
+    assert opt.lr == 0.0 and model.iteration == 8
+    before = model.params_flat.copy()
+    model.train_step(X, y)  # a zero rate: no update
+    np.testing.assert_array_equal(model.params_flat, before)
 
 
 def test_a_schedule_bad_at_its_first_value_is_refused_before_fit_or_train_step_start():

@@ -36,14 +36,16 @@ class Optimizer:
         self._lr = check_number("lr", value, low_open=True)
 
     def _scheduled_lr(self):
+        # 0 is allowed here only: decaying schedules end there (CosineDecay's default
+        # min_lr) or underflow to it, and a zero rate makes no update
         t = self.iterations
         value = self.lr_schedule(t)
         try:
-            return check_number("lr", value, low_open=True)
+            return check_number("lr", value)
         except ValueError:
             raise ValueError(f"lr: the schedule {self.lr_schedule!r} returned {value!r} at "
-                             f"iteration {t}; a learning rate must be a finite number "
-                             f"> 0") from None
+                             f"iteration {t}; a scheduled learning rate must be a finite "
+                             f"number >= 0") from None
 
     def next_lr(self):
         """The learning rate of the next update: the schedule's value at `iterations`,
