@@ -194,3 +194,24 @@ def test_poisson_refuses_negative_or_non_finite_counts(y, message):
     with pytest.raises(ValueError, match=message):
         model.train_step(X, targets)
     assert_unchanged(model, before)
+
+
+def test_inputs_overflowing_the_model_are_refused_naming_X():
+    X, y = problem()
+    model = mt.Sequential([mt.Dense(2)], seed=0)
+    model.fit(X, y, verbose=0)
+    before = snapshot(model)
+    wide = X.astype(np.float64)
+    wide[3, 1] = 1e39
+    for call in (lambda: model.train_step(wide, y), lambda: model.predict(wide),
+                 lambda: model.fit(wide, y, verbose=0)):
+        with pytest.raises(ValueError, match="X holds values too large for the model's dtype "
+                                             "float32"):
+            call()
+        assert_unchanged(model, before)
+    # finite float32 inputs whose outputs overflow: refused, not NaN or arbitrary labels
+    with pytest.raises(ValueError, match="X: the model's outputs overflow float32"):
+        model.predict(np.full((2, 4), 3e38, np.float32) * np.sign(model.layers[0].W[:, 0]))
+    with pytest.raises(ValueError, match="X: the model's outputs overflow"):
+        model.predict_proba(np.full((2, 4), 3e38, np.float32) * np.sign(model.layers[0].W[:, 0]))
+    assert_unchanged(model, before)

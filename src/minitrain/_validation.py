@@ -50,17 +50,19 @@ def _numeric(name, a):
     return arr
 
 
-def _check_finite(name, a):
+def all_finite(a):
+    """True if the float array `a` (at least 1-D) holds no NaN or infinity."""
     if _all_finite is not None and a.dtype in (np.float32, np.float64) \
             and a.flags.c_contiguous:
-        if not _all_finite(a):
-            raise ValueError(f"{name} contains NaN or infinity")
-        return
+        return bool(_all_finite(a))
     # chunked so a memory-mapped X is never loaded whole, nor a temporary as large made
     rows = max(1, _CHUNK_ELEMENTS // max(1, a.size // max(1, a.shape[0])))
-    for start in range(0, a.shape[0], rows):
-        if not np.isfinite(a[start:start + rows]).all():
-            raise ValueError(f"{name} contains NaN or infinity")
+    return all(np.isfinite(a[start:start + rows]).all() for start in range(0, a.shape[0], rows))
+
+
+def _check_finite(name, a):
+    if not all_finite(a):
+        raise ValueError(f"{name} contains NaN or infinity")
 
 
 def check_X(X, dtype, n_features=None, name="X"):
@@ -82,8 +84,15 @@ def check_X(X, dtype, n_features=None, name="X"):
                       f"C-contiguous {np.dtype(dtype).name} array. Store it that way to keep "
                       f"it on disk.", UserWarning, stacklevel=3)
     if out.dtype.kind == "f" and arr.dtype.kind == "f" and arr.dtype.itemsize > out.dtype.itemsize:
-        _check_finite(name, out)  # float64 values too large for float32
+        _check_converted(name, out)
     return out
+
+
+def _check_converted(name, out):
+    """`out`, converted to a narrower float dtype from finite values, has not overflowed."""
+    if not all_finite(out):
+        raise ValueError(f"{name} holds values too large for the model's dtype "
+                         f"{out.dtype.name} (largest {np.finfo(out.dtype).max:.4g})")
 
 
 def _labels_in_range(y, n_outputs):
@@ -124,9 +133,5 @@ def check_targets(y, loss, n_outputs, n_samples, dtype, name="y"):
     with np.errstate(over="ignore"):  # an overflow is reported below, naming y
         out = np.ascontiguousarray(arr, dtype=dtype)
     if arr.dtype.kind == "f" and arr.dtype.itemsize > out.dtype.itemsize:
-        try:
-            _check_finite(name, out)
-        except ValueError:
-            raise ValueError(f"{name} holds values too large for the model's dtype "
-                             f"{out.dtype.name} (largest {np.finfo(out.dtype).max:.4g})") from None
+        _check_converted(name, out)
     return out

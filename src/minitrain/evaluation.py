@@ -48,9 +48,12 @@ def resolve(metrics, loss):
         return ()
     if isinstance(metrics, str):
         metrics = _AUTO.get(loss, ()) if metrics == "auto" else (metrics,)
+    if not isinstance(metrics, (list, tuple)):
+        raise TypeError(f"metrics must be 'auto', a metric name, a list of them or None, "
+                        f"got {metrics!r}")
     names = []
     for name in metrics:
-        if name not in METRICS:
+        if not isinstance(name, str) or name not in METRICS:
             raise ValueError(f"metrics: unknown metric {name!r}; use 'auto' or names from "
                              f"{sorted(METRICS)}")
         if loss not in METRICS[name][1]:

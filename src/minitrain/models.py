@@ -12,7 +12,7 @@ import numpy as np
 
 from . import checkpoint, evaluation, optimizers
 from . import functional as F
-from ._validation import check_int, check_targets, check_X
+from ._validation import all_finite, check_int, check_targets, check_X
 from .backends import make_net
 from .callbacks import CallbackList, ConvergenceCheck, EpochLine, ProgressBar
 from .history import History
@@ -453,6 +453,9 @@ class Sequential:
             stop = min(start + step, n)
             batch = X[start:stop] if rows is None else X[rows[start:stop]]
             self._net.forward(batch, out[start:stop])
+        if not all_finite(out):  # finite weights: only inputs too large get here
+            raise ValueError(f"X: the model's outputs overflow {self.dtype.name} on these "
+                             f"inputs; scale X")
         return out
 
     def _evaluate_rows(self, X, y, rows, metric_names, batch_size=None, with_loss=True):
