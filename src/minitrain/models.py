@@ -219,9 +219,9 @@ class Sequential:
         metrics : "auto", list of str, or None
             Metrics logged per epoch besides the loss, on the training rows and the
             validation data: ``"auto"`` is ``accuracy`` for classification, ``r2`` for
-            mse and none for poisson; see ``minitrain.evaluation.METRICS``. Training-set metrics are
-            computed at the end of each epoch on the training rows (at most 10,000 of
-            them, evenly spaced), an inference pass; ``None`` skips them.
+            mse and none for poisson; see ``minitrain.evaluation.METRICS``. Training-set
+            metrics are computed at the end of each epoch on the training rows (at most
+            10,000 of them, evenly spaced), an inference pass; ``None`` skips them.
         callbacks : list of Callback
         tol, n_iter_no_change : float, int
             With `tol` set, stop as scikit-learn's MLP does when the training loss has
@@ -284,8 +284,7 @@ class Sequential:
         n = X.shape[0] if train_rows is None else len(train_rows)
         if optimizer is None:
             optimizer = saved.optimizer if saved is not None else self.optimizer
-        if optimizer.lr_schedule is not None:
-            optimizer._scheduled_lr()  # the first rate of the run, refused before it starts
+        optimizer.upcoming_lr()  # a schedule's bad first rate is refused before the run
         if batch_size > n:
             warnings.warn(f"batch_size={batch_size} is larger than the {n} samples; "
                           f"it is clipped to {n}", UserWarning, stacklevel=3)

@@ -21,7 +21,7 @@ class Optimizer:
     def __init__(self, lr, weight_decay, clip_norm):
         self.lr_schedule = lr if isinstance(lr, schedules.Schedule) else None
         self.iterations = 0
-        self.lr = self._scheduled_lr() if self.lr_schedule else lr
+        self.lr = self.upcoming_lr() if self.lr_schedule else lr
         self.weight_decay = check_number("weight_decay", weight_decay)
         self.clip_norm = check_number("clip_norm", clip_norm) if clip_norm is not None else 0.0
 
@@ -35,7 +35,12 @@ class Optimizer:
         # otherwise turn descent into ascent silently
         self._lr = check_number("lr", value, low_open=True)
 
-    def _scheduled_lr(self):
+    def upcoming_lr(self):
+        """The learning rate the next update will use, checked, without taking it: a
+        schedule's value that is not finite and >= 0 raises a ValueError naming the
+        schedule and the iteration."""
+        if self.lr_schedule is None:
+            return self._lr
         # 0 is allowed here only: decaying schedules end there (CosineDecay's default
         # min_lr) or underflow to it, and a zero rate makes no update
         t = self.iterations
@@ -48,10 +53,9 @@ class Optimizer:
                              f"number >= 0") from None
 
     def next_lr(self):
-        """The learning rate of the next update: the schedule's value at `iterations`,
-        checked (ValueError naming the schedule and the iteration) before anything uses it."""
-        if self.lr_schedule is not None:
-            self._lr = self._scheduled_lr()
+        """The learning rate of the next update (``upcoming_lr``), which ``lr`` then
+        holds."""
+        self._lr = self.upcoming_lr()
         return self._lr
 
     def core_args(self):
