@@ -26,7 +26,9 @@ def check_int(name, value, low, high=None):
 def check_number(name, value, low=0.0, low_open=False, high=None, high_open=False):
     """`value` as a float if it is a finite real number within the bounds (``[low,
     high]``, either end open on request; no upper bound when `high` is None)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+    # a float skips the abstract-class checks: schedules' values are checked every iteration
+    if (type(value) is not float and (isinstance(value, bool) or not isinstance(
+            value, numbers.Real))) or not math.isfinite(value):
         raise ValueError(f"{name} must be a finite number, got {value!r}")
     if (low is not None and (value < low or (low_open and value == low))) or (
             high is not None and (value > high or (high_open and value == high))):

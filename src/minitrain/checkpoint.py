@@ -351,8 +351,10 @@ def _check_counters(header):
     for e, previous in zip(epochs, [0] + epochs):
         check_int("history epoch", e, previous + 1, epoch)
     for key, values in history["history"].items():
-        if not isinstance(values, list) or len(values) != len(epochs):
-            raise ValueError(f"history {key!r} does not hold one value per epoch")
+        # at most: a resumed run may log what the first part did not (validation)
+        if not isinstance(values, list) or len(values) > len(epochs):
+            raise ValueError(f"history {key!r} holds more values than the {len(epochs)} "
+                             f"epochs")
     params = history["params"]
     check_int("history iterations_per_epoch", params["iterations_per_epoch"], 1)
     if not isinstance(history["stop_reason"], str):
