@@ -115,7 +115,7 @@ def _lie(key, value):
 LIES = {
     "negative epoch": (_lie("epoch", -1), "epoch must be"),
     "negative iteration": (_lie("iteration", -4), "iteration must be"),
-    "fewer iterations than epochs": (_lie("iteration", 2), "iteration must be >= 3"),
+    "fewer iterations than epochs": (_lie("iteration", 2), "iteration must be in [3, "),
     "fractional epoch": (_lie("epoch", 2.5), "epoch must be an integer"),
     "negative optimizer iterations": (_lie("optimizer.iterations", -1), "iterations must be"),
     "negative learning rate": (_lie("optimizer.lr", -0.01), "lr must lie in"),
@@ -131,6 +131,12 @@ LIES = {
     "a wider layer": (_lie("model.layers.0.units", 60), "architecture needs"),
     "10^7 input features": (_lie("model.n_features_in", 10**7), "architecture needs"),
     "a dropout seed that is text": (_lie("model.dropout_seed", "x"), "dropout_seed must be"),
+    "no dropout seed": (_lie("model.dropout_seed", None), "dropout_seed must be"),
+    "a seed that is a list": (_lie("model.seed", [1, 2]), "seed must be"),
+    "an iteration count beyond int64": (_lie("iteration", 2**70), "iteration must be"),
+    "a negative batch size in the history": (_lie("history.params.batch_size", -3),
+                                             "history batch_size must be"),
+    "version true": (_lie("version", True), "version True is not supported"),
     "batch-norm momentum 5": (_lie("model.layers.1.momentum", 5.0), "momentum must lie in"),
     "a stop reason that is a number": (_lie("history.stop_reason", 3), "stop_reason"),
     "a generator state that is not one": (

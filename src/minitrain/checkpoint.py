@@ -278,7 +278,7 @@ def _read_header(archive, members, fail, path):
     if not isinstance(header, dict) or header.get("format") != FORMAT:
         raise ValueError(f"{bad} (header format {header.get('format')!r})"
                          if isinstance(header, dict) else f"{bad} (header is not an object)")
-    if header.get("version") != VERSION:
+    if header.get("version") != VERSION or isinstance(header.get("version"), bool):
         raise ValueError(f"{path}: checkpoint version {header.get('version')!r} is not "
                          f"supported (this minitrain reads version {VERSION})")
     return header
@@ -335,19 +335,24 @@ def _check_shapes(members, cfg, layers):
                              f"{dtype}{(n,)}")
 
 
+_COUNT_MAX = 2**63 - 1  # the core counts in int64
+
+
 def _check_counters(header):
-    """The counters and the history as a run can leave them."""
-    epoch = check_int("epoch", header["epoch"], 0)
-    iteration = check_int("iteration", header["iteration"], epoch)  # an epoch has >= 1
-    check_int("optimizer iterations", header["optimizer"]["iterations"], 0)
-    if header["model"]["dropout_seed"] is not None:  # the core keys dropout with it mod 2^64
-        check_int("dropout_seed", header["model"]["dropout_seed"], -2**63)
+    """The counters, seeds and history as a run can leave them."""
+    epoch = check_int("epoch", header["epoch"], 0, _COUNT_MAX)
+    check_int("iteration", header["iteration"], epoch, _COUNT_MAX)  # an epoch has >= 1
+    check_int("optimizer iterations", header["optimizer"]["iterations"], 0, _COUNT_MAX)
+    if header["model"]["seed"] is not None:
+        check_int("seed", header["model"]["seed"], 0)
+    check_int("dropout_seed", header["model"]["dropout_seed"], -2**63)  # used mod 2^64
     history = header["history"]
     if history is None:
         return
     epochs = history["epoch"]
     if not isinstance(epochs, list) or len(epochs) > epoch:
-        raise ValueError(f"history holds {len(epochs)} epochs, the model has run {epoch}")
+        raise ValueError(f"history holds {len(epochs) if isinstance(epochs, list) else epochs!r} "
+                         f"epochs, the model has run {epoch}")
     for e, previous in zip(epochs, [0] + epochs):
         check_int("history epoch", e, previous + 1, epoch)
     for key, values in history["history"].items():
@@ -356,7 +361,9 @@ def _check_counters(header):
             raise ValueError(f"history {key!r} holds more values than the {len(epochs)} "
                              f"epochs")
     params = history["params"]
-    check_int("history iterations_per_epoch", params["iterations_per_epoch"], 1)
+    for key, low in (("epochs", 0), ("batch_size", 1), ("n_samples", 1),
+                     ("iterations_per_epoch", 1)):
+        check_int(f"history {key}", params[key], low, _COUNT_MAX)
     if not isinstance(history["stop_reason"], str):
         raise ValueError(f"history stop_reason {history['stop_reason']!r}")
 
