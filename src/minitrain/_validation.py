@@ -1,5 +1,6 @@
 """Input checks shared by the models and fronts. Every error names the argument."""
 
+import math
 import numbers
 import warnings
 
@@ -22,6 +23,22 @@ def check_int(name, value, low, high=None):
     return int(value)
 
 
+def check_number(name, value, low=0.0, low_open=False, high=None, high_open=False):
+    """`value` as a float if it is a finite real number within the bounds (``[low,
+    high]``, either end open on request; no upper bound when `high` is None)."""
+    # a float skips the abstract-class checks: schedules' values are checked every iteration
+    if (type(value) is not float and (isinstance(value, bool) or not isinstance(
+            value, numbers.Real))) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    if (low is not None and (value < low or (low_open and value == low))) or (
+            high is not None and (value > high or (high_open and value == high))):
+        lo = "-inf" if low is None else low
+        hi = "inf" if high is None else high
+        raise ValueError(f"{name} must lie in {'(' if low_open else '['}{lo}, "
+                         f"{hi}{')' if high_open else ']'}, got {value!r}")
+    return float(value)
+
+
 def _numeric(name, a):
     if isinstance(a, np.ndarray):
         arr = a
@@ -35,17 +52,19 @@ def _numeric(name, a):
     return arr
 
 
-def _check_finite(name, a):
+def all_finite(a):
+    """True if the float array `a` (at least 1-D) holds no NaN or infinity."""
     if _all_finite is not None and a.dtype in (np.float32, np.float64) \
             and a.flags.c_contiguous:
-        if not _all_finite(a):
-            raise ValueError(f"{name} contains NaN or infinity")
-        return
+        return bool(_all_finite(a))
     # chunked so a memory-mapped X is never loaded whole, nor a temporary as large made
     rows = max(1, _CHUNK_ELEMENTS // max(1, a.size // max(1, a.shape[0])))
-    for start in range(0, a.shape[0], rows):
-        if not np.isfinite(a[start:start + rows]).all():
-            raise ValueError(f"{name} contains NaN or infinity")
+    return all(np.isfinite(a[start:start + rows]).all() for start in range(0, a.shape[0], rows))
+
+
+def _check_finite(name, a):
+    if not all_finite(a):
+        raise ValueError(f"{name} contains NaN or infinity")
 
 
 def check_X(X, dtype, n_features=None, name="X"):
@@ -59,15 +78,23 @@ def check_X(X, dtype, n_features=None, name="X"):
         raise ValueError(f"{name} has {arr.shape[1]} features, the model expects {n_features}")
     if arr.dtype.kind == "f":
         _check_finite(name, arr)
-    out = np.ascontiguousarray(arr, dtype=dtype)
+    with np.errstate(over="ignore"):  # an overflow is reported below, naming X
+        out = np.ascontiguousarray(arr, dtype=dtype)
     if isinstance(arr, np.memmap) and not np.may_share_memory(out, arr):
         warnings.warn(f"{name} is memory-mapped as {arr.dtype} (C-contiguous: "
                       f"{arr.flags.c_contiguous}); it was loaded whole to convert it to a "
                       f"C-contiguous {np.dtype(dtype).name} array. Store it that way to keep "
                       f"it on disk.", UserWarning, stacklevel=3)
     if out.dtype.kind == "f" and arr.dtype.kind == "f" and arr.dtype.itemsize > out.dtype.itemsize:
-        _check_finite(name, out)  # float64 values too large for float32
+        _check_converted(name, out)
     return out
+
+
+def _check_converted(name, out):
+    """`out`, converted to a narrower float dtype from finite values, has not overflowed."""
+    if not all_finite(out):
+        raise ValueError(f"{name} holds values too large for the model's dtype "
+                         f"{out.dtype.name} (largest {np.finfo(out.dtype).max:.4g})")
 
 
 def _labels_in_range(y, n_outputs):
@@ -119,4 +146,10 @@ def check_targets(y, loss, n_outputs, n_samples, dtype, name="y"):
                          f"layer's {n_outputs} units, got {np.shape(y)}")
     if loss == "binary_cross_entropy" and ((arr < 0) | (arr > 1)).any():
         raise ValueError(f"{name} must lie in [0, 1] for the binary cross-entropy loss")
-    return np.ascontiguousarray(arr, dtype=dtype)
+    if loss == "poisson" and (arr < 0).any():
+        raise ValueError(f"{name} must hold counts >= 0 for the Poisson loss")
+    with np.errstate(over="ignore"):  # an overflow is reported below, naming y
+        out = np.ascontiguousarray(arr, dtype=dtype)
+    if arr.dtype.kind == "f" and arr.dtype.itemsize > out.dtype.itemsize:
+        _check_converted(name, out)
+    return out

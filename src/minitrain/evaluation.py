@@ -36,19 +36,24 @@ def mae(loss, out, y):
 # metric name -> (function, losses it applies to)
 METRICS = {"accuracy": (accuracy, _CLASSIFICATION), "r2": (r2, ("mse",)),
            "mae": (mae, ("mse",))}
+_AUTO = {"cross_entropy": ("accuracy",), "binary_cross_entropy": ("accuracy",),
+         "mse": ("r2",)}
 
 
 def resolve(metrics, loss):
     """The metric names of a fit or evaluate call: ``"auto"`` is accuracy for the
-    classification losses and r2 for mse; None or () is none."""
+    classification losses, r2 for mse and none for poisson (whose loss is already the
+    Poisson deviance, halved); None or () is none."""
     if metrics is None:
         return ()
     if isinstance(metrics, str):
-        metrics = ("accuracy" if loss in _CLASSIFICATION else "r2",) if metrics == "auto" \
-            else (metrics,)
+        metrics = _AUTO.get(loss, ()) if metrics == "auto" else (metrics,)
+    if not isinstance(metrics, (list, tuple)):
+        raise TypeError(f"metrics must be 'auto', a metric name, a list of them or None, "
+                        f"got {metrics!r}")
     names = []
     for name in metrics:
-        if name not in METRICS:
+        if not isinstance(name, str) or name not in METRICS:
             raise ValueError(f"metrics: unknown metric {name!r}; use 'auto' or names from "
                              f"{sorted(METRICS)}")
         if loss not in METRICS[name][1]:

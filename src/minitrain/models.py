@@ -13,7 +13,7 @@ import numpy as np
 
 from . import checkpoint, evaluation, optimizers
 from . import functional as F
-from ._validation import check_int, check_targets, check_X
+from ._validation import all_finite, check_int, check_targets, check_X
 from .backends import make_net
 from .callbacks import CallbackList, ConvergenceCheck, EpochLine, ProgressBar
 from .history import History
@@ -211,10 +211,10 @@ class Sequential:
             regression) as validation data, before training.
         metrics : "auto", list of str, or None
             Metrics logged per epoch besides the loss, on the training rows and the
-            validation data: ``"auto"`` is ``accuracy`` for classification and ``r2`` for
-            regression; see ``minitrain.evaluation.METRICS``. Training-set metrics are
-            computed at the end of each epoch on the training rows (at most 10,000 of
-            them, evenly spaced), an inference pass; ``None`` skips them.
+            validation data: ``"auto"`` is ``accuracy`` for classification, ``r2`` for
+            mse and none for poisson; see ``minitrain.evaluation.METRICS``. Training-set
+            metrics are computed at the end of each epoch on the training rows (at most
+            10,000 of them, evenly spaced), an inference pass; ``None`` skips them.
         callbacks : list of Callback
         tol, n_iter_no_change : float, int
             With `tol` set, stop as scikit-learn's MLP does when the training loss has
@@ -293,6 +293,7 @@ class Sequential:
                                        drop_last=drop_last)
         if optimizer is None:
             optimizer = saved.optimizer if saved is not None else self.optimizer
+        optimizer.upcoming_lr()  # a schedule's bad first rate is refused before the run
         per_epoch = n // batch_size if drop_last else math.ceil(n / batch_size)
         if per_epoch == 0:
             raise ValueError("drop_last=True with batch_size > n_samples leaves no iteration")
@@ -409,11 +410,13 @@ class Sequential:
         For users who keep their own loop; counts towards ``iteration`` (not ``epoch``).
         """
         X, y = self._check_xy(X, y)
+        opt = optimizers.get(optimizer if optimizer is not None else self.optimizer)
+        lr = opt.next_lr()  # a schedule's bad rate is refused before the model changes
         if not self.built:
             self.build(X.shape[1])
-        opt = self._use_optimizer(optimizer)
+        opt = self._use_optimizer(opt)
         self._net.reserve(X.shape[0])
-        loss = self._net.step(X, y, opt.next_lr(), opt.iterations + 1, iteration=self.iteration)
+        loss = self._net.step(X, y, lr, opt.iterations + 1, iteration=self.iteration)
         opt.iterations += 1
         self.iteration += 1
         return loss
@@ -452,6 +455,9 @@ class Sequential:
             stop = min(start + step, n)
             batch = X[start:stop] if rows is None else X[rows[start:stop]]
             self._net.forward(batch, out[start:stop])
+        if not all_finite(out):  # finite weights: only inputs too large get here
+            raise ValueError(f"X: the model's outputs overflow {self.dtype.name} on these "
+                             f"inputs; scale X")
         return out
 
     def _evaluate_rows(self, X, y, rows, metric_names, batch_size=None, with_loss=True):

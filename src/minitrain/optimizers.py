@@ -1,28 +1,14 @@
 """Optimizers. Hyper-parameters live here; the update itself runs in the backend over
 the model's flat parameter, gradient and state buffers."""
 
-import math
-import numbers
-
 import numpy as np
 
 from . import schedules
+from ._validation import check_number
 
 SGD_KIND, ADAM_KIND = 0, 1
 # update forms of the core (mt_opt_style): PyTorch's, or scikit-learn's MLP
 STYLE_TORCH, STYLE_SKLEARN = 0, 1
-
-
-def _check(name, value, low=0.0, low_open=False, high=None, high_open=False):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-    if value < low or (low_open and value == low) or (
-            high is not None and (value > high or (high_open and value == high))):
-        lo = "(" if low_open else "["
-        hi = ")" if high_open else "]"
-        raise ValueError(f"{name} must lie in {lo}{low}, {high if high is not None else 'inf'}{hi}, "
-                         f"got {value!r}")
-    return float(value)
 
 
 class Optimizer:
@@ -39,19 +25,46 @@ class Optimizer:
 
     def __init__(self, lr, weight_decay, clip_norm, decay_all=False):
         self.lr_schedule = lr if isinstance(lr, schedules.Schedule) else None
-        self.lr = _check("lr", lr(0) if self.lr_schedule else lr, low_open=True)
-        self.weight_decay = _check("weight_decay", weight_decay)
-        self.clip_norm = _check("clip_norm", clip_norm) if clip_norm is not None else 0.0
         if not isinstance(decay_all, (bool, np.bool_)):
             raise TypeError(f"decay_all must be True or False, got {decay_all!r}")
         self.decay_all = bool(decay_all)
         self.iterations = 0
+        self.lr = self.upcoming_lr() if self.lr_schedule else lr
+        self.weight_decay = check_number("weight_decay", weight_decay)
+        self.clip_norm = check_number("clip_norm", clip_norm) if clip_norm is not None else 0.0
+
+    @property
+    def lr(self):
+        return self._lr
+
+    @lr.setter
+    def lr(self, value):
+        # checked on every assignment: a callback or a user setting lr = -5 would
+        # otherwise turn descent into ascent silently
+        self._lr = check_number("lr", value, low_open=True)
+
+    def upcoming_lr(self):
+        """The learning rate the next update will use, checked, without taking it: a
+        schedule's value that is not finite and >= 0 raises a ValueError naming the
+        schedule and the iteration."""
+        if self.lr_schedule is None:
+            return self._lr
+        # 0 is allowed here only: decaying schedules end there (CosineDecay's default
+        # min_lr) or underflow to it, and a zero rate makes no update
+        t = self.iterations
+        value = self.lr_schedule(t)
+        try:
+            return check_number("lr", value)
+        except ValueError:
+            raise ValueError(f"lr: the schedule {self.lr_schedule!r} returned {value!r} at "
+                             f"iteration {t}; a scheduled learning rate must be a finite "
+                             f"number >= 0") from None
 
     def next_lr(self):
-        """The learning rate of the next update: the schedule's value at `iterations`."""
-        if self.lr_schedule is not None:
-            self.lr = float(self.lr_schedule(self.iterations))
-        return self.lr
+        """The learning rate of the next update (``upcoming_lr``), which ``lr`` then
+        holds."""
+        self._lr = self.upcoming_lr()
+        return self._lr
 
     def core_args(self):
         """Keyword arguments of the backend's set_optimizer."""
@@ -79,7 +92,7 @@ class SGD(Optimizer):
     def __init__(self, lr=0.01, momentum=0.0, nesterov=False, weight_decay=0.0, clip_norm=None,
                  decay_all=False):
         super().__init__(lr, weight_decay, clip_norm, decay_all)
-        self.momentum = _check("momentum", momentum, high=1.0, high_open=True)
+        self.momentum = check_number("momentum", momentum, high=1.0, high_open=True)
         if nesterov and self.momentum == 0:
             raise ValueError("nesterov=True needs a momentum > 0")
         self.nesterov = bool(nesterov)
@@ -103,9 +116,9 @@ class Adam(Optimizer):
     def __init__(self, lr=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-8, weight_decay=0.0,
                  clip_norm=None, decay_all=False):
         super().__init__(lr, weight_decay, clip_norm, decay_all)
-        self.beta_1 = _check("beta_1", beta_1, high=1.0, high_open=True)
-        self.beta_2 = _check("beta_2", beta_2, high=1.0, high_open=True)
-        self.epsilon = _check("epsilon", epsilon, low_open=True)
+        self.beta_1 = check_number("beta_1", beta_1, high=1.0, high_open=True)
+        self.beta_2 = check_number("beta_2", beta_2, high=1.0, high_open=True)
+        self.epsilon = check_number("epsilon", epsilon, low_open=True)
 
     def core_args(self):
         return {**super().core_args(), "beta1": self.beta_1, "beta2": self.beta_2,

@@ -15,14 +15,7 @@ that is the ``mt.ReduceLROnPlateau`` callback.
 import math
 import numbers
 
-
-def _number(name, value, low=0.0, low_open=False, high=None):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-    if value < low or (low_open and value == low) or (high is not None and value > high):
-        bounds = f"{'(' if low_open else '['}{low}, {high if high is not None else 'inf'}]"
-        raise ValueError(f"{name} must lie in {bounds}, got {value!r}")
-    return float(value)
+from ._validation import check_number as _number
 
 
 def _steps(name, value, low=1):

@@ -161,6 +161,8 @@ class _BaseMLP(BaseEstimator):
         else:
             self.out_activation_ = "logistic"
         model = self._model = self._build_model(layer_units, dtype)
+        # a solver left by an earlier fit holds state shaped for the earlier network
+        self.__dict__.pop("_optimizer", None)
         # scikit-learn's rule: Glorot uniform (factor 2 for logistic), weights then biases
         # of each layer drawn in turn from random_state
         factor = 2.0 if self.activation == "logistic" else 6.0
