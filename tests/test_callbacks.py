@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import minitrain as mt
-from minitrain import models
+from minitrain import training
 from minitrain.callbacks import CallbackList
 
 
@@ -156,7 +156,7 @@ def test_max_time_cuts_the_run_and_records_the_partial_epoch(monkeypatch):
     model = small_model()
     clock = types.SimpleNamespace(now=0.0)
     clock.perf_counter = lambda: clock.now
-    monkeypatch.setattr(models, "time", clock)  # fit's clock: time passes when we say
+    monkeypatch.setattr(training, "time", clock)  # the runner's clock: time as we say
 
     class Slow(mt.Callback):
         def on_iteration_end(self, iteration, logs=None):

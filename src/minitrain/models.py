@@ -2,42 +2,21 @@
 
 import copy
 import logging
-import math
-import numbers
-import sys
-import time
-import types
-import warnings
 
 import numpy as np
 
-from . import checkpoint, evaluation, optimizers
+from . import checkpoint, evaluation, optimizers, training
 from . import functional as F
 from ._validation import all_finite, check_int, check_targets, check_X
 from .backends import make_net
-from .callbacks import CallbackList, ConvergenceCheck, EpochLine, ProgressBar
 from .history import History
 from .layers import Dense, Layer
 
 logger = logging.getLogger("minitrain")
 
 _PREDICT_BATCH = 1024
-# training-set metrics use at most this many rows, evenly spaced, as scikit-learn's
-# HistGradientBoosting scores training data: their cost stays bounded on large sets
-_TRAIN_METRIC_ROWS = 10_000
 _FLOAT_DTYPES = (np.float32, np.float64)
 _FUSED_OUTPUT = {"cross_entropy": "softmax", "binary_cross_entropy": "sigmoid"}
-
-
-class _Run(types.SimpleNamespace):
-    """The layout of one fit: its checked data, rows, batches, epochs and callbacks."""
-
-
-def _positive(name, value):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) \
-            or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a finite number of seconds > 0, got {value!r}")
-    return float(value)
 
 
 class Sequential:
@@ -166,7 +145,39 @@ class Sequential:
                              self.params_flat, self.grads_flat, self.state_flat,
                              self.buffers_flat, self.dropout_seed)
         self._net_optimizer = None
+        self._reduction = "mean"
         return self
+
+    def _set_reduction(self, name):
+        """How the batch loss is reduced: ``"mean"`` or ``"sklearn"`` (scikit-learn's)."""
+        self._reduction = name
+        self._net.set_reduction(F.REDUCTIONS[name])
+
+    def _bind_update(self, kind, **core_args):
+        """Make the backend update with optimizer `kind` and the backend's
+        ``set_optimizer`` arguments (weight decay over the weights unless `n_decay`)."""
+        core_args.setdefault("n_decay", self._n_decay)
+        self._net.set_optimizer(kind, **core_args)
+        self._update_args = (kind, core_args)
+
+    def _twin(self, finite_only=True):
+        """The NumPy backend's network over this model's buffers, set up as its own is;
+        `finite_only=False` makes it update through a non-finite loss."""
+        net = make_net("numpy", self.dtype, F.LOSSES[self.loss], self._layer_spec,
+                       self.params_flat, self.grads_flat, self.state_flat,
+                       self.buffers_flat, self.dropout_seed)
+        net.set_reduction(F.REDUCTIONS[self._reduction])
+        net.reserve(self._net.max_batch)
+        net.finite_only = finite_only
+        kind, core_args = self._update_args
+        net.set_optimizer(kind, **core_args)
+        return net
+
+    def _gradient(self, X, y, sample_weight=None):
+        """The batch loss of the core-ready X, y (unchecked), its gradient left in
+        ``grads_flat``; nothing is updated."""
+        self._net.reserve(X.shape[0])
+        return self._net.step(X, y, 0.0, 0, False, sample_weight=sample_weight)
 
     def _use_optimizer(self, optimizer):
         """Make `optimizer` the one the backend updates with; a new optimizer starts
@@ -176,7 +187,7 @@ class Sequential:
             if self._net_optimizer is not None:
                 self.state_flat[:] = 0
             n_decay = self.params_flat.size if optimizer.decay_all else self._n_decay
-            self._net.set_optimizer(optimizer.kind, n_decay=n_decay, **optimizer.core_args())
+            self._bind_update(optimizer.kind, n_decay=n_decay, **optimizer.core_args())
             self._net_optimizer = optimizer
         self.optimizer = optimizer
         return optimizer
@@ -238,90 +249,12 @@ class Sequential:
             per epoch; 2 a line per epoch. The lines go to standard output, written
             rather than logged, so the logging set-up changes nothing about them.
         """
-        run = self._plan_fit(X, y, epochs, batch_size, optimizer, shuffle, drop_last, seed,
-                             verbose, validation_data, validation_split, metrics, callbacks,
-                             tol, n_iter_no_change, max_time, resume_from)
-        # every argument is checked: from here on the model changes
-        self._begin_fit(run)
-        for epoch in range(run.first + 1, run.last + 1):
-            run.callbacks.call("on_epoch_begin", epoch)
-            start_time = time.perf_counter()
-            losses = self._train_epoch(run, epoch)
-            if losses.size == 0:  # stopped before the epoch's first iteration
-                break
-            self.epoch = epoch
-            logs = self._epoch_logs(run, losses, start_time)
-            self.history.record_epoch(epoch, losses, logs)
-            run.callbacks.call("on_epoch_end", epoch, logs)
-            if self.stop_training:
-                break
-        self.history.stop_reason = (self.stop_reason or "callback") if self.stop_training \
-            else "completed"
-        self._net.set_data(run.X[:1], run.y[:1])  # do not keep the training set alive
-        run.callbacks.call("on_train_end")
-        return self.history
-
-    def _plan_fit(self, X, y, epochs, batch_size, optimizer, shuffle, drop_last, seed,
-                  verbose, validation_data, validation_split, metrics, callbacks, tol,
-                  n_iter_no_change, max_time, resume_from):
-        """Check every argument of fit and lay the run out, changing nothing."""
-        if optimizer is not None:
-            optimizer = optimizers.get(optimizer)
-        saved = checkpoint.load(resume_from) if resume_from is not None else None
-        if saved is not None and checkpoint.resume_conflicts(saved, self):
-            # another architecture: the data cannot even be checked against it
-            checkpoint.check_resumable(saved, self, optimizer, resume_from)
-        X, y = (saved or self)._check_xy(X, y)
-        epochs = check_int("epochs", epochs, 0)
-        batch_size = check_int("batch_size", batch_size, 1)
-        verbose = check_int("verbose", int(verbose) if isinstance(verbose, bool) else verbose, 0)
-        if seed is not None:
-            seed = check_int("seed", seed, 0)
-        if max_time is not None:
-            max_time = _positive("max_time", max_time)
-        metric_names = evaluation.resolve(metrics, self.loss)
-        train_rows, validation = self._validation_set(X, y, validation_data, validation_split)
-        n = X.shape[0] if train_rows is None else len(train_rows)
-        if batch_size > n:
-            warnings.warn(f"batch_size={batch_size} is larger than the {n} samples; "
-                          f"it is clipped to {n}", UserWarning, stacklevel=3)
-            batch_size = n
-        shuffle, drop_last = bool(shuffle), bool(drop_last)
-        if saved is not None:
-            checkpoint.check_resumable(saved, self, optimizer, resume_from, n_samples=n,
-                                       batch_size=batch_size, shuffle=shuffle,
-                                       drop_last=drop_last)
-        if optimizer is None:
-            optimizer = saved.optimizer if saved is not None else self.optimizer
-        optimizer.upcoming_lr()  # a schedule's bad first rate is refused before the run
-        per_epoch = n // batch_size if drop_last else math.ceil(n / batch_size)
-        if per_epoch == 0:
-            raise ValueError("drop_last=True with batch_size > n_samples leaves no iteration")
-        first = saved.epoch if saved is not None else self.epoch
-        last = epochs if saved is not None else self.epoch + epochs
-        params = {"epochs": last, "batch_size": batch_size, "n_samples": n,
-                  "iterations_per_epoch": per_epoch, "shuffle": shuffle, "drop_last": drop_last}
-        extra = [ConvergenceCheck(tol, n_iter_no_change)] if tol is not None else []
-        if verbose:
-            extra.append(ProgressBar() if verbose == 1 and sys.stderr.isatty() else EpochLine())
-        cbs = CallbackList(list(callbacks or []) + extra, self, params)
-        log_keys = {"loss", "lr", "time", *metric_names}
-        if validation is not None:
-            log_keys |= {"val_" + k for k in ("loss", *metric_names)}
-        cbs.check_fit(log_keys, optimizer)
-
-        rows = np.arange(n, dtype=np.int64) if train_rows is None else train_rows
-        metric_rows = train_rows
-        if n > _TRAIN_METRIC_ROWS:
-            metric_rows = rows[np.linspace(0, n - 1, _TRAIN_METRIC_ROWS).astype(np.int64)]
-        sizes = np.full(per_epoch, batch_size, dtype=np.float64)
-        if not drop_last:
-            sizes[-1] = n - batch_size * (per_epoch - 1)
-        return _Run(X=X, y=y, rows=rows, shuffle=shuffle, batch_size=batch_size,
-                    per_epoch=per_epoch, sizes=sizes, first=first, last=last, params=params,
-                    optimizer=optimizer, saved=saved, seed=seed, verbose=verbose,
-                    metric_names=metric_names, metric_rows=metric_rows, validation=validation,
-                    callbacks=cbs, max_time=max_time)
+        return training.fit(self, X, y, epochs=epochs, batch_size=batch_size,
+                            optimizer=optimizer, shuffle=shuffle, drop_last=drop_last,
+                            seed=seed, verbose=verbose, validation_data=validation_data,
+                            validation_split=validation_split, metrics=metrics,
+                            callbacks=callbacks, tol=tol, n_iter_no_change=n_iter_no_change,
+                            max_time=max_time, resume_from=resume_from)
 
     def _begin_fit(self, run):
         if run.saved is not None:
@@ -331,78 +264,10 @@ class Sequential:
         if run.seed is not None and run.saved is None:
             self.rng = np.random.default_rng(run.seed)
         run.optimizer = self._use_optimizer(run.optimizer)
-        self._net.reserve(run.batch_size)
-        self._net.set_data(run.X, run.y)
         if run.saved is None or self.history is None:
-            self.history = History(run.params)
-        self.history.params = run.params
+            self.history = History(run.plan.params())
+        self.history.params = run.plan.params()
         self._callbacks = run.callbacks
-        self.stop_training, self.stop_reason = False, None
-        run.callbacks.call("on_train_begin")
-        run.callbacks.set_states(self._saved_callback_states if run.saved is not None else {})
-        run.deadline = None if run.max_time is None else time.perf_counter() + run.max_time
-
-    def _train_epoch(self, run, epoch):
-        """The iterations of one epoch; returns their losses (fewer when stopped)."""
-        net, opt, n, batch_size = self._net, run.optimizer, len(run.rows), run.batch_size
-        order = run.rows[self.rng.permutation(n)] if run.shuffle else run.rows
-        on_iteration = run.callbacks.on_iteration_end
-        losses = np.empty(run.per_epoch)
-        done = 0
-        while done < run.per_epoch and not self.stop_training:
-            start = done * batch_size
-            lr = opt.next_lr()
-            try:
-                losses[done] = net.step_rows(order, start, min(start + batch_size, n), lr,
-                                             opt.iterations + 1, iteration=self.iteration)
-            except FloatingPointError as err:
-                raise FloatingPointError(
-                    f"training diverged at epoch {epoch}, iteration {done + 1} "
-                    f"(iteration {self.iteration + 1} overall): {err}; the weights of the "
-                    f"last finite iteration are kept. Lower the learning rate, or "
-                    f"standardise a regression target whose scale is large.") from None
-            opt.iterations += 1
-            self.iteration += 1
-            done += 1
-            if on_iteration:
-                logs = {"loss": losses[done - 1], "lr": lr, "epoch": epoch, "batch": done}
-                for fn in on_iteration:
-                    fn(self.iteration, logs)
-            if run.deadline is not None and time.perf_counter() >= run.deadline:
-                self.stop_training, self.stop_reason = True, "max_time"
-        return losses[:done]
-
-    def _epoch_logs(self, run, losses, start_time):
-        """loss (sample-weighted mean over the epoch's iterations), metrics on the
-        training rows, validation loss and metrics, lr, time."""
-        sizes = run.sizes[:len(losses)]
-        logs = {"loss": float(np.dot(losses, sizes) / sizes.sum())}
-        if run.metric_names:
-            logs.update(self._evaluate_rows(run.X, run.y, run.metric_rows, run.metric_names,
-                                            with_loss=False))
-        if run.validation is not None:
-            val = self._evaluate_rows(*run.validation, run.metric_names)
-            logs.update(("val_" + k, v) for k, v in val.items())
-        logs.update(lr=run.optimizer.lr, time=time.perf_counter() - start_time)
-        return logs
-
-    def _validation_set(self, X, y, validation_data, validation_split):
-        """(training rows or None, (X_val, y_val, rows of them or None) or None)."""
-        if validation_data is not None and validation_split is not None:
-            raise ValueError("pass validation_data or validation_split, not both")
-        if validation_data is not None:
-            if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
-                raise TypeError("validation_data must be a tuple (X_val, y_val)")
-            Xv = check_X(validation_data[0], self.dtype, X.shape[1], name="validation_data X")
-            yv = check_targets(validation_data[1], self.loss, self.n_outputs, Xv.shape[0],
-                               self.dtype, name="validation_data y")
-            return None, (Xv, yv, None)
-        if validation_split is not None:
-            stratify = self.loss == "cross_entropy" or (
-                self.loss == "binary_cross_entropy" and y.shape[1] == 1)
-            train, val = evaluation.holdout(y, validation_split, stratify)
-            return train, (X, y, val)
-        return None, None
 
     def train_step(self, X, y, optimizer=None):
         """One iteration (forward, backward, update) on the batch X, y; returns its loss.
@@ -441,21 +306,25 @@ class Sequential:
         self._require_built()
         return self._forward_rows(check_X(X, self.dtype, self.n_features_in_), None, batch_size)
 
-    def _forward_rows(self, X, rows, batch_size=None):
+    def _forward_rows(self, X, rows, batch_size=None, step=None, finite=True):
         """Output for the rows `rows` of the checked X (all rows when None), computed in
-        batches; only one batch of rows is gathered at a time."""
+        batches of `step` rows (default: the workspace's); only one batch of rows is
+        gathered (made dense, for a sparse X) at a time. `finite`: refuse an overflow."""
         n = X.shape[0] if rows is None else len(rows)
         if batch_size is None:
             batch_size = max(self._net.max_batch, min(n, _PREDICT_BATCH))
         batch_size = check_int("batch_size", batch_size, 1)
         self._net.reserve(min(batch_size, n))
-        step = self._net.max_batch
+        step = step or self._net.max_batch
         out = np.empty((n, self.n_outputs), dtype=self.dtype)
         for start in range(0, n, step):
             stop = min(start + step, n)
             batch = X[start:stop] if rows is None else X[rows[start:stop]]
+            if not isinstance(batch, np.ndarray):  # sparse
+                batch = batch.toarray()
+            batch = np.ascontiguousarray(batch, dtype=self.dtype)
             self._net.forward(batch, out[start:stop])
-        if not all_finite(out):  # finite weights: only inputs too large get here
+        if finite and not all_finite(out):  # finite weights: only inputs too large get here
             raise ValueError(f"X: the model's outputs overflow {self.dtype.name} on these "
                              f"inputs; scale X")
         return out

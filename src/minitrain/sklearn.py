@@ -50,7 +50,7 @@ from sklearn.utils.optimize import _check_optimize_result
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 
 from . import functional as F
-from .backends import make_net
+from . import training
 from .layers import Dense
 from .models import Sequential
 from .optimizers import ADAM_KIND, SGD_KIND, STYLE_SKLEARN
@@ -82,12 +82,10 @@ class _StochasticSolver:
         model.state_flat[:] = 0
         self.state = model.state_flat
 
-    def attach(self, model, alpha, net=None):
-        """Make the model's core (or `net`) update with this solver; alpha is the L2
-        penalty."""
+    def attach(self, model, alpha):
+        """Make the model's core update with this solver; alpha is the L2 penalty."""
         kind = SGD_KIND if self.solver == "sgd" else ADAM_KIND
-        (net or model._net).set_optimizer(kind, weight_decay=alpha, n_decay=_n_weights(model),
-                                          style=STYLE_SKLEARN, **self.hyper)
+        model._bind_update(kind, weight_decay=alpha, style=STYLE_SKLEARN, **self.hyper)
 
     def step_lr(self):
         # Adam's step size comes from learning_rate_init, bias-corrected in the core
@@ -114,11 +112,6 @@ class _StochasticSolver:
         return False
 
 
-def _n_weights(model):
-    # Sequential lays all weights out before all biases: L2 covers params_flat[:n]
-    return sum(layer.n_weights for layer in model.layers)
-
-
 def _store_params(estimator, arguments):
     """Store an estimator's constructor arguments as attributes of the same names, and
     nothing else, as scikit-learn's ``get_params``/``clone`` expect."""
@@ -135,6 +128,78 @@ def _dense(X, dtype=None):
     return np.ascontiguousarray(X, dtype=dtype)
 
 
+class _SklearnPolicy(training.Policy):
+    """scikit-learn's decisions in the runner: its batch order (one shuffle of the
+    previous epoch's order per epoch, from ``random_state``), a learning rate per epoch
+    (``invscaling``, ``adaptive``), its loss with the L2 term, its stopping rules and
+    early stopping, and training on through a non-finite loss."""
+
+    def __init__(self, est, model, solver, incremental, validation):
+        self.est, self.model, self.solver = est, model, solver
+        self.incremental, self.validation = incremental, validation
+        self.scale = est._data_loss_scale()
+        self.sample_idx = None
+
+    def order(self, rows):
+        if self.sample_idx is None:
+            self.sample_idx = rows
+        if self.est.shuffle:  # as sklearn.utils.shuffle does, without its input checks
+            order = np.arange(len(rows))
+            self.est._random_state.shuffle(order)
+            self.sample_idx = self.sample_idx[order]
+        return self.sample_idx
+
+    def epoch_begin(self, epoch):
+        self.accumulated_loss = 0.0
+        self.lr = self.solver.step_lr()
+
+    def rate(self):
+        self.solver.t += 1
+        return self.lr, self.solver.t, 0
+
+    def diverged(self, runner, err, epoch, batch):
+        # the core refuses an update with a non-finite loss; scikit-learn makes it (its
+        # weights turn non-finite, its validation scores NaN, early stopping keeps the
+        # best weights): so does the NumPy twin of the core, over the same buffers, from
+        # here on
+        runner.use_net(self.model._twin(finite_only=False))
+        return runner.retry()
+
+    def iteration_end(self, runner, loss, lr, epoch, batch, start, stop):
+        # the L2 term of the weights before this update, read by the update
+        self.accumulated_loss += (loss * self.scale + runner.net.l2_term) * (stop - start)
+
+    def epoch_end(self, epoch, losses):
+        est, n_samples = self.est, len(self.sample_idx)
+        est.n_iter_ += 1
+        est.loss_ = self.accumulated_loss / n_samples
+        est.t_ += n_samples
+        est.loss_curve_.append(est.loss_)
+        if est.verbose:
+            print("Iteration %d, loss = %.8f" % (est.n_iter_, est.loss_))
+        early_stopping = est.early_stopping
+        est._update_no_improvement_count(early_stopping, *self.validation)
+        self.solver.iteration_ends(est.t_)
+        if est._no_improvement_count > est.n_iter_no_change:
+            if early_stopping:
+                msg = ("Validation score did not improve more than tol=%f for %d "
+                       "consecutive epochs." % (est.tol, est.n_iter_no_change))
+            else:
+                msg = ("Training loss did not improve more than tol=%f for %d "
+                       "consecutive epochs." % (est.tol, est.n_iter_no_change))
+            if self.solver.trigger_stopping(msg, est.verbose):
+                self.stop_training = True
+                return
+            est._no_improvement_count = 0
+        if self.incremental:
+            self.stop_training = True
+            return
+        if est.n_iter_ == est.max_iter:
+            warnings.warn(
+                "Stochastic Optimizer: Maximum iterations (%d) reached and the "
+                "optimization hasn't converged yet." % est.max_iter, ConvergenceWarning)
+
+
 class _BaseMLP(BaseEstimator):
     """What MLPClassifier and MLPRegressor share: the network, the solvers, prediction."""
 
@@ -146,7 +211,7 @@ class _BaseMLP(BaseEstimator):
         model = Sequential(layers, loss=_LOSS_OF_OUTPUT[self.out_activation_], seed=0,
                            dtype=dtype)
         model.build(layer_units[0])
-        model._net.set_reduction(F.REDUCTIONS["sklearn"])
+        model._set_reduction("sklearn")
         return model
 
     def _initialize(self, y, layer_units, dtype):
@@ -284,17 +349,17 @@ class _BaseMLP(BaseEstimator):
         return self
 
     def _fit_lbfgs(self, model, X, y, sample_weight):
-        net, params, n_decay = model._net, model.params_flat, _n_weights(model)
+        # Sequential lays all weights out before all biases: L2 covers params_flat[:n]
+        params, n_decay = model.params_flat, model._n_decay
         weight_sum = X.shape[0] if sample_weight is None else float(sample_weight.sum())
         targets = self._targets(y, model.dtype)
         sw = None if sample_weight is None else sample_weight.astype(model.dtype)
         coefs = [c.reshape(-1) for c in self.coefs_]
         scale = self._data_loss_scale()
-        net.reserve(X.shape[0])
 
         def loss_grad(packed):
             params[...] = packed
-            loss = net.step(X, targets, 0.0, 0, False, sample_weight=sw) * scale
+            loss = model._gradient(X, targets, sw) * scale
             loss += self._l2_term(coefs, weight_sum)
             grad = model.grads_flat.astype(np.float64)
             grad[:n_decay] += (self.alpha / weight_sum) * params[:n_decay]
@@ -345,98 +410,25 @@ class _BaseMLP(BaseEstimator):
                               "sample size. It is going to be clipped")
             batch_size = int(np.clip(self.batch_size, 1, n_samples))
 
-        net = model._net
         sw = None if sample_weight_train is None else np.ascontiguousarray(
             sample_weight_train, dtype=model.dtype)
-        targets = self._targets(y_train, model.dtype)
-        net.reserve(batch_size)
-        sparse = sp.issparse(X_train)
-
-        def batches_of(net):
-            if sparse:  # one batch of rows dense at a time
-                def step_rows(idx, start, stop, lr, t):
-                    rows = idx[start:stop]
-                    return net.step(X_train[rows].toarray(), targets[rows], lr, t,
-                                    sample_weight=None if sw is None else sw[rows])
-                return step_rows
-            # the core gathers the rows of each batch
-            net.set_data(np.ascontiguousarray(X_train), targets, sw)
-            return net.step_rows
-
-        step_rows = batches_of(net)
-        scale = self._data_loss_scale()
-        sample_idx = np.arange(n_samples, dtype=np.int64)
+        if not sp.issparse(X_train):
+            X_train = np.ascontiguousarray(X_train)
+        plan = training.FitPlan(n_samples=n_samples, batch_size=batch_size,
+                                epochs=self.max_iter, shuffle=self.shuffle)
+        policy = _SklearnPolicy(self, model, solver, incremental, (X_val, y_val,
+                                                                   sample_weight_val))
+        runner = training.Runner(model, plan, policy, X_train,
+                                 self._targets(y_train, model.dtype), sw)
         try:
             self.n_iter_ = 0
-            for _ in range(self.max_iter):
-                if self.shuffle:  # as sklearn.utils.shuffle does, without its input checks
-                    order = np.arange(n_samples)
-                    self._random_state.shuffle(order)
-                    sample_idx = sample_idx[order]
-                accumulated_loss = 0.0
-                lr = solver.step_lr()
-                for start in range(0, n_samples, batch_size):  # gen_batches' batches
-                    stop = min(start + batch_size, n_samples)
-                    solver.t += 1
-                    try:
-                        loss = step_rows(sample_idx, start, stop, lr, solver.t)
-                    except FloatingPointError:
-                        # the core refuses an update with a non-finite loss; scikit-learn
-                        # makes it (its weights turn non-finite, its validation scores
-                        # NaN, early stopping keeps the best weights): so does the NumPy
-                        # twin of the core, over the same buffers, from here on
-                        net = self._nonfinite_twin(model, solver)
-                        step_rows = batches_of(net)
-                        loss = step_rows(sample_idx, start, stop, lr, solver.t)
-                    # the L2 term of the weights before this update, read by the update
-                    accumulated_loss += (loss * scale + net.l2_term) * (stop - start)
-                self.n_iter_ += 1
-                self.loss_ = accumulated_loss / X_train.shape[0]
-                self.t_ += n_samples
-                self.loss_curve_.append(self.loss_)
-                if self.verbose:
-                    print("Iteration %d, loss = %.8f" % (self.n_iter_, self.loss_))
-                self._update_no_improvement_count(early_stopping, X_val, y_val,
-                                                  sample_weight_val)
-                solver.iteration_ends(self.t_)
-                if self._no_improvement_count > self.n_iter_no_change:
-                    if early_stopping:
-                        msg = ("Validation score did not improve more than tol=%f for %d "
-                               "consecutive epochs." % (self.tol, self.n_iter_no_change))
-                    else:
-                        msg = ("Training loss did not improve more than tol=%f for %d "
-                               "consecutive epochs." % (self.tol, self.n_iter_no_change))
-                    if solver.trigger_stopping(msg, self.verbose):
-                        break
-                    self._no_improvement_count = 0
-                if incremental:
-                    break
-                if self.n_iter_ == self.max_iter:
-                    warnings.warn(
-                        "Stochastic Optimizer: Maximum iterations (%d) reached and the "
-                        "optimization hasn't converged yet." % self.max_iter,
-                        ConvergenceWarning)
+            runner.run()
         except KeyboardInterrupt:
             warnings.warn("Training interrupted by user.")
-        finally:
-            if not sparse:  # release the data
-                model._net.set_data(_dense(X[:1]), self._targets(y[:1], model.dtype))
         if early_stopping:  # restore the best weights
             self.coefs_ = self._best_coefs
             self.intercepts_ = self._best_intercepts
             self._synced_model()
-
-    def _nonfinite_twin(self, model, solver):
-        """The NumPy backend's network over `model`'s buffers, set up as its core is,
-        that updates through a non-finite loss."""
-        net = make_net("numpy", model.dtype, F.LOSSES[model.loss], model._layer_spec,
-                       model.params_flat, model.grads_flat, model.state_flat,
-                       model.buffers_flat, model.dropout_seed)
-        net.set_reduction(F.REDUCTIONS["sklearn"])
-        net.reserve(model._net.max_batch)
-        net.finite_only = False
-        solver.attach(model, self.alpha, net)
-        return net
 
     def _update_no_improvement_count(self, early_stopping, X, y, sample_weight):
         if early_stopping:
@@ -490,15 +482,11 @@ class _BaseMLP(BaseEstimator):
         if check_input:
             X = validate_data(self, X, accept_sparse=["csr", "csc"], reset=False)
         model = self._synced_model()
-        net = model._net
         rows = _PREDICT_ROWS
         if sp.issparse(X):  # made dense chunk of rows by chunk, a few MB at a time
             X = X.tocsr()
             rows = max(1, min(rows, _DENSE_CHUNK_ELEMENTS // X.shape[1]))
-        net.reserve(max(net.max_batch, min(X.shape[0], rows)))
-        out = np.empty((X.shape[0], self.n_outputs_), dtype=model.dtype)
-        for start in range(0, X.shape[0], rows):
-            net.forward(_dense(X[start:start + rows], model.dtype), out[start:start + rows])
+        out = model._forward_rows(X, None, batch_size=rows, step=rows, finite=False)
         return F.output_transform(model.loss, out)
 
     def _score_with_function(self, X, y, sample_weight, score_function):

@@ -1,0 +1,70 @@
+"""The one runner: its fit plan and its batch loop, driven by a policy."""
+
+import numpy as np
+import pytest
+
+import minitrain as mt
+from minitrain import training
+
+
+def test_fit_plan_counts_iterations_and_batch_sizes_as_keras():
+    plan = training.FitPlan(n_samples=100, batch_size=32, epochs=5, initial_epoch=2)
+    assert plan.steps_per_epoch == 4
+    np.testing.assert_array_equal(plan.batch_sizes(), [32, 32, 32, 4])
+    assert plan.params() == {"epochs": 5, "batch_size": 32, "n_samples": 100,
+                             "iterations_per_epoch": 4, "shuffle": True, "drop_last": False}
+    dropped = training.FitPlan(n_samples=100, batch_size=32, epochs=1, drop_last=True)
+    assert dropped.steps_per_epoch == 3
+    np.testing.assert_array_equal(dropped.batch_sizes(), [32, 32, 32])
+    with pytest.raises(ValueError, match="leaves no iteration"):
+        training.FitPlan(n_samples=10, batch_size=32, epochs=1, drop_last=True)
+
+
+class _Recorder(training.Policy):
+    """A plain loop: rows in reverse order, a fixed rate, stop after `stop_after` epochs."""
+
+    def __init__(self, stop_after):
+        self.t, self.stop_after, self.seen, self.epochs = 0, stop_after, [], []
+
+    def order(self, rows):
+        return rows[::-1].copy()
+
+    def rate(self):
+        self.t += 1
+        return 0.1, self.t, self.t - 1
+
+    def iteration_end(self, runner, loss, lr, epoch, batch, start, stop):
+        self.seen.append((epoch, batch, stop - start))
+
+    def epoch_end(self, epoch, losses):
+        self.epochs.append((epoch, len(losses)))
+        self.stop_training = len(self.epochs) >= self.stop_after
+
+
+def test_runner_runs_the_plan_until_the_policy_stops():
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(10, 3)), rng.integers(0, 2, 10)
+    model = mt.Sequential([mt.Dense(2)], seed=0, dtype="float64").build(3)
+    model._use_optimizer(mt.SGD(lr=0.1))
+    X, y = model._check_xy(X, y)
+    plan = training.FitPlan(n_samples=10, batch_size=4, epochs=4, initial_epoch=1)
+    policy = _Recorder(stop_after=2)
+    training.Runner(model, plan, policy, X, y).run()
+    assert policy.epochs == [(2, 3), (3, 3)]  # epochs 2 and 3; then the policy stopped
+    assert policy.seen == [(2, 1, 4), (2, 2, 4), (2, 3, 2), (3, 1, 4), (3, 2, 4), (3, 3, 2)]
+    # the same updates as train_step on the batches of the policy's order
+    twin = mt.Sequential([mt.Dense(2)], seed=0, dtype="float64").build(3)
+    rows = np.arange(10)[::-1]
+    for _ in range(2):
+        for start in range(0, 10, 4):
+            twin.train_step(X[rows[start:start + 4]], y[rows[start:start + 4]],
+                            optimizer=mt.SGD(lr=0.1) if twin.iteration == 0 else None)
+    np.testing.assert_array_equal(model.params_flat, twin.params_flat)
+
+
+def test_a_reduction_needs_a_backend_with_a_separate_update():
+    model = mt.Sequential([mt.Dense(2)], seed=0).build(3)
+    X, y = model._check_xy(np.zeros((4, 3)), np.zeros(4, dtype=np.int64))
+    plan = training.FitPlan(n_samples=4, batch_size=2, epochs=1)
+    with pytest.raises(NotImplementedError, match="no separate update"):
+        training.Runner(model, plan, _Recorder(1), X, y, reduce=lambda g: None)
