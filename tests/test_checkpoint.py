@@ -367,3 +367,28 @@ def test_resume_with_dropout_and_batchnorm_and_no_seed(tmp_path):
     assert resumed.dropout_seed == straight.dropout_seed
     for name in ("params_flat", "state_flat", "buffers_flat"):
         np.testing.assert_array_equal(getattr(resumed, name), getattr(straight, name))
+
+
+def test_the_checkpoint_module_is_a_file_format_of_states(tmp_path):
+    import ast
+    import inspect
+
+    from minitrain import checkpoint
+    tree = ast.parse(inspect.getsource(checkpoint))
+    imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+                for alias in node.names} | {node.module for node in ast.walk(tree)
+                                            if isinstance(node, ast.ImportFrom) and node.module}
+    assert "models" not in imported and "Sequential" not in imported
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(40, 3)), rng.integers(0, 2, 40)
+    model = mt.Sequential([mt.Dense(4, activation="relu"), mt.Dense(2)], seed=0)
+    model.fit(X, y, epochs=2, batch_size=8, verbose=0)
+    checkpoint.write(tmp_path / "m.npz", model.get_state())
+    state, mine = checkpoint.read(tmp_path / "m.npz"), model.get_state()
+    assert state["config"] == mine["config"] and state["optimizer"] == mine["optimizer"]
+    assert (state["epoch"], state["iteration"]) == (2, 10)
+    for name, array in mine["arrays"].items():
+        np.testing.assert_array_equal(state["arrays"][name], array)
+    again = mt.Sequential()
+    again.set_state(state)
+    np.testing.assert_array_equal(again.predict_proba(X), model.predict_proba(X))

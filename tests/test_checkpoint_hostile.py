@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import minitrain as mt
-from minitrain import checkpoint
+from minitrain import checkpoint, models
 
 MEMORY_LIMIT = 50 << 20
 
@@ -96,7 +96,7 @@ def test_bit_flips_at_many_offsets(saved, tmp_path, bounded_memory):
         # a flip in bytes the zip format does not check (times, the local copy of a
         # CRC...) leaves the same model
         loaded += 1
-        for name, buf in checkpoint.flat_arrays(model).items():
+        for name, buf in models.flat_arrays(model).items():
             np.testing.assert_array_equal(getattr(other, name), buf)
         assert (other.epoch, other.iteration) == (model.epoch, model.iteration)
     assert loaded < len(offsets) // 4
@@ -310,7 +310,7 @@ def test_a_zip_bomb_is_refused_unread(saved, tmp_path, bounded_memory):
 def test_a_clean_file_still_loads_exactly(saved):
     model, path, _ = saved
     loaded = mt.load(path)
-    for name, buf in checkpoint.flat_arrays(model).items():
+    for name, buf in models.flat_arrays(model).items():
         np.testing.assert_array_equal(getattr(loaded, name), buf)
     assert loaded.history.history == model.history.history
 

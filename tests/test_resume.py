@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import minitrain as mt
-from minitrain import checkpoint
+from minitrain import training
 
 
 def data(n=232, seed=0):
@@ -63,7 +63,7 @@ def test_resume_conflicts_is_empty_for_the_saved_run(tmp_path):
     m.fit(X, y, epochs=1, batch_size=8, verbose=0)
     m.save(tmp_path / "m.npz")
     saved = mt.load(tmp_path / "m.npz")
-    assert checkpoint.resume_conflicts(saved, model(), None, batch_size=8, shuffle=True,
+    assert training.resume_conflicts(saved, model(), None, batch_size=8, shuffle=True,
                                        drop_last=False, n_samples=232) == []
-    assert checkpoint.resume_conflicts(saved, model(), mt.SGD(lr=0.01), batch_size=9) == [
+    assert training.resume_conflicts(saved, model(), mt.SGD(lr=0.01), batch_size=9) == [
         ("batch_size", 8, 9)]

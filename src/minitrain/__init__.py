@@ -10,11 +10,10 @@ from . import evaluation, schedules
 from .backends import cpu_info, get_num_threads, set_num_threads
 from .callbacks import (Callback, CSVLogger, EarlyStopping, JSONLogger, ModelCheckpoint,
                         ProgressBar, ReduceLROnPlateau)
-from .checkpoint import load
 from .datasets import load_digits, train_test_split
 from .history import History
 from .layers import Activation, BatchNorm, Dense, Dropout, Layer
-from .models import Sequential
+from .models import Sequential, load
 from .optimizers import SGD, Adam, AdamW, Optimizer
 
 __version__ = "0.1.0"

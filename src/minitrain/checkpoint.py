@@ -1,4 +1,7 @@
-"""Checkpoints: a model and its training state in one ``.npz`` file that cannot run code.
+"""Checkpoints: a model's state (``Sequential.get_state()``) in one ``.npz`` file that
+cannot run code. This module is the file format only: it writes and reads a state, and
+builds no model (``minitrain.load`` and ``fit(resume_from=...)`` do, through
+``Sequential.set_state``).
 
 The file is a NumPy zip archive read with ``allow_pickle=False``: a JSON header
 (``__minitrain__``: architecture, optimizer config and update count, epoch and
@@ -36,12 +39,6 @@ _HEADER = "__minitrain__"
 _BIT_GENERATORS = ("PCG64", "PCG64DXSM", "Philox", "SFC64", "MT19937")
 
 
-def flat_arrays(model):
-    """Every flat buffer of a built model (``params_flat``, ``state_flat``, ...), by name."""
-    return {k: v for k, v in vars(model).items()
-            if k.endswith("_flat") and isinstance(v, np.ndarray)}
-
-
 def _json_default(value):
     if isinstance(value, np.generic):
         return value.item()
@@ -66,19 +63,9 @@ def _join_arrays(value, arrays):
     return value
 
 
-def model_config(model):
-    return {"class": type(model).__name__, "loss": model.loss, "dtype": model.dtype.name,
-            "backend": model.backend, "seed": model.seed, "dropout_seed": model.dropout_seed,
-            "n_features_in": model.n_features_in_,
-            "layers": [layer.get_config() for layer in model.layers]}
-
-
-def save(model, path):
-    """Write `model` (built) and its training state to `path`, atomically: its
-    ``get_state()``, arrays apart. The state of the callbacks of the model's current (or
-    last) fit goes with it."""
-    model._require_built()
-    state = model.get_state()
+def write(path, state):
+    """Write `state` (``Sequential.get_state()`` of a built model) to `path`, atomically:
+    the JSON values in a header, the arrays apart."""
     arrays = {f"model.{k}": v for k, v in state["arrays"].items()}
     header = {
         "format": FORMAT, "version": VERSION,
@@ -368,35 +355,44 @@ def _check_counters(header):
         raise ValueError(f"history stop_reason {history['stop_reason']!r}")
 
 
-def _check_values(model, history):
+def _check_values(state, layers, history):
     """Values a run cannot produce: non-finite parameters or optimizer state, a negative
     second moment or running variance, iteration losses that are not one finite row."""
+    arrays = state["arrays"]
     for name in ("params_flat", "state_flat", "buffers_flat"):
-        if not np.isfinite(getattr(model, name)).all():
+        if not np.isfinite(arrays[name]).all():
             raise ValueError(f"{name} holds NaN or infinity")
-    n = model.params_flat.size
-    if model.optimizer.kind == optimizers.ADAM_KIND and (model.state_flat[n:] < 0).any():
+    n = arrays["params_flat"].size
+    config = {k: v for k, v in state["optimizer"].items() if k != "iterations"}
+    if optimizers.from_config(config).kind == optimizers.ADAM_KIND \
+            and (arrays["state_flat"][n:] < 0).any():
         raise ValueError("state_flat holds a negative second moment")
-    for layer in model.layers:
-        if getattr(layer, "running_var", None) is not None and (layer.running_var < 0).any():
-            raise ValueError("buffers_flat holds a negative running variance")
+    offset = 0
+    for layer in layers:
+        if isinstance(layer, layers_module.BatchNorm):  # running mean, then variance
+            c = layer.units
+            if (arrays["buffers_flat"][offset + c:offset + 2 * c] < 0).any():
+                raise ValueError("buffers_flat holds a negative running variance")
+        offset += layer.n_buffers
     if history is not None:
         losses = history["iteration_loss"]
         if not isinstance(losses, np.ndarray) or losses.ndim != 1 \
-                or losses.size > model.iteration or not np.isfinite(losses).all():
+                or losses.size > state["iteration"] or not np.isfinite(losses).all():
             raise ValueError(f"history iteration_loss must be a 1-D array of at most "
-                             f"{model.iteration} finite losses, got {np.shape(losses)}")
+                             f"{state['iteration']} finite losses, got {np.shape(losses)}")
 
 
-def load(path):
-    """The model saved at `path`, with its optimizer, counters, generator and history.
+def read(path):
+    """The state (as ``Sequential.get_state()`` gives it) saved at `path`: the
+    architecture, arrays, optimizer, counters, generator, history and callbacks' state.
 
-    Raises ValueError, before building anything visible, when the file is not a
-    minitrain checkpoint, is truncated, or its arrays do not fit its architecture; the
-    architecture is checked against the arrays' own headers before anything as large
-    is allocated or read.
+    Raises ValueError when the file is not a minitrain checkpoint, is truncated, or its
+    arrays or values do not fit its architecture; the architecture is checked against the
+    arrays' own headers before anything as large is allocated or read.
     """
-    from .models import Sequential
+    def malformed(err):
+        return ValueError(f"{path}: malformed minitrain checkpoint ({type(err).__name__}: "
+                          f"{err})")
 
     with _archive(path) as (archive, members, fail):
         header = _read_header(archive, members, fail, path)
@@ -405,105 +401,26 @@ def load(path):
             if cfg["class"] != "Sequential":
                 raise ValueError(f"model class {cfg['class']!r}")
             layers = [_layer(c) for c in cfg["layers"]]
-            model = Sequential(layers, loss=cfg["loss"], seed=cfg["seed"], dtype=cfg["dtype"],
-                               backend=cfg["backend"])
             _check_counters(header)
             _check_shapes(members, cfg, layers)
         except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as err:
-            raise ValueError(f"{path}: malformed minitrain checkpoint ({type(err).__name__}: "
-                             f"{err})") from None
+            raise malformed(err) from None
         arrays = {name: m.read(archive) for name, m in members.items() if name != _HEADER}
     try:
-        model.dropout_seed = cfg["dropout_seed"]
-        model.build(cfg["n_features_in"])
-        opt = dict(header["optimizer"])
-        iterations = opt.pop("iterations")
-        model.optimizer = optimizers.from_config(opt)
-        model.optimizer.iterations = int(iterations)
-        model.epoch, model.iteration = int(header["epoch"]), int(header["iteration"])
-        model.rng = _rng(header["rng"])
-        history = _join_arrays(header["history"], arrays)
-        for name, buf in flat_arrays(model).items():
-            buf[...] = arrays["model." + name]
-        _check_values(model, history)
-        model.history = None if history is None else History.from_dict(history)
-        model._saved_callback_states = _join_arrays(header["callbacks"], arrays)
+        state = {
+            "config": cfg,
+            "arrays": {k[len("model."):]: v for k, v in arrays.items()
+                       if k.startswith("model.")},
+            "optimizer": header["optimizer"],
+            "epoch": int(header["epoch"]), "iteration": int(header["iteration"]),
+            "rng": header["rng"],
+            "history": _join_arrays(header["history"], arrays),
+            "callbacks": _join_arrays(header["callbacks"], arrays),
+        }
+        _rng(state["rng"])
+        _check_values(state, layers, state["history"])
+        if state["history"] is not None:
+            History.from_dict(state["history"])
     except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as err:
-        raise ValueError(f"{path}: malformed minitrain checkpoint ({type(err).__name__}: "
-                         f"{err})") from None
-    return model
-
-
-# the settings of a fit that shape its batches: a resumed run must keep them to continue
-# the saved run exactly (History.params records them; older checkpoints lack some)
-RUN_SETTINGS = ("batch_size", "shuffle", "drop_last", "n_samples")
-
-
-def resume_conflicts(saved, model, optimizer=None, **settings):
-    """The settings in which resuming `saved` (a loaded checkpoint) with `model`
-    (possibly unbuilt), `optimizer` (None: the saved one) and the fit `settings`
-    (names in RUN_SETTINGS) would not continue the saved run, as a list of
-    ``(name, saved value, requested value)``; empty when it would."""
-    conflicts = []
-    mine, theirs = model_config(model), model_config(saved)
-    if not model.built:
-        mine["n_features_in"] = theirs["n_features_in"]
-    for key in ("layers", "loss", "dtype", "n_features_in"):
-        if mine[key] != theirs[key]:
-            shown = (model.layers, saved.layers) if key == "layers" else (mine[key], theirs[key])
-            conflicts.append((key, shown[1], shown[0]))
-    if optimizer is not None:
-        old, new = saved.optimizer.get_config(), optimizer.get_config()
-        if old["class"] != new["class"]:
-            conflicts.append(("optimizer", saved.optimizer, optimizer))
-        else:
-            old_lr = saved.optimizer.lr_schedule or old["lr"]
-            new_lr = optimizer.lr_schedule or new["lr"]
-            conflicts.extend((key, old_lr, new_lr) if key == "lr" else (key, old[key], new[key])
-                             for key in old if key != "class" and old[key] != new.get(key))
-    params = saved.history.params if saved.history is not None else {}
-    for key in RUN_SETTINGS:
-        if key in settings and key in params and settings[key] != params[key]:
-            conflicts.append((key, params[key], settings[key]))
-    return conflicts
-
-
-def describe_conflicts(conflicts, names=None):
-    """'name X in the checkpoint, Y here; ...' for `resume_conflicts`' list; `names`
-    renames settings (the command line shows its options)."""
-    names = names or {}
-    return "; ".join(f"{names.get(key, key)} {old!r} in the checkpoint, {new!r} here"
-                     for key, old, new in conflicts)
-
-
-def check_resumable(saved, model, optimizer, path="the checkpoint", **settings):
-    """Raise ValueError, listing every conflicting setting, unless resuming `saved`
-    with `model`, `optimizer` and the fit `settings` continues the saved run exactly
-    (see resume_conflicts)."""
-    conflicts = resume_conflicts(saved, model, optimizer, **settings)
-    if conflicts:
-        hint = ("; pass optimizer=None to continue with the saved optimizer"
-                if any(key not in RUN_SETTINGS + ("layers", "loss", "dtype", "n_features_in")
-                       for key, _, _ in conflicts) else "")
-        raise ValueError(f"resume_from: {path} holds a run that these settings would not "
-                         f"continue exactly: {describe_conflicts(conflicts)}{hint}. Resume with "
-                         f"the saved settings (more epochs are fine), or start a new run")
-
-
-def transfer(saved, model, optimizer):
-    """Give `model` the state of the loaded checkpoint `saved` (after check_resumable)."""
-    model.seed = saved.seed
-    # the dropout seed keys the C core's random streams: a net with another one is rebuilt
-    if not model.built or model.dropout_seed != saved.dropout_seed:
-        model.dropout_seed = saved.dropout_seed
-        model.build(saved.n_features_in_)
-    for name, buf in flat_arrays(model).items():
-        buf[...] = getattr(saved, name)
-    if optimizer is not None:
-        optimizer.iterations = saved.optimizer.iterations
-    model.optimizer = optimizer or saved.optimizer
-    model._net_optimizer = None  # the saved state_flat belongs to this optimizer
-    model.epoch, model.iteration = saved.epoch, saved.iteration
-    model.rng = saved.rng
-    model.history = saved.history
-    model._saved_callback_states = saved._saved_callback_states
+        raise malformed(err) from None
+    return state

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 import minitrain as mt
-from minitrain import checkpoint, export
+from minitrain import checkpoint, export, models, training
 from minitrain import functional as F
 from minitrain._validation import check_int
 
@@ -531,7 +531,7 @@ def _check_plot(path):
 def _load_checkpoint(path):
     _require_file(path, "--resume")
     try:
-        return checkpoint.load(path)
+        return models.load(path)
     except (ValueError, OSError) as err:
         reason = str(err)
         if "pickled" in reason:  # NumPy's words for bytes it cannot read, not the user's
@@ -973,8 +973,8 @@ def _check_resume(args, given, saved, saved_state, model, opt, fingerprint, **se
             conflicts.append(f"--data: other rows than the saved run's "
                              f"({saved_state['options'].get('data') or 'the digits'})")
     if not conflicts:
-        conflicts = [checkpoint.describe_conflicts(
-            checkpoint.resume_conflicts(saved, model, opt, **settings), _SETTING_OPTIONS)]
+        conflicts = [training.describe_conflicts(
+            training.resume_conflicts(saved, model, opt, **settings), _SETTING_OPTIONS)]
         conflicts = [c for c in conflicts if c]
     if conflicts:
         raise CommandError(f"--resume {args.resume}: these options would not continue the "

@@ -19,6 +19,25 @@ _FLOAT_DTYPES = (np.float32, np.float64)
 _FUSED_OUTPUT = {"cross_entropy": "softmax", "binary_cross_entropy": "sigmoid"}
 
 
+def flat_arrays(model):
+    """Every flat buffer of a built model (``params_flat``, ``state_flat``, ...), by name."""
+    return {k: v for k, v in vars(model).items()
+            if k.endswith("_flat") and isinstance(v, np.ndarray)}
+
+
+def load(path):
+    """The model saved at `path` (``save``, ``ModelCheckpoint``), with its optimizer,
+    counters, generator, history and callbacks' state. Raises ValueError, before
+    building anything, when the file is not a minitrain checkpoint, is truncated, or does
+    not fit its architecture."""
+    state = checkpoint.read(path)
+    try:
+        return Sequential._from_state(state)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{path}: malformed minitrain checkpoint ({type(err).__name__}: "
+                         f"{err})") from None
+
+
 class Sequential:
     """A multi-layer perceptron: layers applied in order, trained with ``fit``.
 
@@ -193,8 +212,8 @@ class Sequential:
         return optimizer
 
     # --------------------------------------------------------------- validation
-    def _check_xy(self, X, y):
-        X = check_X(X, self.dtype, self.n_features_in_)
+    def _check_xy(self, X, y, n_features=None):
+        X = check_X(X, self.dtype, n_features or self.n_features_in_)
         if not self.built:
             self._check_structure()
         y = check_targets(y, self.loss, self.n_outputs, X.shape[0], self.dtype)
@@ -256,9 +275,18 @@ class Sequential:
                             callbacks=callbacks, tol=tol, n_iter_no_change=n_iter_no_change,
                             max_time=max_time, resume_from=resume_from)
 
+    def _resume(self, state, optimizer):
+        """Become the model of the run `state` describes (on this model's backend), to
+        continue it with `optimizer`, which holds the saved one's settings."""
+        self.set_state({**state, "config": {**state["config"], "backend": self.backend}})
+        # the saved update count goes on (Adam's step, a schedule's position)
+        optimizer.iterations = self.optimizer.iterations
+        self.optimizer = optimizer
+        self._net_optimizer = None  # the saved state_flat belongs to this optimizer
+
     def _begin_fit(self, run):
         if run.saved is not None:
-            checkpoint.transfer(run.saved, self, run.optimizer)
+            self._resume(run.saved, run.optimizer)
         elif not self.built:
             self.build(run.X.shape[1])
         if run.seed is not None and run.saved is None:
@@ -362,7 +390,7 @@ class Sequential:
     def get_weights(self):
         """The arrays that define the function the model computes (``params_flat`` and
         any other flat buffer but the gradients and the optimizer state), by name."""
-        return {k: v for k, v in checkpoint.flat_arrays(self).items()
+        return {k: v for k, v in flat_arrays(self).items()
                 if k not in ("grads_flat", "state_flat")}
 
     def set_weights(self, weights):
@@ -391,8 +419,8 @@ class Sequential:
         callbacks = self._callbacks.get_states() if self._callbacks else \
             self._saved_callback_states
         return {
-            "config": checkpoint.model_config(self),
-            "arrays": {k: v.copy() for k, v in checkpoint.flat_arrays(self).items()},
+            "config": self._config(),
+            "arrays": {k: v.copy() for k, v in flat_arrays(self).items()},
             "optimizer": {**self.optimizer.get_config(), "iterations": self.optimizer.iterations},
             "epoch": self.epoch, "iteration": self.iteration,
             "rng": self.rng.bit_generator.state,
@@ -401,6 +429,13 @@ class Sequential:
             # the workspace size sets predict's default batch: kept so the copy batches alike
             "max_batch": self._net.max_batch if self.built else 0,
         }
+
+    def _config(self):
+        """The architecture and settings that define the model, as JSON values."""
+        return {"class": type(self).__name__, "loss": self.loss, "dtype": self.dtype.name,
+                "backend": self.backend, "seed": self.seed, "dropout_seed": self.dropout_seed,
+                "n_features_in": self.n_features_in_,
+                "layers": [layer.get_config() for layer in self.layers]}
 
     def set_state(self, state):
         """Make this model the one `state` (from ``get_state``) describes: its layers,
@@ -433,7 +468,7 @@ class Sequential:
         except (KeyError, TypeError, ValueError) as err:
             raise ValueError(f"state is not a minitrain model state ({type(err).__name__}: "
                              f"{err})") from None
-        buffers = checkpoint.flat_arrays(model)
+        buffers = flat_arrays(model)
         if set(arrays) != set(buffers):
             raise ValueError(f"state holds the arrays {sorted(arrays)}, its architecture has "
                              f"{sorted(buffers)}")
@@ -466,7 +501,8 @@ class Sequential:
         """Write the model and its training state (optimizer, counters, random
         generator, history, callbacks' state) to `path` (``.npz``; no pickle; written
         atomically). Read it back with ``minitrain.load`` or ``fit(resume_from=path)``."""
-        checkpoint.save(self, path)
+        self._require_built()
+        checkpoint.write(path, self.get_state())
 
     def to_onnx(self, path=None, **options):
         """The inference graph as an ``onnx.ModelProto``, also written to `path` when

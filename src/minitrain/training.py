@@ -305,14 +305,13 @@ def plan_fit(model, X, y, epochs, batch_size, optimizer, shuffle, drop_last, see
              validation_data, validation_split, metrics, callbacks, tol, n_iter_no_change,
              max_time, saved, resume_from):
     """Check every argument of ``Sequential.fit`` and lay the run out, changing nothing.
-    `saved` is the model of the checkpoint at `resume_from`, or None."""
-    from . import checkpoint  # the resume checks compare two models' settings
+    `saved` is the state read from the checkpoint at `resume_from`, or None."""
     if optimizer is not None:
         optimizer = optimizers.get(optimizer)
-    if saved is not None and checkpoint.resume_conflicts(saved, model):
+    if saved is not None and resume_conflicts(saved, model):
         # another architecture: the data cannot even be checked against it
-        checkpoint.check_resumable(saved, model, optimizer, resume_from)
-    X, y = (saved or model)._check_xy(X, y)
+        check_resumable(saved, model, optimizer, resume_from)
+    X, y = model._check_xy(X, y, saved["config"]["n_features_in"] if saved else None)
     epochs = check_int("epochs", epochs, 0)
     batch_size = check_int("batch_size", batch_size, 1)
     verbose = check_int("verbose", int(verbose) if isinstance(verbose, bool) else verbose, 0)
@@ -329,12 +328,12 @@ def plan_fit(model, X, y, epochs, batch_size, optimizer, shuffle, drop_last, see
         batch_size = n
     shuffle, drop_last = bool(shuffle), bool(drop_last)
     if saved is not None:
-        checkpoint.check_resumable(saved, model, optimizer, resume_from, n_samples=n,
-                                   batch_size=batch_size, shuffle=shuffle, drop_last=drop_last)
-    if optimizer is None:
-        optimizer = saved.optimizer if saved is not None else model.optimizer
+        check_resumable(saved, model, optimizer, resume_from, n_samples=n,
+                        batch_size=batch_size, shuffle=shuffle, drop_last=drop_last)
+        optimizer = optimizer or saved_optimizer(saved)
+    optimizer = optimizer or model.optimizer
     optimizer.upcoming_lr()  # a schedule's bad first rate is refused before the run
-    first = saved.epoch if saved is not None else model.epoch
+    first = saved["epoch"] if saved is not None else model.epoch
     plan = FitPlan(n_samples=n, batch_size=batch_size,
                    epochs=epochs if saved is not None else model.epoch + epochs,
                    initial_epoch=first, shuffle=shuffle, drop_last=drop_last)
@@ -360,7 +359,7 @@ def plan_fit(model, X, y, epochs, batch_size, optimizer, shuffle, drop_last, see
 def fit(model, X, y, *, resume_from=None, **settings):
     """``Sequential.fit``: check, lay out, then train through the runner."""
     from . import checkpoint
-    saved = checkpoint.load(resume_from) if resume_from is not None else None
+    saved = checkpoint.read(resume_from) if resume_from is not None else None
     run = plan_fit(model, X, y, saved=saved, resume_from=resume_from, **settings)
     # every argument is checked: from here on the model changes
     model._begin_fit(run)
@@ -374,3 +373,76 @@ def fit(model, X, y, *, resume_from=None, **settings):
         else "completed"
     run.callbacks.call("on_train_end")
     return model.history
+
+
+# ----------------------------------------------------------------------- resume
+
+# the settings of a fit that shape its batches: a resumed run must keep them to continue
+# the saved run exactly (History.params records them; older checkpoints lack some)
+RUN_SETTINGS = ("batch_size", "shuffle", "drop_last", "n_samples")
+
+
+def saved_optimizer(state):
+    """The optimizer of the run `state` (``get_state()``, a checkpoint) describes, with
+    its update count."""
+    config = dict(state["optimizer"])
+    iterations = int(config.pop("iterations"))
+    optimizer = optimizers.from_config(config)
+    optimizer.iterations = iterations
+    return optimizer
+
+
+def resume_conflicts(saved, model, optimizer=None, **settings):
+    """The settings in which resuming `saved` (a state from ``get_state()`` or
+    ``checkpoint.read``, or a loaded model) with `model` (possibly unbuilt), `optimizer`
+    (None: the saved one) and the fit `settings` (names in RUN_SETTINGS) would not
+    continue the saved run, as a list of ``(name, saved value, requested value)``; empty
+    when it would."""
+    from .checkpoint import _layer
+    state = saved if isinstance(saved, dict) else saved.get_state()
+    conflicts = []
+    mine, theirs = model._config(), state["config"]
+    if not model.built:
+        mine["n_features_in"] = theirs["n_features_in"]
+    for key in ("layers", "loss", "dtype", "n_features_in"):
+        if mine[key] != theirs[key]:
+            shown = (model.layers, [_layer(c) for c in theirs["layers"]]) if key == "layers" \
+                else (mine[key], theirs[key])
+            conflicts.append((key, shown[1], shown[0]))
+    if optimizer is not None:
+        before = saved_optimizer(state)
+        old, new = before.get_config(), optimizer.get_config()
+        if old["class"] != new["class"]:
+            conflicts.append(("optimizer", before, optimizer))
+        else:
+            old_lr = before.lr_schedule or old["lr"]
+            new_lr = optimizer.lr_schedule or new["lr"]
+            conflicts.extend((key, old_lr, new_lr) if key == "lr" else (key, old[key], new[key])
+                             for key in old if key != "class" and old[key] != new.get(key))
+    params = state["history"]["params"] if state["history"] is not None else {}
+    for key in RUN_SETTINGS:
+        if key in settings and key in params and settings[key] != params[key]:
+            conflicts.append((key, params[key], settings[key]))
+    return conflicts
+
+
+def describe_conflicts(conflicts, names=None):
+    """'name X in the checkpoint, Y here; ...' for `resume_conflicts`' list; `names`
+    renames settings (the command line shows its options)."""
+    names = names or {}
+    return "; ".join(f"{names.get(key, key)} {old!r} in the checkpoint, {new!r} here"
+                     for key, old, new in conflicts)
+
+
+def check_resumable(saved, model, optimizer, path="the checkpoint", **settings):
+    """Raise ValueError, listing every conflicting setting, unless resuming `saved`
+    with `model`, `optimizer` and the fit `settings` continues the saved run exactly
+    (see resume_conflicts)."""
+    conflicts = resume_conflicts(saved, model, optimizer, **settings)
+    if conflicts:
+        hint = ("; pass optimizer=None to continue with the saved optimizer"
+                if any(key not in RUN_SETTINGS + ("layers", "loss", "dtype", "n_features_in")
+                       for key, _, _ in conflicts) else "")
+        raise ValueError(f"resume_from: {path} holds a run that these settings would not "
+                         f"continue exactly: {describe_conflicts(conflicts)}{hint}. Resume with "
+                         f"the saved settings (more epochs are fine), or start a new run")
