@@ -5,7 +5,6 @@ import pytest
 
 import minitrain as mt
 from minitrain import _core
-from minitrain import functional as F
 from layer_checks import blobs, finite_difference_error, fit_weights, training_output, with_probe
 
 BACKENDS = ["c", "numpy"]
@@ -158,10 +157,10 @@ def test_model_must_end_with_dense():
 
 
 def test_binding_rejects_statistics_outside_the_buffers():
-    layers = [{"kind": F.LAYER_KINDS["batchnorm"], "in": 3, "out": 3, "w_off": 0, "b_off": 3,
+    layers = [{"kind": "batchnorm", "in": 3, "out": 3, "w_off": 0, "b_off": 3,
                "s_off": 2, "momentum": 0.9, "eps": 1e-5},
-              {"kind": F.LAYER_KINDS["dense"], "in": 3, "out": 1, "w_off": 6, "b_off": 9}]
-    args = (np.float64, 1, layers, np.zeros(10), np.zeros(10), np.zeros(20))
+              {"kind": "dense", "in": 3, "out": 1, "w_off": 6, "b_off": 9}]
+    args = (np.float64, "mse", layers, np.zeros(10), np.zeros(10), np.zeros(20))
     with pytest.raises(ValueError, match="running statistics"):
         _core.Net(*args, np.zeros(6))
     _core.Net(*args, np.zeros(8))  # s_off 2 + 2*3 fits

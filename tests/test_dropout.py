@@ -113,10 +113,10 @@ def test_rate_must_be_a_number(rate):
 
 def test_binding_rejects_a_bad_rate():
     params = np.zeros(12)
-    layers = [{"kind": F.LAYER_KINDS["dropout"], "in": 3, "out": 3, "rate": 1.0},
-              {"kind": F.LAYER_KINDS["dense"], "in": 3, "out": 3, "w_off": 0, "b_off": 9}]
+    layers = [{"kind": "dropout", "in": 3, "out": 3, "rate": 1.0},
+              {"kind": "dense", "in": 3, "out": 3, "w_off": 0, "b_off": 9}]
     with pytest.raises(ValueError, match="rate"):
-        _core.Net(np.float64, 0, layers, params, np.zeros(12), np.zeros(24))
+        _core.Net(np.float64, "cross_entropy", layers, params, np.zeros(12), np.zeros(24))
 
 
 def test_config_and_summary():

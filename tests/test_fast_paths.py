@@ -6,7 +6,6 @@ import pytest
 
 import minitrain as mt
 from minitrain import _core
-from minitrain import functional as F
 from minitrain.backends import make_net
 from minitrain.optimizers import ADAM_KIND, SGD_KIND, STYLE_SKLEARN, STYLE_TORCH
 
@@ -66,9 +65,9 @@ def test_train_step_still_rejects_bad_batches(dtype):
 # Two dense layers with n_params above the core's thresholds for a second thread and its
 # update chunk size, so the threaded, multi-chunk update pass is the one tested.
 N_IN, N_HID, N_OUT = 60, 700, 4
-LAYERS = [{"kind": 0, "act": F.ACTIVATIONS["tanh"], "in": N_IN, "out": N_HID, "w_off": 0,
+LAYERS = [{"kind": "dense", "act": "tanh", "in": N_IN, "out": N_HID, "w_off": 0,
            "b_off": N_IN * N_HID + N_HID * N_OUT},
-          {"kind": 0, "act": 0, "in": N_HID, "out": N_OUT, "w_off": N_IN * N_HID,
+          {"kind": "dense", "act": "identity", "in": N_HID, "out": N_OUT, "w_off": N_IN * N_HID,
            "b_off": N_IN * N_HID + N_HID * N_OUT + N_HID}]
 N_DECAY = N_IN * N_HID + N_HID * N_OUT
 N_PARAMS = N_DECAY + N_HID + N_OUT
@@ -78,9 +77,9 @@ def _run(backend, dtype, kind, style, weighted, update=True):
     """Three iterations; returns (l2_term after each, final params)."""
     rng = np.random.RandomState(3)
     params = rng.uniform(-0.2, 0.2, N_PARAMS).astype(dtype)
-    net = make_net(backend, dtype, F.LOSSES["cross_entropy"], LAYERS, params,
+    net = make_net(backend, dtype, "cross_entropy", LAYERS, params,
                    np.zeros_like(params), np.zeros(2 * N_PARAMS, dtype))
-    net.set_reduction(F.REDUCTIONS["sklearn" if style == STYLE_SKLEARN else "mean"])
+    net.set_reduction("sklearn" if style == STYLE_SKLEARN else "mean")
     net.set_optimizer(kind, momentum=0.9, weight_decay=0.3, n_decay=N_DECAY, style=style)
     X, y = rng.randn(50, N_IN).astype(dtype), rng.randint(0, N_OUT, 50).astype(np.int64)
     w = rng.rand(50).astype(dtype) if weighted else None

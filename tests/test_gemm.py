@@ -126,3 +126,22 @@ def test_two_threads_over_several_k_blocks_are_exact(isa, dtype):
                 np.testing.assert_array_equal(_core.gemm(A, B, True, False, isa=isa), ref)
     finally:
         mt.set_num_threads(n_before)
+
+
+def test_the_c_codes_come_from_the_header_by_the_python_names():
+    from minitrain import functional as F
+    from minitrain import optimizers
+    codes = _core.CODES
+    assert tuple(codes["activation"]) == F.ACTIVATIONS
+    assert tuple(codes["loss"]) == F.LOSSES
+    assert tuple(codes["layer"]) == F.LAYER_KINDS
+    assert tuple(codes["reduction"]) == F.REDUCTIONS
+    assert set(codes["optimizer"]) == {optimizers.SGD_KIND, optimizers.ADAM_KIND}
+    assert set(codes["style"]) == {optimizers.STYLE_TORCH, optimizers.STYLE_SKLEARN}
+    assert _core.ISAS == tuple(codes["isa"]) == ("generic", "avx2", "avx512")
+    # every table is an enum of minitrain.h: distinct codes from 0 up
+    for table in codes.values():
+        assert sorted(table.values()) == list(range(len(table)))
+    with pytest.raises(ValueError, match="loss must be one of"):
+        _core.Net(np.float64, 1, [{"kind": "dense", "in": 1, "out": 1}], np.zeros(2),
+                  np.zeros(2), np.zeros(4))

@@ -12,7 +12,6 @@ from sklearn.exceptions import ConvergenceWarning
 
 import minitrain.sklearn as mts
 from minitrain import datasets
-from minitrain import functional as F
 from minitrain.backends import make_net
 from minitrain.optimizers import ADAM_KIND, SGD_KIND, STYLE_SKLEARN, STYLE_TORCH
 
@@ -212,8 +211,8 @@ def test_float64_parameters_keep_a_float32_warm_start_in_float64():
 # ---------------------------------------------------------------------------------
 # The core's scikit-learn reduction and optimizer style, against the NumPy twin and
 # against finite differences.
-LAYERS = [{"kind": 0, "act": F.ACTIVATIONS["tanh"], "in": 4, "out": 5, "w_off": 0, "b_off": 35},
-          {"kind": 0, "act": 0, "in": 5, "out": 3, "w_off": 20, "b_off": 40}]
+LAYERS = [{"kind": "dense", "act": "tanh", "in": 4, "out": 5, "w_off": 0, "b_off": 35},
+          {"kind": "dense", "act": "identity", "in": 5, "out": 3, "w_off": 20, "b_off": 40}]
 
 
 def _nets(loss, reduction="sklearn"):
@@ -223,8 +222,8 @@ def _nets(loss, reduction="sklearn"):
     nets = []
     for backend in ("c", "numpy"):
         p, g = params.copy(), np.zeros_like(params)
-        net = make_net(backend, np.float64, F.LOSSES[loss], LAYERS, p, g, np.zeros(86))
-        net.set_reduction(F.REDUCTIONS[reduction])
+        net = make_net(backend, np.float64, loss, LAYERS, p, g, np.zeros(86))
+        net.set_reduction(reduction)
         net.reserve(16)
         nets.append((net, p, g))
     return nets

@@ -14,10 +14,15 @@ cnp.import_array()
 cdef extern from "minitrain.h":
     int MT_MAX_LAYERS
     int MT_FLOAT32, MT_FLOAT64
-    int MT_OK, MT_ERR_NONFINITE_LOSS, MT_ERR_BATCH_TOO_LARGE, MT_ERR_NO_MEMORY
-    int MT_LOSS_CROSS_ENTROPY
-    int MT_LAYER_DENSE, MT_LAYER_DROPOUT, MT_LAYER_BATCHNORM, MT_LAYER_ACTIVATION
+    int MT_ACT_IDENTITY, MT_ACT_RELU, MT_ACT_LEAKY_RELU, MT_ACT_TANH, MT_ACT_SIGMOID
     int MT_ACT_GELU
+    int MT_LOSS_CROSS_ENTROPY, MT_LOSS_MSE, MT_LOSS_BINARY_CROSS_ENTROPY, MT_LOSS_POISSON
+    int MT_REDUCE_MEAN, MT_REDUCE_SKLEARN
+    int MT_LAYER_DENSE, MT_LAYER_DROPOUT, MT_LAYER_BATCHNORM, MT_LAYER_ACTIVATION
+    int MT_OPT_SGD, MT_OPT_ADAM
+    int MT_OPT_STYLE_TORCH, MT_OPT_STYLE_SKLEARN
+    int MT_OK, MT_ERR_NONFINITE_LOSS, MT_ERR_BATCH_TOO_LARGE, MT_ERR_NO_MEMORY
+    int MT_ISA_GENERIC, MT_ISA_AVX2, MT_ISA_AVX512
     ctypedef struct mt_layer:
         int kind
         int act
@@ -65,8 +70,36 @@ cdef extern from "minitrain.h":
     int mt_get_isa()
     int mt_set_isa(int isa)
 
-# the instruction sets of the GEMM micro-kernels, in the order of mt_isa
-ISAS = ("generic", "avx2", "avx512")
+# The codes of minitrain.h's enums, by the names Python uses: the one table of them, read
+# from the header when this module is compiled. Python passes names; only this binding
+# turns them into codes.
+CODES = {
+    "dtype": {"float32": MT_FLOAT32, "float64": MT_FLOAT64},
+    "activation": {"identity": MT_ACT_IDENTITY, "relu": MT_ACT_RELU,
+                   "leaky_relu": MT_ACT_LEAKY_RELU, "tanh": MT_ACT_TANH,
+                   "sigmoid": MT_ACT_SIGMOID, "gelu": MT_ACT_GELU},
+    "loss": {"cross_entropy": MT_LOSS_CROSS_ENTROPY, "mse": MT_LOSS_MSE,
+             "binary_cross_entropy": MT_LOSS_BINARY_CROSS_ENTROPY,
+             "poisson": MT_LOSS_POISSON},
+    "reduction": {"mean": MT_REDUCE_MEAN, "sklearn": MT_REDUCE_SKLEARN},
+    "layer": {"dense": MT_LAYER_DENSE, "dropout": MT_LAYER_DROPOUT,
+              "batchnorm": MT_LAYER_BATCHNORM, "activation": MT_LAYER_ACTIVATION},
+    "optimizer": {"sgd": MT_OPT_SGD, "adam": MT_OPT_ADAM},
+    "style": {"torch": MT_OPT_STYLE_TORCH, "sklearn": MT_OPT_STYLE_SKLEARN},
+    "status": {"ok": MT_OK, "nonfinite_loss": MT_ERR_NONFINITE_LOSS,
+               "batch_too_large": MT_ERR_BATCH_TOO_LARGE, "no_memory": MT_ERR_NO_MEMORY},
+    "isa": {"generic": MT_ISA_GENERIC, "avx2": MT_ISA_AVX2, "avx512": MT_ISA_AVX512},
+}
+
+# the instruction sets of the GEMM micro-kernels, lowest first
+ISAS = tuple(sorted(CODES["isa"], key=CODES["isa"].get))
+
+
+def _code(table, name, what):
+    try:
+        return CODES[table][name]
+    except (KeyError, TypeError):
+        raise ValueError(f"{what} must be one of {sorted(CODES[table])}, got {name!r}") from None
 
 
 cdef inline void *ptr(cnp.ndarray a):
@@ -107,14 +140,14 @@ def _inside(name, off, size, total):
 cdef _set_layer(mt_layer *L, int l, spec, int64_t n_params, int64_t n_buffers):
     """Fill L from the dict `spec` (the mt_layer fields; absent ones are 0), checking
     every offset against the flat buffers so the core cannot read outside them."""
-    L.kind, L.in_, L.out = spec["kind"], spec["in"], spec["out"]
-    L.act, L.act_param = spec.get("act", 0), spec.get("act_param", 0)
+    L.kind = _code("layer", spec["kind"], f"layer {l}: kind")
+    L.in_, L.out = spec["in"], spec["out"]
+    L.act = _code("activation", spec.get("act", "identity"), f"layer {l}: act")
+    L.act_param = spec.get("act_param", 0)
     L.w_off, L.b_off, L.s_off = spec.get("w_off", 0), spec.get("b_off", 0), spec.get("s_off", 0)
     L.rate, L.momentum, L.eps = spec.get("rate", 0), spec.get("momentum", 0), spec.get("eps", 0)
     if L.in_ < 1 or L.out < 1 or (L.kind != MT_LAYER_DENSE and L.in_ != L.out):
         raise ValueError(f"layer {l}: bad widths {L.in_} -> {L.out}")
-    if not 0 <= L.act <= MT_ACT_GELU:  # the last mt_act
-        raise ValueError(f"layer {l}: unknown activation code {L.act}")
     if L.kind == MT_LAYER_DENSE:
         _inside(f"layer {l} W", L.w_off, L.in_ * L.out, n_params)
         _inside(f"layer {l} b", L.b_off, L.out, n_params)
@@ -134,9 +167,10 @@ cdef _set_layer(mt_layer *L, int l, spec, int64_t n_params, int64_t n_buffers):
 cdef class Net:
     """A network description over Python-owned flat buffers.
 
-    layers: sequence of dicts with the fields of mt_layer (minitrain.h): ``kind``,
-    ``in``, ``out`` and, by kind, ``act``, ``act_param``, ``w_off``, ``b_off``,
-    ``rate``, ``momentum``, ``eps``, ``s_off`` (absent fields are 0).
+    loss: a name of CODES["loss"]. layers: sequence of dicts with the fields of mt_layer
+    (minitrain.h): ``kind`` (a name of CODES["layer"]), ``in``, ``out`` and, by kind,
+    ``act`` (a name of CODES["activation"]; default identity), ``act_param``, ``w_off``,
+    ``b_off``, ``rate``, ``momentum``, ``eps``, ``s_off`` (absent fields are 0).
     params, grads: flat arrays of n_params; state: the optimizer's flat state;
     buffers: non-trainable state (batchnorm running statistics), None when no layer
     has any; seed: keys the dropout masks (with the iteration, layer and element).
@@ -148,7 +182,7 @@ cdef class Net:
     cdef object _X, _y, _w
     cdef int64_t n_out
 
-    def __init__(self, dtype, int loss, layers, params, grads, state, buffers=None,
+    def __init__(self, dtype, loss, layers, params, grads, state, buffers=None,
                  seed=0):
         self.dtype = np.dtype(dtype)
         if self.dtype not in (np.float32, np.float64):
@@ -163,8 +197,8 @@ cdef class Net:
         if grads.size != params.size:
             raise ValueError("grads must have the size of params")
         self.net.dtype = MT_FLOAT64 if self.dtype == np.float64 else MT_FLOAT32
-        self.net.loss = loss
-        self.net.reduction = 0
+        self.net.loss = _code("loss", loss, "loss")
+        self.net.reduction = MT_REDUCE_MEAN
         self.net.nlayers = len(layers)
         for l, spec in enumerate(layers):
             _set_layer(&self.net.layers[l], l, spec, params.size, buffers.size)
@@ -207,16 +241,19 @@ cdef class Net:
         self.net.work = ptr(self._work)
         self.net.max_batch = max_batch
 
-    def set_optimizer(self, int kind, double momentum=0, bint nesterov=False,
+    def set_optimizer(self, kind, double momentum=0, bint nesterov=False,
                       double weight_decay=0, bint decoupled=False, double beta1=0.9,
                       double beta2=0.999, double eps=1e-8, double clip_norm=0,
-                      int64_t n_decay=0, int style=0):
-        needed = self.net.n_params * (2 if kind == 1 else 1)
+                      int64_t n_decay=0, style="torch"):
+        """kind: a name of CODES["optimizer"]; style: of CODES["style"]."""
+        cdef int code = _code("optimizer", kind, "kind")
+        cdef int style_code = _code("style", style, "style")
+        needed = self.net.n_params * (2 if code == MT_OPT_ADAM else 1)
         if self._state.size < needed:
             raise ValueError(f"optimizer state needs {needed} elements")
         if not 0 <= n_decay <= self.net.n_params:
             raise ValueError("n_decay outside the parameters")
-        self.opt.kind = kind
+        self.opt.kind = code
         self.opt.momentum = momentum
         self.opt.nesterov = nesterov
         self.opt.weight_decay = weight_decay
@@ -224,13 +261,11 @@ cdef class Net:
         self.opt.beta1, self.opt.beta2, self.opt.eps = beta1, beta2, eps
         self.opt.clip_norm = clip_norm
         self.opt.n_decay = n_decay
-        self.opt.style = style
+        self.opt.style = style_code
 
-    def set_reduction(self, int reduction):
-        """How element losses become the batch loss: 0 mean (minitrain), 1 scikit-learn's."""
-        if reduction not in (0, 1):
-            raise ValueError("reduction must be 0 (mean) or 1 (scikit-learn)")
-        self.net.reduction = reduction
+    def set_reduction(self, reduction):
+        """How element losses become the batch loss: "mean" (minitrain) or "sklearn"."""
+        self.net.reduction = _code("reduction", reduction, "reduction")
 
     def _check_xy(self, X, y):
         _require(X, self.dtype, 2, "X")
@@ -385,7 +420,7 @@ def all_finite(a):
 def _isa_code(name):
     if name not in ISAS:
         raise ValueError(f"isa must be one of {ISAS}, got {name!r}")
-    code = ISAS.index(name)
+    code = CODES["isa"][name]
     if code > mt_cpu_isa():
         raise ValueError(f"isa {name!r} is not supported by this CPU "
                          f"(it supports {available_isas()})")
@@ -394,12 +429,12 @@ def _isa_code(name):
 
 def available_isas():
     """The instruction sets this CPU runs, lowest first."""
-    return ISAS[:mt_cpu_isa() + 1]
+    return tuple(name for name in ISAS if CODES["isa"][name] <= mt_cpu_isa())
 
 
 def isa():
     """The instruction set of the GEMM micro-kernels in use."""
-    return ISAS[mt_get_isa()]
+    return next(name for name in ISAS if CODES["isa"][name] == mt_get_isa())
 
 
 def set_isa(name):
@@ -416,11 +451,11 @@ def _isa_from_environment():
         warnings.warn(f"MINITRAIN_ISA={name!r} is not one of {ISAS}; using {isa()!r}",
                       RuntimeWarning)
         return
-    if ISAS.index(name) > mt_cpu_isa():
+    if CODES["isa"][name] > mt_cpu_isa():
         warnings.warn(f"MINITRAIN_ISA={name!r} is not supported by this CPU; "
                       f"using {isa()!r}", RuntimeWarning)
         return
-    mt_set_isa(ISAS.index(name))
+    mt_set_isa(CODES["isa"][name])
 
 
 _isa_from_environment()

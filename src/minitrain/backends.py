@@ -13,7 +13,7 @@ import warnings
 import numpy as np
 
 from . import functional as F
-from .optimizers import SGD_KIND, STYLE_SKLEARN
+from .optimizers import SGD_KIND, STYLE_SKLEARN, STYLE_TORCH
 
 try:
     from . import _core
@@ -23,8 +23,6 @@ except ImportError:  # the extension was not built: the NumPy backend still work
 BACKENDS = ("c", "numpy")
 
 
-_KIND = {v: k for k, v in F.LAYER_KINDS.items()}
-_ACT = {v: k for k, v in F.ACTIVATIONS.items()}
 _LAYER_DEFAULTS = dict.fromkeys(("act_param", "w_off", "b_off", "rate", "momentum", "eps",
                                  "s_off"), 0)
 
@@ -34,10 +32,9 @@ class NumpyNet:
 
     def __init__(self, dtype, loss, layers, params, grads, state, buffers=None, seed=0):
         self.dtype = np.dtype(dtype)
-        self.loss = {v: k for k, v in F.LOSSES.items()}[loss]
-        # the mt_layer fields (absent ones 0, as in the binding), kind and activation as names
-        self.layers = [{**_LAYER_DEFAULTS, **spec, "kind": _KIND[spec["kind"]],
-                        "act": _ACT[spec.get("act", 0)]} for spec in layers]
+        self.loss = loss
+        # the mt_layer fields (absent ones 0, as in the binding; kind and activation names)
+        self.layers = [{**_LAYER_DEFAULTS, "act": "identity", **spec} for spec in layers]
         self.params, self.grads, self.state = params, grads, state
         self.buffers, self.seed = buffers, seed
         self.max_batch = 0
@@ -69,14 +66,17 @@ class NumpyNet:
 
     def set_optimizer(self, kind, momentum=0.0, nesterov=False, weight_decay=0.0,
                       decoupled=False, beta1=0.9, beta2=0.999, eps=1e-8, clip_norm=0.0,
-                      n_decay=0, style=0):
+                      n_decay=0, style=STYLE_TORCH):
         self.opt = dict(kind=kind, momentum=momentum, nesterov=nesterov,
                         weight_decay=weight_decay, decoupled=decoupled, beta1=beta1,
                         beta2=beta2, eps=eps, clip_norm=clip_norm, n_decay=n_decay,
                         style=style)
 
     def set_reduction(self, reduction):
-        self.reduction = {v: k for k, v in F.REDUCTIONS.items()}[reduction]
+        if reduction not in F.REDUCTIONS:
+            raise ValueError(f"reduction must be one of {sorted(F.REDUCTIONS)}, got "
+                             f"{reduction!r}")
+        self.reduction = reduction
 
     def set_data(self, X, y, sample_weight=None):
         self.X, self.y, self.sample_weight = X, y, sample_weight

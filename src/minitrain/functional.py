@@ -8,12 +8,15 @@ import math
 
 import numpy as np
 
-ACTIVATIONS = {"identity": 0, "relu": 1, "leaky_relu": 2, "tanh": 3, "sigmoid": 4, "gelu": 5}
+# The names of the core's activations, losses, layer kinds and loss reductions. Python
+# speaks in these names, the NumPy twin included; their C codes are read from
+# csrc/minitrain.h by the binding alone (minitrain._core.CODES).
+ACTIVATIONS = ("identity", "relu", "leaky_relu", "tanh", "sigmoid", "gelu")
 ACTIVATION_ALIASES = {None: "identity", "linear": "identity", "logistic": "sigmoid"}
-LOSSES = {"cross_entropy": 0, "mse": 1, "binary_cross_entropy": 2, "poisson": 3}
-LAYER_KINDS = {"dense": 0, "dropout": 1, "batchnorm": 2, "activation": 3}
+LOSSES = ("cross_entropy", "mse", "binary_cross_entropy", "poisson")
+LAYER_KINDS = ("dense", "dropout", "batchnorm", "activation")
 # how element losses become a batch loss: see mt_reduction in csrc/minitrain.h
-REDUCTIONS = {"mean": 0, "sklearn": 1}
+REDUCTIONS = ("mean", "sklearn")
 LOSS_ALIASES = {
     "categorical_crossentropy": "cross_entropy",
     "sparse_categorical_crossentropy": "cross_entropy",

@@ -3,7 +3,7 @@
 import math
 import numbers
 
-from .functional import ACTIVATION_ALIASES, ACTIVATIONS, LAYER_KINDS
+from .functional import ACTIVATION_ALIASES, ACTIVATIONS
 
 
 def _activation_name(activation, allow_softmax):
@@ -58,7 +58,7 @@ class Layer:
         raise NotImplementedError
 
     def _spec(self, kind, **fields):
-        return {"kind": LAYER_KINDS[kind], "in": self.n_in, "out": self.units, **fields}
+        return {"kind": kind, "in": self.n_in, "out": self.units, **fields}
 
     def get_config(self):
         raise NotImplementedError
@@ -112,7 +112,7 @@ class Dense(Layer):
         limit = self.init_limit()
         self.W[...] = rng.uniform(-limit, limit, size=self.W.shape)
         act = "identity" if self.activation == "softmax" else self.activation
-        return self._spec("dense", act=ACTIVATIONS[act], act_param=self.negative_slope,
+        return self._spec("dense", act=act, act_param=self.negative_slope,
                           w_off=w_off, b_off=p_off)
 
     def get_config(self):
@@ -224,7 +224,7 @@ class Activation(Layer):
         self.negative_slope = _slope(negative_slope)
 
     def bind(self, params, w_off, p_off, buffers, s_off, rng):
-        return self._spec("activation", act=ACTIVATIONS[self.activation],
+        return self._spec("activation", act=self.activation,
                           act_param=self.negative_slope)
 
     def get_config(self):

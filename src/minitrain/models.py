@@ -155,12 +155,12 @@ class Sequential:
             s_off += layer.n_buffers
         # a softmax / sigmoid output is fused into its loss, which takes logits
         if self.layers[-1].activation == _FUSED_OUTPUT.get(self.loss):
-            spec[-1]["act"] = F.ACTIVATIONS["identity"]
+            spec[-1]["act"] = "identity"
         if self.dropout_seed is None:
             self.dropout_seed = int(self.rng.integers(2**63))
         self.n_features_in_ = n_features
         self._layer_spec = spec  # what another backend's net over these buffers needs
-        self._net = make_net(self.backend, self.dtype, F.LOSSES[self.loss], spec,
+        self._net = make_net(self.backend, self.dtype, self.loss, spec,
                              self.params_flat, self.grads_flat, self.state_flat,
                              self.buffers_flat, self.dropout_seed)
         self._net_optimizer = None
@@ -170,7 +170,7 @@ class Sequential:
     def _set_reduction(self, name):
         """How the batch loss is reduced: ``"mean"`` or ``"sklearn"`` (scikit-learn's)."""
         self._reduction = name
-        self._net.set_reduction(F.REDUCTIONS[name])
+        self._net.set_reduction(name)
 
     def _bind_update(self, kind, **core_args):
         """Make the backend update with optimizer `kind` and the backend's
@@ -182,10 +182,10 @@ class Sequential:
     def _twin(self, finite_only=True):
         """The NumPy backend's network over this model's buffers, set up as its own is;
         `finite_only=False` makes it update through a non-finite loss."""
-        net = make_net("numpy", self.dtype, F.LOSSES[self.loss], self._layer_spec,
+        net = make_net("numpy", self.dtype, self.loss, self._layer_spec,
                        self.params_flat, self.grads_flat, self.state_flat,
                        self.buffers_flat, self.dropout_seed)
-        net.set_reduction(F.REDUCTIONS[self._reduction])
+        net.set_reduction(self._reduction)
         net.reserve(self._net.max_batch)
         net.finite_only = finite_only
         kind, core_args = self._update_args

@@ -6,9 +6,10 @@ import numpy as np
 from . import schedules
 from ._validation import check_number
 
-SGD_KIND, ADAM_KIND = 0, 1
-# update forms of the core (mt_opt_style): PyTorch's, or scikit-learn's MLP
-STYLE_TORCH, STYLE_SKLEARN = 0, 1
+# the core's optimizer kinds (mt_opt_kind) and update forms (mt_opt_style: PyTorch's, or
+# scikit-learn's MLP), by name: the binding reads their codes from minitrain.h
+SGD_KIND, ADAM_KIND = "sgd", "adam"
+STYLE_TORCH, STYLE_SKLEARN = "torch", "sklearn"
 
 
 class Optimizer:
