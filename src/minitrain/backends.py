@@ -153,6 +153,18 @@ class NumpyNet:
         dgamma[...], dbeta[...], dx = F.batchnorm_backward(d, xhat, gamma, stats[2])
         return dx
 
+    def _with_l2(self, g, wd):
+        """The gradient `g` plus the L2 penalty's, wd * W over the decayed parameters (a
+        copy); scikit-learn's style also records the penalty itself, 0.5 wd ||W||², from
+        the parameters before the update, as the core's update pass does."""
+        nd = self.opt["n_decay"]
+        if self.opt["style"] == STYLE_SKLEARN:
+            weights = self.params[:nd].astype(np.float64)
+            self.l2_term = 0.5 * wd * float(np.dot(weights, weights))
+        g = g.copy()
+        g[:nd] += self.dtype.type(wd) * self.params[:nd]
+        return g
+
     def _update(self, lr, t, batch_weight):
         o, p, g = self.opt, self.params, self.grads
         t_ = self.dtype.type
@@ -161,14 +173,11 @@ class NumpyNet:
             if norm > o["clip_norm"]:
                 g = g * t_(o["clip_norm"] / norm)
         if o["style"] == STYLE_SKLEARN:
-            wd, weights = o["weight_decay"] / batch_weight, p[:o["n_decay"]].astype(np.float64)
-            self.l2_term = 0.5 * wd * float(np.dot(weights, weights))  # before the update
-            self._sklearn_update(lr, t, g, t_(wd))
+            self._sklearn_update(lr, t, g, o["weight_decay"] / batch_weight)
             return
         lr, wd, nd = t_(lr), t_(o["weight_decay"]), o["n_decay"]
         if o["kind"] == SGD_KIND:
-            g = g.copy()
-            g[:nd] += wd * p[:nd]
+            g = self._with_l2(g, o["weight_decay"])
             mu = t_(o["momentum"])
             if mu != 0:
                 buf = self.state[:p.size]
@@ -182,11 +191,11 @@ class NumpyNet:
         b1, b2, eps = t_(o["beta1"]), t_(o["beta2"]), t_(o["eps"])
         c1 = t_(1 - o["beta1"] ** t)
         c2 = t_(np.sqrt(1 - o["beta2"] ** t))
-        g = g.copy()
         if o["decoupled"]:
+            g = g.copy()
             p[:nd] -= lr * wd * p[:nd]
         else:
-            g[:nd] += wd * p[:nd]
+            g = self._with_l2(g, o["weight_decay"])
         m *= b1
         m += (1 - b1) * g
         v *= b2
@@ -196,8 +205,7 @@ class NumpyNet:
     def _sklearn_update(self, lr, t, g, wd):
         """scikit-learn's MLP updates, in its order of operations (MT_OPT_STYLE_SKLEARN)."""
         o, p, n, t_ = self.opt, self.params, self.params.size, self.dtype.type
-        g = g.copy()
-        g[:o["n_decay"]] += wd * p[:o["n_decay"]]
+        g = self._with_l2(g, wd)
         if o["kind"] == SGD_KIND:
             mu, v, lr = t_(o["momentum"]), self.state[:n], t_(lr)
             v[...] = mu * v - lr * g

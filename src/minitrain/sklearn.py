@@ -291,14 +291,18 @@ class _BaseMLP(BaseEstimator):
         # gradient is that of the sum over outputs, which the core computes
         return 1.0 / self.n_outputs_ if self.out_activation_ == "identity" else 1.0
 
-    def _l2_term(self, coefs, weight_sum):
-        """0.5 * alpha * ||W||^2 / weight_sum, summed layer by layer as scikit-learn does."""
-        if self.alpha == 0:
-            return 0.0
-        values = 0.0  # a Python float: the loss is accumulated in float64 for float32 too
-        for c in coefs:
-            values += float(np.dot(c, c))
-        return (0.5 * self.alpha) * values / weight_sum
+    def _with_l2(self, loss, grad, coefs, weights, weight_sum):
+        """L-BFGS' loss and float64 gradient with scikit-learn's L2 penalty added:
+        0.5 alpha ||W||² / weight_sum, summed layer by layer as scikit-learn does. The
+        stochastic solvers get it from the core's update pass; L-BFGS takes gradients
+        without an update, and scikit-learn's float64 sum of SciPy's vector, which this is."""
+        if self.alpha != 0:
+            values = 0.0  # a Python float: the loss is accumulated in float64 for float32 too
+            for c in coefs:
+                values += float(np.dot(c, c))
+            loss += (0.5 * self.alpha) * values / weight_sum
+        grad[:weights.size] += (self.alpha / weight_sum) * weights
+        return loss, grad
 
     # -------------------------------------------------------------------- fit
     def _fit(self, X, y, sample_weight=None, incremental=False):
@@ -360,10 +364,8 @@ class _BaseMLP(BaseEstimator):
         def loss_grad(packed):
             params[...] = packed
             loss = model._gradient(X, targets, sw) * scale
-            loss += self._l2_term(coefs, weight_sum)
-            grad = model.grads_flat.astype(np.float64)
-            grad[:n_decay] += (self.alpha / weight_sum) * params[:n_decay]
-            return loss, grad
+            return self._with_l2(loss, model.grads_flat.astype(np.float64), coefs,
+                                 params[:n_decay], weight_sum)
 
         iprint = 1 if self.verbose is True or self.verbose >= 1 else -1
         opt_res = scipy.optimize.minimize(
