@@ -106,7 +106,7 @@ def test_bad_sgd_hyperparameters(kwargs, message):
 
 
 def test_bad_model_definitions():
-    with pytest.raises(ValueError, match="units must be a positive integer"):
+    with pytest.raises(ValueError, match="units must be >= 1"):
         mt.Dense(0)
     with pytest.raises(ValueError, match="activation must be one of"):
         mt.Dense(3, activation="swish")

@@ -273,16 +273,16 @@ def test_bad_callback_arguments():
                   verbose=0)
     with pytest.raises(TypeError, match="callbacks must be minitrain Callback instances"):
         model.fit(X, y, callbacks=[print], verbose=0)
-    with pytest.raises(ValueError, match="tol must be a finite number >= 0"):
+    with pytest.raises(ValueError, match=r"tol must lie in \[0"):
         model.fit(X, y, tol=-1, verbose=0)
-    with pytest.raises(ValueError, match="n_iter_no_change must be an integer >= 1"):
+    with pytest.raises(ValueError, match="n_iter_no_change must be >= 1"):
         model.fit(X, y, tol=1e-4, n_iter_no_change=0, verbose=0)
-    with pytest.raises(ValueError, match="max_time must be a finite number of seconds > 0"):
+    with pytest.raises(ValueError, match=r"max_time must lie in \(0, inf\]"):
         model.fit(X, y, max_time=0, verbose=0)
     assert not model.built and model.history is None
     with pytest.raises(ValueError, match="mode must be 'auto', 'min' or 'max'"):
         mt.EarlyStopping(mode="up")
-    with pytest.raises(ValueError, match="patience must be an integer >= 0"):
+    with pytest.raises(ValueError, match="patience must be >= 0"):
         mt.EarlyStopping(patience=-1)
     with pytest.raises(TypeError, match="monitor must be a log name"):
         mt.EarlyStopping(monitor=3)

@@ -102,7 +102,7 @@ def test_bad_schedules():
         S.get("linear_warmup", lr=0.1)
     with pytest.raises(ValueError, match="unknown schedule config"):
         S.get({"class": "Nope", "lr": 0.1})
-    with pytest.raises(ValueError, match="step_size must be an integer >= 1"):
+    with pytest.raises(ValueError, match="step_size must be >= 1"):
         S.StepDecay(0.1, step_size=0)
     with pytest.raises(ValueError, match="lr must lie in"):
         S.CosineDecay(-0.1, decay_steps=10)

@@ -153,7 +153,7 @@ def test_bad_validation_arguments():
         (dict(validation_split=0.0), ValueError, r"validation_split must lie in \(0, 1\)"),
         (dict(validation_split=1.0), ValueError, r"validation_split must lie in \(0, 1\)"),
         (dict(validation_split=-0.2), ValueError, r"validation_split must lie in \(0, 1\)"),
-        (dict(validation_split=True), ValueError, r"validation_split must lie in \(0, 1\)"),
+        (dict(validation_split=True), ValueError, "validation_split must be a finite number"),
         (dict(validation_split=0.999), ValueError, "leaves an empty training or validation"),
         (dict(validation_split=0.2, validation_data=(X, y)), ValueError, "not both"),
         (dict(validation_data=X), TypeError, r"validation_data must be a tuple \(X_val, y_val\)"),

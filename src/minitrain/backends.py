@@ -13,6 +13,7 @@ import warnings
 import numpy as np
 
 from . import functional as F
+from ._validation import check_int
 from .optimizers import SGD_KIND, STYLE_SKLEARN, STYLE_TORCH
 
 try:
@@ -233,8 +234,7 @@ def make_net(backend, *args):
 
 def set_num_threads(n):
     """Number of OpenMP threads of the C core (default: OMP_NUM_THREADS or all cores)."""
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-        raise ValueError(f"n must be a positive integer, got {n!r}")
+    n = check_int("n", n, 1)
     if _core is not None:
         _core.set_num_threads(int(n))
 

@@ -10,10 +10,11 @@ import csv
 import json
 import logging
 import math
-import numbers
 import os
 import sys
 import time
+
+from ._validation import check_int, check_number
 
 logger = logging.getLogger("minitrain")
 
@@ -135,16 +136,11 @@ def _mode(monitor, mode):
 
 
 def _nonneg(name, value):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) \
-            or not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-    return float(value)
+    return check_number(name, value)
 
 
 def _count(name, value):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
-        raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
-    return int(value)
+    return check_int(name, value, 0)
 
 
 class _Monitor(Callback):
@@ -238,10 +234,7 @@ class ReduceLROnPlateau(_Monitor):
     def __init__(self, monitor="val_loss", factor=0.1, patience=10, min_delta=1e-4,
                  cooldown=0, min_lr=0.0, mode="auto"):
         super().__init__(monitor, mode, min_delta)
-        if isinstance(factor, bool) or not isinstance(factor, numbers.Real) \
-                or not 0 < factor < 1:
-            raise ValueError(f"factor must lie in (0, 1), got {factor!r}")
-        self.factor = float(factor)
+        self.factor = check_number("factor", factor, 0, low_open=True, high=1, high_open=True)
         self.patience = _count("patience", patience)
         self.cooldown = _count("cooldown", cooldown)
         self.min_lr = _nonneg("min_lr", min_lr)
@@ -290,10 +283,7 @@ class ConvergenceCheck(Callback):
 
     def __init__(self, tol=1e-4, n_iter_no_change=10):
         self.tol = _nonneg("tol", tol)
-        if isinstance(n_iter_no_change, bool) \
-                or not isinstance(n_iter_no_change, numbers.Integral) or n_iter_no_change < 1:
-            raise ValueError(f"n_iter_no_change must be an integer >= 1, got {n_iter_no_change!r}")
-        self.n_iter_no_change = int(n_iter_no_change)
+        self.n_iter_no_change = check_int("n_iter_no_change", n_iter_no_change, 1)
         self.best = math.inf
         self.no_improvement = 0
 

@@ -5,7 +5,7 @@ from importlib import resources
 
 import numpy as np
 
-from ._validation import check_int
+from ._validation import check_int, check_number
 
 
 def load_digits():
@@ -27,8 +27,7 @@ def train_test_split(X, y, test_size=0.2, seed=0, stratify=True):
     X, y = np.asarray(X), np.asarray(y)
     if len(X) != len(y):
         raise ValueError(f"X and y have different lengths: {len(X)} and {len(y)}")
-    if not 0 < test_size < 1:
-        raise ValueError(f"test_size must lie in (0, 1), got {test_size!r}")
+    check_number("test_size", test_size, 0, low_open=True, high=1, high_open=True)
     rng = np.random.default_rng(check_int("seed", seed, 0))
     groups = [np.flatnonzero(y == c) for c in np.unique(y)] if stratify else [np.arange(len(y))]
     test = np.concatenate([g[rng.permutation(len(g))][:int(round(test_size * len(g)))]

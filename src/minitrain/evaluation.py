@@ -1,10 +1,9 @@
 """Metrics computed from network outputs, and the validation hold-out of ``fit``."""
 
-import numbers
-
 import numpy as np
 
 from . import functional as F
+from ._validation import check_number
 
 _CLASSIFICATION = ("cross_entropy", "binary_cross_entropy")
 
@@ -76,9 +75,7 @@ def holdout(y, fraction, stratify):
     """Row indices (train, validation) holding out the last `fraction` of the rows,
     per class when `stratify` (y holds labels), as Keras' validation_split does
     without stratification: no randomness, so the generator's stream is untouched."""
-    if isinstance(fraction, bool) or not isinstance(fraction, numbers.Real) \
-            or not 0 < fraction < 1:
-        raise ValueError(f"validation_split must lie in (0, 1), got {fraction!r}")
+    check_number("validation_split", fraction, 0, low_open=True, high=1, high_open=True)
     n = len(y)
     groups = [np.flatnonzero(y == c) for c in np.unique(y)] if stratify else [np.arange(n)]
     val = np.concatenate([g[int(len(g) * (1 - fraction)):] for g in groups])

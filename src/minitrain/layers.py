@@ -3,6 +3,7 @@
 import math
 import numbers
 
+from ._validation import check_int, check_number
 from .functional import ACTIVATION_ALIASES, ACTIVATIONS
 
 
@@ -16,18 +17,15 @@ def _activation_name(activation, allow_softmax):
 
 
 def _slope(negative_slope):
-    if not math.isfinite(negative_slope):
-        raise ValueError(f"negative_slope must be finite, got {negative_slope!r}")
-    return float(negative_slope)
+    return check_number("negative_slope", negative_slope, low=None)
 
 
 def _fraction(name, value, high_open):
     """A finite number in [0, 1) (or [0, 1] when not `high_open`)."""
+    # not a number at all: a TypeError, as for Dense(units=...)
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
-    if not (0 <= value < 1 if high_open else 0 <= value <= 1):
-        raise ValueError(f"{name} must lie in [0, 1{')' if high_open else ']'}, got {value!r}")
-    return float(value)
+    return check_number(name, value, 0, high=1, high_open=high_open)
 
 
 class Layer:
@@ -80,8 +78,7 @@ class Dense(Layer):
     """
 
     def __init__(self, units, activation=None, negative_slope=0.01):
-        if isinstance(units, bool) or not isinstance(units, numbers.Integral) or units < 1:
-            raise ValueError(f"units must be a positive integer, got {units!r}")
+        units = check_int("units", units, 1)
         self.activation = _activation_name(activation, allow_softmax=True)
         self.negative_slope = _slope(negative_slope)
         self.units = int(units)
@@ -175,10 +172,7 @@ class BatchNorm(Layer):
 
     def __init__(self, momentum=0.9, epsilon=1e-5):
         self.momentum = _fraction("momentum", momentum, high_open=False)
-        if isinstance(epsilon, bool) or not isinstance(epsilon, numbers.Real) \
-                or not 0 < epsilon < math.inf:
-            raise ValueError(f"epsilon must be a positive finite number, got {epsilon!r}")
-        self.epsilon = float(epsilon)
+        self.epsilon = check_number("epsilon", epsilon, low_open=True)
         self.gamma = self.beta = self.running_mean = self.running_var = None
 
     @property

@@ -15,13 +15,12 @@ that is the ``mt.ReduceLROnPlateau`` callback.
 import math
 import numbers
 
+from ._validation import check_int
 from ._validation import check_number as _number
 
 
 def _steps(name, value, low=1):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-    return int(value)
+    return check_int(name, value, low)
 
 
 class Schedule:

@@ -15,7 +15,6 @@ place, then applied.
 
 import dataclasses
 import math
-import numbers
 import sys
 import time
 import warnings
@@ -23,7 +22,7 @@ import warnings
 import numpy as np
 
 from . import evaluation, optimizers
-from ._validation import check_int, check_targets, check_X
+from ._validation import check_int, check_number, check_targets, check_X
 from .callbacks import CallbackList, ConvergenceCheck, EpochLine, ProgressBar
 from .history import History
 
@@ -32,11 +31,6 @@ from .history import History
 _TRAIN_METRIC_ROWS = 10_000
 
 
-def _positive(name, value):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) \
-            or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a finite number of seconds > 0, got {value!r}")
-    return float(value)
 
 
 @dataclasses.dataclass
@@ -318,7 +312,7 @@ def plan_fit(model, X, y, epochs, batch_size, optimizer, shuffle, drop_last, see
     if seed is not None:
         seed = check_int("seed", seed, 0)
     if max_time is not None:
-        max_time = _positive("max_time", max_time)
+        max_time = check_number("max_time", max_time, 0, low_open=True)
     metric_names = evaluation.resolve(metrics, model.loss)
     train_rows, validation = validation_set(model, X, y, validation_data, validation_split)
     n = X.shape[0] if train_rows is None else len(train_rows)
