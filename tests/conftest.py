@@ -1,18 +1,8 @@
-import numpy as np
+"""Fixtures shared by every test; shared helper functions live in helpers.py."""
+
 import pytest
 
 import minitrain as mt
-
-LOSS_TARGETS = ("cross_entropy", "mse", "binary_cross_entropy")
-
-
-def make_targets(loss, n, n_out, rng):
-    if loss == "cross_entropy":
-        return rng.integers(0, n_out, n)
-    if loss == "mse":
-        return rng.normal(size=(n, n_out))
-    return rng.integers(0, 2, (n, n_out)).astype(np.float64)
-
 
 @pytest.fixture(scope="session")
 def digits():

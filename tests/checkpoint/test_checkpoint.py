@@ -12,12 +12,13 @@ import numpy as np
 import pytest
 
 import minitrain as mt
-import test_validation_metrics
 from minitrain import checkpoint
+
+from helpers import cyclic_blobs, subprocess_path
 
 
 def blobs(n=200, seed=0):
-    return test_validation_metrics.blobs(n, seed, classes=4, features=6, spread=1.5)
+    return cyclic_blobs(n, seed, classes=4, features=6, spread=1.5)
 
 
 def model_and_optimizer(widths=(12,), seed=0):
@@ -87,7 +88,7 @@ RUN = textwrap.dedent("""
 
 def run(mode, path, threads):
     env = {**os.environ, "OMP_NUM_THREADS": str(threads),
-           "PYTHONPATH": os.path.dirname(__file__)}
+           "PYTHONPATH": subprocess_path(__file__)}
     out = subprocess.run([sys.executable, "-c", RUN, mode, str(path), str(threads)], env=env,
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
@@ -189,7 +190,7 @@ KILLED = textwrap.dedent("""
 def test_a_killed_writer_leaves_the_previous_checkpoint(tmp_path):
     _, path = trained(tmp_path)
     good = path.read_bytes()
-    env = {**os.environ, "PYTHONPATH": os.path.dirname(__file__)}
+    env = {**os.environ, "PYTHONPATH": subprocess_path(__file__)}
     proc = subprocess.Popen([sys.executable, "-c", KILLED, str(path)], env=env,
                             stdout=subprocess.PIPE, text=True)
     try:
@@ -356,7 +357,7 @@ def test_resume_with_dropout_and_batchnorm_and_no_seed(tmp_path):
     path = str(tmp_path / "run-{epoch}.npz")
     for mode, threads in (("straight", 1), ("resume", 2)):
         env = {**os.environ, "OMP_NUM_THREADS": str(threads),
-               "PYTHONPATH": os.path.dirname(__file__)}
+               "PYTHONPATH": subprocess_path(__file__)}
         out = subprocess.run([sys.executable, "-c", RUN_DROPOUT, mode, path, str(threads)],
                              env=env, capture_output=True, text=True, timeout=120)
         assert out.returncode == 0, out.stderr
@@ -373,7 +374,6 @@ def test_the_checkpoint_module_is_a_file_format_of_states(tmp_path):
     import ast
     import inspect
 
-    from minitrain import checkpoint
     tree = ast.parse(inspect.getsource(checkpoint))
     imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
                 for alias in node.names} | {node.module for node in ast.walk(tree)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import minitrain as mt
-from conftest import LOSS_TARGETS, make_targets
+from helpers import LOSS_TARGETS, make_targets
 
 ACTIVATIONS = ["identity", "relu", "leaky_relu", "tanh", "sigmoid", "gelu"]
 

@@ -5,7 +5,7 @@ import pytest
 
 import minitrain as mt
 from minitrain import _core
-from layer_checks import blobs, finite_difference_error, fit_weights, training_output, with_probe
+from helpers import blobs, finite_difference_error, fit_weights, training_output, with_probe
 
 BACKENDS = ["c", "numpy"]
 EPS = 1e-5

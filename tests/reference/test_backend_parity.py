@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import minitrain as mt
-from conftest import LOSS_TARGETS, make_targets
+from helpers import LOSS_TARGETS, make_targets, relative_error
 
 OPTIMIZERS = {
     "sgd": lambda: mt.SGD(lr=0.05),
@@ -25,10 +25,6 @@ def train(backend, dtype, optimizer, loss="cross_entropy", activation="relu", ep
     hist = model.fit(X, y, epochs=epochs, batch_size=24, optimizer=OPTIMIZERS[optimizer](),
                      verbose=0)
     return model, hist
-
-
-def relative_error(a, b):
-    return np.linalg.norm(a - b) / np.linalg.norm(b)
 
 
 @pytest.mark.parametrize("optimizer", sorted(OPTIMIZERS))

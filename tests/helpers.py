@@ -1,4 +1,5 @@
-"""Helpers shared by the layer tests: reading a training-mode output, and finite
+"""Helpers shared by the tests (fixtures are in conftest.py): data sets, targets per
+loss, error measures; for the layer tests, reading a training-mode output, and finite
 differences."""
 
 import numpy as np
@@ -67,3 +68,33 @@ def blobs(n, d, classes, seed=0):
     y = rng.integers(0, classes, n)
     X = rng.normal(size=(n, d)) + 2 * rng.normal(size=(classes, d))[y]
     return X, y
+
+
+LOSS_TARGETS = ("cross_entropy", "mse", "binary_cross_entropy")
+
+
+def make_targets(loss, n, n_out, rng):
+    if loss == "cross_entropy":
+        return rng.integers(0, n_out, n)
+    if loss == "mse":
+        return rng.normal(size=(n, n_out))
+    return rng.integers(0, 2, (n, n_out)).astype(np.float64)
+
+
+def relative_error(a, b):
+    return np.linalg.norm(a - b) / np.linalg.norm(b)
+
+
+def cyclic_blobs(n=150, seed=0, classes=3, features=4, spread=2.0):
+    """Gaussian blobs around the first unit vectors; the classes cycle row by row."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % classes
+    X = rng.standard_normal((n, features)) + spread * np.eye(classes, features)[y]
+    return X, y.astype(np.int64)
+
+
+def subprocess_path(test_file):
+    """PYTHONPATH for a subprocess that imports `test_file`'s module and these helpers."""
+    import os
+    here = os.path.dirname(os.path.abspath(test_file))
+    return os.pathsep.join([here, os.path.dirname(os.path.abspath(__file__))])

@@ -18,6 +18,8 @@ import pytest
 import minitrain as mt
 from minitrain import checkpoint, models
 
+from helpers import subprocess_path
+
 MEMORY_LIMIT = 50 << 20
 
 
@@ -384,7 +386,7 @@ def test_the_temporary_of_a_writer_killed_mid_save_is_removed_by_the_next_save(t
     import test_checkpoint
 
     _, path = test_checkpoint.trained(tmp_path)
-    env = {**os.environ, "PYTHONPATH": os.path.dirname(__file__)}
+    env = {**os.environ, "PYTHONPATH": subprocess_path(__file__)}
     proc = subprocess.Popen([sys.executable, "-c", test_checkpoint.KILLED, str(path)],
                             env=env, stdout=subprocess.PIPE, text=True)
     try:

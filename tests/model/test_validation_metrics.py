@@ -6,13 +6,10 @@ import pytest
 import minitrain as mt
 from minitrain import cli, evaluation
 
+from helpers import cyclic_blobs
 
-def blobs(n=150, seed=0, classes=3, features=4, spread=2.0):
-    """Gaussian blobs around the first unit vectors; the classes cycle row by row."""
-    rng = np.random.default_rng(seed)
-    y = np.arange(n) % classes
-    X = rng.standard_normal((n, features)) + spread * np.eye(classes, features)[y]
-    return X, y.astype(np.int64)
+
+blobs = cyclic_blobs
 
 
 def regression(n=120, seed=1):

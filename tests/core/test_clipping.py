@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import minitrain as mt
-from layer_checks import blobs, fit_weights
+from helpers import blobs, fit_weights
 
 BACKENDS = ["c", "numpy"]
 

@@ -11,6 +11,8 @@ import pytest
 import minitrain as mt
 from minitrain import _core
 
+from helpers import relative_error
+
 ISAS = _core.available_isas()
 
 
@@ -49,10 +51,6 @@ def train_wide(backend, dtype, loss):
     hist = model.fit(X, y, epochs=2, batch_size=160, verbose=0,
                      optimizer=mt.SGD(lr=0.05, momentum=0.9))
     return model, hist
-
-
-def relative_error(a, b):
-    return np.linalg.norm(a - b) / np.linalg.norm(b)
 
 
 @pytest.mark.parametrize("isa", ISAS, indirect=True)

@@ -3,7 +3,7 @@
 A change that is meant to leave every number alone (a refactoring) must keep these
 digests. They depend on the GEMM micro-kernels in use (the order of roundings), so one
 table per instruction set; never on the thread count. To record them again after a change
-that is meant to move numbers: ``MINITRAIN_RECORD_DIGESTS=1 python tests/test_digests.py``.
+that is meant to move numbers: ``MINITRAIN_RECORD_DIGESTS=1 python tests/core/test_digests.py``.
 """
 
 import hashlib
