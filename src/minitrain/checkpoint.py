@@ -9,17 +9,23 @@ that is synced and then renamed over the target, so a crash mid-write leaves the
 previous checkpoint intact.
 """
 
+from __future__ import annotations
+
 import contextlib
 import json
 import os
 import secrets
 import zipfile
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from . import layers as layers_module
 from . import optimizers
 from .history import History
+
+if TYPE_CHECKING:  # models imports this module
+    from .models import Sequential
 
 FORMAT = "minitrain-checkpoint"
 VERSION = 1
@@ -160,11 +166,32 @@ def _rng(state):
     return np.random.Generator(bit_generator)
 
 
-def load(path):
+def load(path: str | os.PathLike) -> Sequential:
     """The model saved at `path`, with its optimizer, counters, generator and history.
 
-    Raises ValueError, before building anything visible, when the file is not a
-    minitrain checkpoint, is truncated, or its arrays do not fit its architecture.
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A file written by ``Sequential.save`` or ``ModelCheckpoint`` (``.npz``, read
+        with ``allow_pickle=False``: it cannot run code).
+
+    Returns
+    -------
+    Sequential
+        The model, built, ready to predict or to train on (``fit`` continues its
+        optimizer, counters and history).
+
+    Raises
+    ------
+    ValueError
+        Before building anything visible, when the file is not a minitrain checkpoint,
+        is truncated, or its arrays do not fit its architecture.
+
+    Examples
+    --------
+    >>> import minitrain as mt
+    >>> model.save("model.npz")          # doctest: +SKIP
+    >>> same = mt.load("model.npz")      # doctest: +SKIP
     """
     from .models import Sequential
 
