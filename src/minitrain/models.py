@@ -5,12 +5,12 @@ from __future__ import annotations
 import logging
 import math
 import numbers
+import os
 import sys
 import time
 import types
 import warnings
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -19,14 +19,9 @@ from . import checkpoint, evaluation, optimizers
 from . import functional as F
 from ._validation import check_int, check_targets, check_X
 from .backends import make_net
-from .callbacks import CallbackList, ConvergenceCheck, EpochLine, ProgressBar
+from .callbacks import Callback, CallbackList, ConvergenceCheck, EpochLine, ProgressBar
 from .history import History
 from .layers import Dense, Layer
-
-if TYPE_CHECKING:
-    import os
-
-    from .callbacks import Callback
 
 logger = logging.getLogger("minitrain")
 
