@@ -7,6 +7,7 @@ docstring, or a parameter its docstring leaves out, into a warning, so ``-W`` ke
 the docstrings complete.
 """
 
+import re
 from importlib import metadata
 
 project = "minitrain"
@@ -22,7 +23,7 @@ html_theme = "alabaster"
 
 autodoc_default_options = {"member-order": "bysource"}
 # the signatures show `ArrayLike`, not the union numpy.typing spells it out as
-autodoc_type_aliases = {"ArrayLike": "numpy.typing.ArrayLike"}
+autodoc_type_aliases = {"ArrayLike": "ArrayLike"}
 autodoc_typehints = "signature"
 
 # the members are listed by autodoc; numpydoc's own tables would list them twice
@@ -32,3 +33,15 @@ numpydoc_xref_param_type = False
 # unknown to) the Parameters section; RT01: a missing Returns section
 numpydoc_validation_checks = {"GL08", "PR01", "PR02", "RT01"}
 numpydoc_validation_exclude = {r"\.__init__$", r"\.__repr__$"}
+
+
+def _short_aliases(app, what, name, obj, options, signature, return_annotation):
+    """Inside a subscript (``tuple[ArrayLike, ArrayLike]``) autodoc prints an alias as
+    ``TypeAliasForwardRef('ArrayLike')``; print its name."""
+    def short(text):
+        return text and re.sub(r"TypeAliasForwardRef\('([\w.]+)'\)", r"\1", text)
+    return short(signature), short(return_annotation)
+
+
+def setup(app):
+    app.connect("autodoc-process-signature", _short_aliases)
