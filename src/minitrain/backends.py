@@ -7,6 +7,8 @@ Both expose the same object, built over the model's flat buffers:
 operations wherever NumPy allows, and is the reference the C core is tested against.
 """
 
+from __future__ import annotations
+
 import math
 import warnings
 
@@ -223,23 +225,45 @@ def make_net(backend, *args):
     return _core.Net(*args) if backend == "c" else NumpyNet(*args)
 
 
-def set_num_threads(n):
-    """Number of OpenMP threads of the C core (default: OMP_NUM_THREADS or all cores)."""
+def set_num_threads(n: int) -> None:
+    """Set the number of OpenMP threads of the C core.
+
+    Results do not depend on it: the same seed gives bit-identical weights on any
+    thread count. ``threadpoolctl`` sees and sets the same number.
+
+    Parameters
+    ----------
+    n : int >= 1
+        The thread count (default at import: ``OMP_NUM_THREADS``, or all cores).
+    """
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
         raise ValueError(f"n must be a positive integer, got {n!r}")
     if _core is not None:
         _core.set_num_threads(int(n))
 
 
-def get_num_threads():
+def get_num_threads() -> int:
+    """The number of OpenMP threads of the C core.
+
+    Returns
+    -------
+    int
+        1 when the extension is not built (the NumPy backend).
+    """
     return _core.get_num_threads() if _core is not None else 1
 
 
-def cpu_info():
-    """What the C core runs on: ``isa`` (the instruction set of its GEMM micro-kernels:
-    ``"avx512"``, ``"avx2"`` or ``"generic"``; the best the CPU supports unless lowered
-    with the environment variable ``MINITRAIN_ISA``), ``available_isas`` and
-    ``num_threads``. Without the extension, ``isa`` is None."""
+def cpu_info() -> dict:
+    """What the C core runs on.
+
+    Returns
+    -------
+    dict
+        ``isa``: the instruction set of its GEMM micro-kernels (``"avx512"``,
+        ``"avx2"`` or ``"generic"``; the best the CPU supports unless lowered with the
+        environment variable ``MINITRAIN_ISA``), or None without the extension;
+        ``available_isas``: those this CPU can run; ``num_threads``.
+    """
     if _core is None:
         return {"isa": None, "available_isas": (), "num_threads": 1}
     return {"isa": _core.isa(), "available_isas": _core.available_isas(),

@@ -11,6 +11,8 @@ Reading trusts nothing in the file: sizes, shapes and values are checked against
 header before anything is built, and every damaged file raises ValueError.
 """
 
+from __future__ import annotations
+
 import contextlib
 import json
 import math
@@ -22,6 +24,7 @@ import threading
 import tokenize
 import zipfile
 import zlib
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -29,6 +32,9 @@ from . import layers as layers_module
 from . import optimizers
 from ._validation import check_int
 from .history import History
+
+if TYPE_CHECKING:  # models imports this module
+    from .models import Sequential
 
 FORMAT = "minitrain-checkpoint"
 VERSION = 1
@@ -388,13 +394,34 @@ def _check_values(model, history):
                              f"{model.iteration} finite losses, got {np.shape(losses)}")
 
 
-def load(path):
+def load(path: str | os.PathLike) -> Sequential:
     """The model saved at `path`, with its optimizer, counters, generator and history.
 
-    Raises ValueError, before building anything visible, when the file is not a
-    minitrain checkpoint, is truncated, or its arrays do not fit its architecture; the
-    architecture is checked against the arrays' own headers before anything as large
-    is allocated or read.
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A file written by ``Sequential.save`` or ``ModelCheckpoint`` (``.npz``, read
+        with ``allow_pickle=False``: it cannot run code).
+
+    Returns
+    -------
+    Sequential
+        The model, built, ready to predict or to train on (``fit`` continues its
+        optimizer, counters and history).
+
+    Raises
+    ------
+    ValueError
+        Before building anything visible, when the file is not a minitrain checkpoint,
+        is truncated, or its arrays do not fit its architecture; the architecture is
+        checked against the arrays' own headers before anything as large is allocated
+        or read.
+
+    Examples
+    --------
+    >>> import minitrain as mt
+    >>> model.save("model.npz")          # doctest: +SKIP
+    >>> same = mt.load("model.npz")      # doctest: +SKIP
     """
     from .models import Sequential
 
