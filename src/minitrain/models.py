@@ -4,6 +4,7 @@ import logging
 import math
 import numbers
 import sys
+import threading
 import time
 import types
 import warnings
@@ -110,6 +111,10 @@ class Sequential:
         self._net_optimizer = None
         self._callbacks = None
         self._saved_callback_states = {}
+        # Serialises the sequences of calls that must see one state of the model (build,
+        # optimizer, counters, step and what it leaves in grads_flat); the backend
+        # serialises each call on its workspace itself, so predict needs no more.
+        self._lock = threading.RLock()
 
     # ---------------------------------------------------------------- structure
     def add(self, layer):
@@ -324,9 +329,10 @@ class Sequential:
             self.build(run.X.shape[1])
         if run.seed is not None and run.saved is None:
             self.rng = np.random.default_rng(run.seed)
-        run.optimizer = self._use_optimizer(run.optimizer)
-        self._net.reserve(run.batch_size)
-        self._net.set_data(run.X, run.y)
+        with self._lock:
+            run.optimizer = self._use_optimizer(run.optimizer)
+            self._net.reserve(run.batch_size)
+            self._net.set_data(run.X, run.y)
         if run.verbose:
             _ensure_console_logging()
         if run.saved is None or self.history is None:
@@ -347,18 +353,19 @@ class Sequential:
         done = 0
         while done < run.per_epoch and not self.stop_training:
             start = done * batch_size
-            lr = opt.next_lr()
-            try:
-                losses[done] = net.step_rows(order, start, min(start + batch_size, n), lr,
-                                             opt.iterations + 1, iteration=self.iteration)
-            except FloatingPointError as err:
-                raise FloatingPointError(
-                    f"training diverged at epoch {epoch}, iteration {done + 1} "
-                    f"(iteration {self.iteration + 1} overall): {err}; the weights of the "
-                    f"last finite iteration are kept. Lower the learning rate or "
-                    f"scale the inputs.") from None
-            opt.iterations += 1
-            self.iteration += 1
+            with self._lock:
+                lr = opt.next_lr()
+                try:
+                    losses[done] = net.step_rows(order, start, min(start + batch_size, n), lr,
+                                                 opt.iterations + 1, iteration=self.iteration)
+                except FloatingPointError as err:
+                    raise FloatingPointError(
+                        f"training diverged at epoch {epoch}, iteration {done + 1} "
+                        f"(iteration {self.iteration + 1} overall): {err}; the weights of "
+                        f"the last finite iteration are kept. Lower the learning rate or "
+                        f"scale the inputs.") from None
+                opt.iterations += 1
+                self.iteration += 1
             done += 1
             if on_iteration:
                 logs = {"loss": losses[done - 1], "lr": lr, "epoch": epoch, "batch": done}
@@ -406,13 +413,15 @@ class Sequential:
         For users who keep their own loop; counts towards ``iteration`` (not ``epoch``).
         """
         X, y = self._check_xy(X, y)
-        if not self.built:
-            self.build(X.shape[1])
-        opt = self._use_optimizer(optimizer)
-        self._net.reserve(X.shape[0])
-        loss = self._net.step(X, y, opt.next_lr(), opt.iterations + 1, iteration=self.iteration)
-        opt.iterations += 1
-        self.iteration += 1
+        with self._lock:
+            if not self.built:
+                self.build(X.shape[1])
+            opt = self._use_optimizer(optimizer)
+            self._net.reserve(X.shape[0])
+            loss = self._net.step(X, y, opt.next_lr(), opt.iterations + 1,
+                                  iteration=self.iteration)
+            opt.iterations += 1
+            self.iteration += 1
         return loss
 
     def loss_and_gradient(self, X, y):
@@ -421,9 +430,10 @@ class Sequential:
         iteration, batch norm uses the batch statistics."""
         X, y = self._check_xy(X, y)
         self._require_built()
-        self._net.reserve(X.shape[0])
-        loss = self._net.step(X, y, 0.0, 0, False, iteration=self.iteration)
-        return loss, self.grads_flat.copy()
+        with self._lock:
+            self._net.reserve(X.shape[0])
+            loss = self._net.step(X, y, 0.0, 0, False, iteration=self.iteration)
+            return loss, self.grads_flat.copy()
 
     # ---------------------------------------------------------------- inference
     def _require_built(self):
