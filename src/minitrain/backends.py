@@ -137,9 +137,11 @@ class NumpyNet:
         loss = F.loss_value(self.loss, outs[-1], y, self.reduction, sample_weight)
         if not np.isfinite(loss):
             raise FloatingPointError(f"the loss is not finite ({loss}); nothing was updated")
-        d = F.loss_gradient(self.loss, outs[-1], y, self.reduction, sample_weight)
-        for l in range(len(self.layers) - 1, self._first - 1, -1):
-            d = self._backward(l, outs[l], outs[l + 1], kept[l], d, l > self._first)
+        # an overflow is reported once, below, as the core reports it: not as warnings
+        with np.errstate(over="ignore", invalid="ignore"):
+            d = F.loss_gradient(self.loss, outs[-1], y, self.reduction, sample_weight)
+            for l in range(len(self.layers) - 1, self._first - 1, -1):
+                d = self._backward(l, outs[l], outs[l + 1], kept[l], d, l > self._first)
         if update and not np.isfinite(self.grads).all():
             raise FloatingPointError(f"the gradient is not finite (the loss is {loss}); the "
                                      f"parameters were not updated")
