@@ -94,6 +94,12 @@ def test_width_products_that_overflow_are_refused(n_in, n_out):
         _core.Net(np.float64, MSE, layers, params, np.zeros(64), np.zeros(128))
 
 
+@pytest.mark.parametrize("loss", [-1, 4, 99])
+def test_unknown_loss_codes_are_refused(loss):
+    with pytest.raises(ValueError, match="unknown loss code"):
+        _net(loss=loss)
+
+
 def test_a_workspace_whose_size_wraps_around_is_refused():
     net, _ = _net()
     with pytest.raises(MemoryError, match="too large"):

@@ -21,7 +21,7 @@ cdef extern from "minitrain.h":
     int MT_OK, MT_ERR_NONFINITE_LOSS, MT_ERR_BATCH_TOO_LARGE, MT_ERR_NO_MEMORY
     int MT_ERR_BAD_LABEL, MT_ERR_NONFINITE_GRADIENT
     int MT_OPT_SGD, MT_OPT_ADAM, MT_OPT_STYLE_TORCH, MT_OPT_STYLE_SKLEARN
-    int MT_LOSS_CROSS_ENTROPY
+    int MT_LOSS_CROSS_ENTROPY, MT_LOSS_POISSON
     int MT_LAYER_DENSE, MT_LAYER_DROPOUT, MT_LAYER_BATCHNORM, MT_LAYER_ACTIVATION
     int MT_ACT_GELU
     ctypedef struct mt_layer:
@@ -217,6 +217,8 @@ cdef class Net:
             raise TypeError("dtype must be float32 or float64")
         if not 0 < len(layers) <= MT_MAX_LAYERS:
             raise ValueError(f"a network has 1 to {MT_MAX_LAYERS} layers")
+        if not MT_LOSS_CROSS_ENTROPY <= loss <= MT_LOSS_POISSON:  # the mt_loss codes
+            raise ValueError(f"unknown loss code {loss}")
         if buffers is None:
             buffers = np.zeros(0, dtype=dtype)
         for name, a in (("params", params), ("grads", grads), ("state", state),
