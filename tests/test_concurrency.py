@@ -1,6 +1,8 @@
 """One model shared between threads gives the results of serial calls, and separate models
 in separate threads give the bits of solo runs."""
 
+import copy
+import pickle
 import threading
 
 import numpy as np
@@ -153,3 +155,12 @@ def test_separate_models_in_two_threads_are_bit_identical_to_solo_runs():
     _run_together(lambda: worker(0), lambda: worker(1))
     for k in (0, 1):
         np.testing.assert_array_equal(together[k], solo[k])
+
+
+def test_a_model_with_its_lock_can_still_be_copied_and_pickled():
+    model = _model()
+    for other in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
+        assert other._lock is not model._lock
+        X, y = _data(n=40)
+        np.testing.assert_array_equal(other.fit(X, y, epochs=1, verbose=0).iteration_loss,
+                                      _model().fit(X, y, epochs=1, verbose=0).iteration_loss)

@@ -82,6 +82,13 @@ class Sequential:
         Epochs and iterations trained so far.
     history : History or None
         The record of the current (or last) fit; checkpoints keep it.
+
+    Notes
+    -----
+    A model may be shared between threads (a thread predicting while another trains):
+    calls that use its workspace or its flat buffers run one at a time on that model, and
+    ``train_step``, ``loss_and_gradient`` and each iteration of ``fit`` act as if the calls
+    of all threads had been made one after another. Separate models run in parallel.
     """
 
     def __init__(self, layers=None, loss="cross_entropy", seed=None, dtype="float32",
@@ -114,6 +121,15 @@ class Sequential:
         # Serialises the sequences of calls that must see one state of the model (build,
         # optimizer, counters, step and what it leaves in grads_flat); the backend
         # serialises each call on its workspace itself, so predict needs no more.
+        self._lock = threading.RLock()
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        del state["_lock"]  # a copy gets a lock of its own
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
         self._lock = threading.RLock()
 
     # ---------------------------------------------------------------- structure
