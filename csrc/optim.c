@@ -1,4 +1,5 @@
-// Optimizers: one fused pass over the flat parameter, gradient and state buffers.
+// Optimizers: a check of the flat gradient (which also takes clipping's norm), then one fused
+// pass over the flat parameter, gradient and state buffers.
 #define MT_REAL_SOURCE
 #include "mt_internal.h"
 #include <math.h>
