@@ -8,6 +8,7 @@ import math
 import numbers
 import os
 import sys
+import threading
 import time
 import types
 import warnings
@@ -85,6 +86,13 @@ class Sequential:
     n_features_in_ : int or None
         The input width, once built.
 
+    Notes
+    -----
+    A model may be shared between threads (a thread predicting while another trains):
+    calls that use its workspace or its flat buffers run one at a time on that model, and
+    ``train_step``, ``loss_and_gradient`` and each iteration of ``fit`` act as if the calls
+    of all threads had been made one after another. Separate models run in parallel.
+
     Examples
     --------
     >>> import minitrain as mt
@@ -126,6 +134,10 @@ class Sequential:
         self._net_optimizer = None
         self._callbacks = None
         self._saved_callback_states = {}
+        # Serialises the sequences of calls that must see one state of the model (build,
+        # optimizer, counters, step and what it leaves in grads_flat); the backend
+        # serialises each call on its workspace itself, so predict needs no more.
+        self._lock = threading.RLock()
 
     # ---------------------------------------------------------------- structure
     def add(self, layer: Layer) -> None:
@@ -442,9 +454,10 @@ class Sequential:
             self.build(run.X.shape[1])
         if run.seed is not None and run.saved is None:
             self.rng = np.random.default_rng(run.seed)
-        run.optimizer = self._use_optimizer(run.optimizer)
-        self._net.reserve(run.batch_size)
-        self._net.set_data(run.X, run.y)
+        with self._lock:
+            run.optimizer = self._use_optimizer(run.optimizer)
+            self._net.reserve(run.batch_size)
+            self._net.set_data(run.X, run.y)
         if run.saved is None or self.history is None:
             self.history = History(run.params)
         self.history.params = run.params
@@ -463,18 +476,19 @@ class Sequential:
         done = 0
         while done < run.per_epoch and not self.stop_training:
             start = done * batch_size
-            lr = opt.next_lr()
-            try:
-                losses[done] = net.step_rows(order, start, min(start + batch_size, n), lr,
-                                             opt.iterations + 1, iteration=self.iteration)
-            except FloatingPointError as err:
-                raise FloatingPointError(
-                    f"training diverged at epoch {epoch}, iteration {done + 1} "
-                    f"(iteration {self.iteration + 1} overall): {err}; the weights of the "
-                    f"last finite iteration are kept. Lower the learning rate, or "
-                    f"standardise a regression target whose scale is large.") from None
-            opt.iterations += 1
-            self.iteration += 1
+            with self._lock:
+                lr = opt.next_lr()
+                try:
+                    losses[done] = net.step_rows(order, start, min(start + batch_size, n), lr,
+                                                 opt.iterations + 1, iteration=self.iteration)
+                except FloatingPointError as err:
+                    raise FloatingPointError(
+                        f"training diverged at epoch {epoch}, iteration {done + 1} "
+                        f"(iteration {self.iteration + 1} overall): {err}; the weights of "
+                        f"the last finite iteration are kept. Lower the learning rate, or "
+                        f"standardise a regression target whose scale is large.") from None
+                opt.iterations += 1
+                self.iteration += 1
             done += 1
             if on_iteration:
                 logs = {"loss": losses[done - 1], "lr": lr, "epoch": epoch, "batch": done}
@@ -539,14 +553,15 @@ class Sequential:
         """
         X, y = self._check_xy(X, y)
         opt = optimizers.get(optimizer if optimizer is not None else self.optimizer)
-        lr = opt.next_lr()  # a schedule's bad rate is refused before the model changes
-        if not self.built:
-            self.build(X.shape[1])
-        opt = self._use_optimizer(opt)
-        self._net.reserve(X.shape[0])
-        loss = self._net.step(X, y, lr, opt.iterations + 1, iteration=self.iteration)
-        opt.iterations += 1
-        self.iteration += 1
+        with self._lock:
+            lr = opt.next_lr()  # a schedule's bad rate is refused before the model changes
+            if not self.built:
+                self.build(X.shape[1])
+            opt = self._use_optimizer(opt)
+            self._net.reserve(X.shape[0])
+            loss = self._net.step(X, y, lr, opt.iterations + 1, iteration=self.iteration)
+            opt.iterations += 1
+            self.iteration += 1
         return loss
 
     def loss_and_gradient(self, X: ArrayLike, y: ArrayLike) -> tuple[float, np.ndarray]:
@@ -571,9 +586,10 @@ class Sequential:
         """
         X, y = self._check_xy(X, y)
         self._require_built()
-        self._net.reserve(X.shape[0])
-        loss = self._net.step(X, y, 0.0, 0, False, iteration=self.iteration)
-        return loss, self.grads_flat.copy()
+        with self._lock:
+            self._net.reserve(X.shape[0])
+            loss = self._net.step(X, y, 0.0, 0, False, iteration=self.iteration)
+            return loss, self.grads_flat.copy()
 
     # ---------------------------------------------------------------- inference
     def _require_built(self):
@@ -760,7 +776,14 @@ class Sequential:
             From ``get_state``. It is checked whole before anything changes; a
             ValueError leaves the model as it was.
         """
-        vars(self).update(vars(type(self)._from_state(state)))
+        fresh = vars(type(self)._from_state(state))  # carries a lock of its own
+        lock = vars(self).get("_lock")
+        if lock is None:  # unpickling or deepcopy: nothing else can hold this model yet
+            vars(self).update(fresh)
+            return
+        with lock:  # a thread inside a call of this model finishes on the old state
+            fresh["_lock"] = lock
+            vars(self).update(fresh)
 
     @classmethod
     def _from_state(cls, state):
