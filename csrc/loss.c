@@ -57,6 +57,7 @@ typedef struct {
     int loss, sk, capped;       // mt_loss; scikit-learn's reduction; its capped log losses
     const real *w;              // row weights or NULL
     double inv, lo, hi;         // 1 / the reduction's divisor; the caps
+    int *bad_label;             // set when a cross-entropy label lies outside [0, out)
 } loss_args;
 
 // The softmax's exp runs over the shifted logits of as many rows as fill SOFTMAX_BLOCK
@@ -73,6 +74,8 @@ static void exp_block(double *x, int64_t len) {
 // rows [i0, i1) of a softmax cross-entropy, labels (n,) int64: loss_i = logsumexp(z_i) -
 // z_i[y_i] -> rowloss (weighted); dz_i = (softmax(z_i) - onehot(y_i)) * scale_i. The rows
 // hold at most SOFTMAX_BLOCK logits, or are one row, taken in windows of that size.
+// A label outside [0, C) sets *bad_label and is not used as an index: the caller owns y,
+// which may have changed since the binding checked it.
 static void softmax_ce_rows(const loss_args *a, const real *P, const int64_t *labels,
                             const int64_t *idx, real *dP, int64_t i0, int64_t i1, int64_t C,
                             double *rowloss) {
@@ -108,6 +111,12 @@ static void softmax_ce_rows(const loss_args *a, const real *P, const int64_t *la
     }
     for (int64_t i = i0; i < i1; i++) {
         const int64_t row = row_of(idx, i), label = labels[row];
+        if ((uint64_t)label >= (uint64_t)C) { // negative labels too
+#pragma omp atomic write
+            *a->bad_label = 1;
+            rowloss[i] = 0;
+            continue;
+        }
         const double wi = a->w ? a->w[row] : 1, scale = wi * a->inv, s = sums[i - i0];
         real *dzi = dP + i * C;
         for (int64_t j = 0; j < C; j++) dzi[j] = (real)(dzi[j] / s * scale);
@@ -144,14 +153,16 @@ static void loss_rows(const loss_args *a, const real *P, const void *y, const in
     }
 }
 
-// P (n, out), y -> dP (n, out); returns the batch loss: the sum over rows of
+// P (n, out), y -> dP (n, out); *batch_loss = the batch loss: the sum over rows of
 // w_i * loss_i over the batch weight W = sum w_i (n when unweighted), with loss_i the
 // row's sum over outputs (over out more for the mean reduction, except cross-entropy).
 // Row losses go to rowloss (n) and are summed in order, so the result does not depend
-// on the thread count; *batch_weight receives W.
-double FN(mt_loss_forward_backward)(const mt_net *net, const real *P, const void *y,
-                                    const int64_t *idx, real *dP, int64_t n, int64_t out,
-                                    double *rowloss, double *batch_weight) {
+// on the thread count; *batch_weight receives W. MT_ERR_BAD_LABEL when a cross-entropy
+// label lies outside [0, out) (dP and *batch_loss are then meaningless).
+int FN(mt_loss_forward_backward)(const mt_net *net, const real *P, const void *y,
+                                 const int64_t *idx, real *dP, int64_t n, int64_t out,
+                                 double *rowloss, double *batch_loss,
+                                 double *batch_weight) {
     const int loss = net->loss, sk = net->reduction == MT_REDUCE_SKLEARN;
     const real *w = (const real *)net->sample_weight;
     double wsum = (double)n;
@@ -160,16 +171,18 @@ double FN(mt_loss_forward_backward)(const mt_net *net, const real *P, const void
         for (int64_t i = 0; i < n; i++) wsum += w[row_of(idx, i)];
     }
     *batch_weight = wsum;
+    int bad_label = 0;
     // scikit-learn clips probabilities to [eps, 1 - eps] before taking logs
     const loss_args a = {
         .loss = loss, .sk = sk, .w = w,
         .capped = sk && (loss == MT_LOSS_CROSS_ENTROPY || loss == MT_LOSS_BINARY_CROSS_ENTROPY),
         .inv = loss == MT_LOSS_CROSS_ENTROPY || sk ? 1.0 / wsum : 1.0 / (wsum * out),
-        .lo = -log1p(-REAL_EPS), .hi = -log(REAL_EPS)};
+        .lo = -log1p(-REAL_EPS), .hi = -log(REAL_EPS), .bad_label = &bad_label};
     // (a second thread would pay from about a thousand elements, an exp each, on a quiet
     // machine; but each fork waits for a thread that may be descheduled)
     MT_PARALLEL_IF(n * out >= MT_PAR_ELEMS, loss_rows(&a, P, y, idx, dP, n, out, rowloss));
     double total = 0;
     for (int64_t i = 0; i < n; i++) total += rowloss[i];
-    return total * a.inv;
+    *batch_loss = total * a.inv;
+    return bad_label ? MT_ERR_BAD_LABEL : MT_OK;
 }

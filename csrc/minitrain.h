@@ -3,7 +3,8 @@
 // Python owns every buffer (parameters, gradients, optimizer state, workspace) and
 // hands the core pointers to them; the core never allocates. The binding
 // (src/minitrain/_core.pyx) validates every shape and pointer before calling in,
-// so functions here check only what can go wrong at run time (non-finite loss).
+// so functions here check only what can go wrong at run time: a non-finite loss or
+// gradient, and labels that changed after the binding checked them (the caller owns y).
 #ifndef MINITRAIN_H
 #define MINITRAIN_H
 
@@ -56,9 +57,13 @@ typedef enum {
 
 typedef enum {
     MT_OK = 0,
-    MT_ERR_NONFINITE_LOSS = 1,     // loss or gradient not finite: parameters left untouched
+    MT_ERR_NONFINITE_LOSS = 1,     // loss not finite: nothing updated, gradient not computed
     MT_ERR_BATCH_TOO_LARGE = 2,    // n exceeds the batch the workspace was sized for
     MT_ERR_NO_MEMORY = 3,          // mt_gemm could not allocate its packing buffer
+    MT_ERR_BAD_LABEL = 4,          // a cross-entropy label of the batch outside [0, out):
+                                   // nothing updated, gradient not computed
+    MT_ERR_NONFINITE_GRADIENT = 5, // gradient not finite: parameters, optimizer state and
+                                   // batchnorm running statistics left untouched
 } mt_status;
 
 // Instruction sets of the GEMM micro-kernels, in increasing order.
@@ -118,7 +123,8 @@ size_t mt_workspace_bytes(const mt_net *net, int64_t max_batch);
 // `iteration` keys the dropout masks: the same iteration gives the same masks.
 // With opt == NULL the gradient is left in net->grads and nothing is updated (neither
 // the parameters nor the batchnorm running statistics).
-// *loss receives the batch loss (see mt_reduction).
+// *loss receives the batch loss (see mt_reduction). Returns an mt_status: with opt, the
+// update is applied only when the loss and the whole gradient are finite.
 int mt_step(mt_net *net, const void *X, const void *y, const int64_t *idx, int64_t n,
             int64_t iteration, const mt_optim *opt, double *loss);
 

@@ -86,13 +86,14 @@ void FN(mt_batchnorm_backward)(const mt_layer *L, const real *params, real *grad
                                real *dX, int64_t n);
 void FN(mt_batchnorm_update_running)(const mt_layer *L, const real *stats, real *buffers,
                                      int64_t n);
-// loss.c
-double FN(mt_loss_forward_backward)(const mt_net *net, const real *P, const void *y,
-                                    const int64_t *idx, real *dP, int64_t n, int64_t out,
-                                    double *rowloss, double *batch_weight);
-// optim.c
-double FN(mt_optim_update)(const mt_optim *o, real *params, real *grads, real *state,
-                           int64_t n, double batch_weight);
+// loss.c (returns MT_OK or MT_ERR_BAD_LABEL)
+int FN(mt_loss_forward_backward)(const mt_net *net, const real *P, const void *y,
+                                 const int64_t *idx, real *dP, int64_t n, int64_t out,
+                                 double *rowloss, double *batch_loss,
+                                 double *batch_weight);
+// optim.c (returns MT_OK or MT_ERR_NONFINITE_GRADIENT, then with nothing written)
+int FN(mt_optim_update)(const mt_optim *o, real *params, real *grads, real *state,
+                        int64_t n, double batch_weight, double *l2_term);
 #endif
 
 #endif

@@ -151,8 +151,9 @@ int FN(mt_step)(mt_net *net, const real *X, const void *y, const int64_t *idx, i
     const int last = net->nlayers - 1;
     const int64_t out = net->layers[last].out;
     double batch_weight;
-    *loss = FN(mt_loss_forward_backward)(net, P, y, idx, ws.d[0], n, out, ws.rowloss,
-                                         &batch_weight);
+    int status = FN(mt_loss_forward_backward)(net, P, y, idx, ws.d[0], n, out, ws.rowloss,
+                                              loss, &batch_weight);
+    if (status != MT_OK) return status;
     if (!isfinite(*loss)) return MT_ERR_NONFINITE_LOSS;
     // below the first layer with parameters no gradient is needed
     int first = 0;
@@ -166,8 +167,9 @@ int FN(mt_step)(mt_net *net, const real *X, const void *y, const int64_t *idx, i
         cur = 1 - cur;
     }
     if (!opt) return MT_OK;
-    net->l2_term = FN(mt_optim_update)(opt, net->params, net->grads, net->state,
-                                       net->n_params, batch_weight);
+    status = FN(mt_optim_update)(opt, net->params, net->grads, net->state, net->n_params,
+                                 batch_weight, &net->l2_term);
+    if (status != MT_OK) return status; // the running statistics stay with the parameters
     for (int l = 0; l <= last; l++)
         if (net->layers[l].kind == MT_LAYER_BATCHNORM)
             FN(mt_batchnorm_update_running)(&net->layers[l], ws.stats[l], net->buffers, n);

@@ -1,4 +1,5 @@
-// Optimizers: one fused pass over the flat parameter, gradient and state buffers.
+// Optimizers: a check of the flat gradient (which also takes clipping's norm), then one fused
+// pass over the flat parameter, gradient and state buffers.
 #define MT_REAL_SOURCE
 #include "mt_internal.h"
 #include <math.h>
@@ -6,25 +7,23 @@
 #define NORM_CHUNKS 256
 #define UPDATE_CHUNK 2048
 
-// part[c] = Σ g[c*chunk : (c+1)*chunk]² for the NORM_CHUNKS chunks; threads split them
-static void chunk_sq_sums(const real *g, int64_t n, int64_t chunk, double *part) {
-#pragma omp for schedule(static) nowait
-    for (int c = 0; c < NORM_CHUNKS; c++) {
+// bad[c] = whether chunk c of g (chunks of `chunk` elements, the last one shorter) holds an
+// infinity or a NaN, and with `squares` part[c] = its Σ g² in order: the norm's chunks are
+// fixed, so the same bits on any thread count. Threads split the chunks; the barrier at the
+// end lets every thread read all of bad and part.
+static void check_chunks(const real *g, int64_t n, int64_t chunk, int chunks, int squares,
+                         int *bad, double *part) {
+#pragma omp for schedule(static)
+    for (int c = 0; c < chunks; c++) {
+        const int64_t lo = c * chunk < n ? c * chunk : n;
+        const int64_t end = (c + 1) * chunk < n ? (c + 1) * chunk : n;
+        // the integer pass brings the chunk into the cache for the sum and the update
+        bad[c] = !mt_all_finite(MT_DOUBLE ? MT_FLOAT64 : MT_FLOAT32, g + lo, end - lo);
+        if (!squares) continue;
         double s = 0;
-        int64_t end = (c + 1) * chunk < n ? (c + 1) * chunk : n;
-        for (int64_t i = c * chunk; i < end; i++) s += (double)g[i] * g[i];
+        for (int64_t i = lo; i < end; i++) s += (double)g[i] * g[i];
         part[c] = s;
     }
-}
-
-// ||g||^2 as the ordered sum of NORM_CHUNKS fixed chunks: same bits on any thread count
-static double grad_sq_norm(const real *g, int64_t n) {
-    double part[NORM_CHUNKS];
-    const int64_t chunk = (n + NORM_CHUNKS - 1) / NORM_CHUNKS;
-    MT_PARALLEL_IF(n >= MT_PAR_ELEMS, chunk_sq_sums(g, n, chunk, part));
-    double s = 0;
-    for (int c = 0; c < NORM_CHUNKS; c++) s += part[c];
-    return s;
 }
 
 // The hyperparameters of one update, rounded to real as the formulas use them.
@@ -113,19 +112,39 @@ static void update_chunks(const update_args *u, real *p, const real *g, real *st
     }
 }
 
+// The gradient's checks (and clipping's norm, on its fixed chunks), then the update unless a
+// check failed: every thread reads the checks' results and takes the same branch.
+static void check_and_update(const update_args *args, double clip_norm, real *p,
+                             const real *g, real *state, int64_t n, int64_t chunk, int chunks,
+                             int *bad, double *norm_part, double *part) {
+    const int clip = clip_norm > 0;
+    const int64_t norm_chunk = (n + NORM_CHUNKS - 1) / NORM_CHUNKS;
+    if (clip)
+        check_chunks(g, n, norm_chunk, NORM_CHUNKS, 1, bad, norm_part);
+    else
+        check_chunks(g, n, chunk, chunks, 0, bad, norm_part);
+    for (int c = 0; c < (clip ? NORM_CHUNKS : chunks); c++)
+        if (bad[c]) return;
+    update_args u = *args;
+    if (clip) {
+        double sq = 0;
+        for (int c = 0; c < NORM_CHUNKS; c++) sq += norm_part[c];
+        const double norm = sqrt(sq);
+        if (norm > clip_norm) u.gscale = (real)(clip_norm / norm);
+    }
+    update_chunks(&u, p, g, state, n, chunk, chunks, part);
+}
+
 // params (n), grads (n), state: SGD momentum buffer (n) or Adam moments m (n), v (n);
 // batch_weight: the sum of the batch's sample weights (its size when unweighted).
-// Returns the L2 term of scikit-learn's loss for the scikit-learn style, from the
+// Nothing is written unless every gradient element is finite (MT_ERR_NONFINITE_GRADIENT).
+// *l2_term = the L2 term of scikit-learn's loss for the scikit-learn style, from the
 // parameters before the update (0 without weight decay, and for the other style).
-double FN(mt_optim_update)(const mt_optim *o, real *p, real *g, real *state, int64_t n,
-                           double batch_weight) {
+int FN(mt_optim_update)(const mt_optim *o, real *p, real *g, real *state, int64_t n,
+                        double batch_weight, double *l2_term) {
     update_args u = {.kind = o->kind, .style = o->style, .nesterov = o->nesterov,
                      .nd = o->n_decay, .lr = (real)o->lr, .gscale = 1,
                      .mu = (real)o->momentum, .eps = (real)o->eps};
-    if (o->clip_norm > 0) {
-        double norm = sqrt(grad_sq_norm(g, n));
-        if (norm > o->clip_norm) u.gscale = (real)(o->clip_norm / norm);
-    }
     // scikit-learn's alpha is the L2 of the batch's summed loss: per unit of batch weight
     const double wd = o->style == MT_OPT_STYLE_SKLEARN ? o->weight_decay / batch_weight
                                                        : o->weight_decay;
@@ -150,10 +169,16 @@ double FN(mt_optim_update)(const mt_optim *o, real *p, real *g, real *state, int
     const int64_t chunk = (n + NORM_CHUNKS - 1) / NORM_CHUNKS > UPDATE_CHUNK
                               ? (n + NORM_CHUNKS - 1) / NORM_CHUNKS : UPDATE_CHUNK;
     const int chunks = (int)((n + chunk - 1) / chunk);
-    double part[NORM_CHUNKS];
-    MT_PARALLEL_IF(n >= MT_PAR_ELEMS, update_chunks(&u, p, g, state, n, chunk, chunks, part));
-    if (o->style != MT_OPT_STYLE_SKLEARN) return 0;
+    int bad[NORM_CHUNKS];
+    double norm_part[NORM_CHUNKS], part[NORM_CHUNKS];
+    MT_PARALLEL_IF(n >= MT_PAR_ELEMS, check_and_update(&u, o->clip_norm, p, g, state, n, chunk,
+                                                       chunks, bad, norm_part, part));
+    *l2_term = 0;
+    for (int c = 0; c < (o->clip_norm > 0 ? NORM_CHUNKS : chunks); c++)
+        if (bad[c]) return MT_ERR_NONFINITE_GRADIENT;
+    if (o->style != MT_OPT_STYLE_SKLEARN) return MT_OK;
     double sq = 0;
     for (int c = 0; c < chunks; c++) sq += part[c];
-    return 0.5 * wd * sq;
+    *l2_term = 0.5 * wd * sq;
+    return MT_OK;
 }

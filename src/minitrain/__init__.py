@@ -1,9 +1,14 @@
 """minitrain: mini-batch training of multi-layer perceptrons, with a C/OpenMP hot path.
 
 >>> import minitrain as mt
+>>> X, y = mt.load_digits()
 >>> model = mt.Sequential([mt.Dense(128, activation="relu"), mt.Dense(10)],
 ...                       loss="cross_entropy", seed=0)
->>> hist = model.fit(X, y, epochs=10, batch_size=32, optimizer=mt.SGD(lr=0.1, momentum=0.9))
+>>> hist = model.fit(X / 16, y, epochs=10, batch_size=32, verbose=0,
+...                  optimizer=mt.SGD(lr=0.1, momentum=0.9))
+
+The API reference lists every public name; ``minitrain.sklearn`` holds the
+scikit-learn estimators (the ``sklearn`` extra).
 """
 
 from . import evaluation, schedules

@@ -7,7 +7,11 @@ import warnings
 
 import numpy as np
 cimport numpy as cnp
+from cpython.pythread cimport (NOWAIT_LOCK, WAIT_LOCK, PyThread_acquire_lock,
+                               PyThread_allocate_lock, PyThread_free_lock,
+                               PyThread_release_lock, PyThread_type_lock)
 from libc.stdint cimport int64_t, uint64_t, uintptr_t
+from libc.string cimport memcpy
 
 cnp.import_array()
 
@@ -22,6 +26,7 @@ cdef extern from "minitrain.h":
     int MT_OPT_SGD, MT_OPT_ADAM
     int MT_OPT_STYLE_TORCH, MT_OPT_STYLE_SKLEARN
     int MT_OK, MT_ERR_NONFINITE_LOSS, MT_ERR_BATCH_TOO_LARGE, MT_ERR_NO_MEMORY
+    int MT_ERR_BAD_LABEL, MT_ERR_NONFINITE_GRADIENT
     int MT_ISA_GENERIC, MT_ISA_AVX2, MT_ISA_AVX512
     ctypedef struct mt_layer:
         int kind
@@ -87,7 +92,8 @@ CODES = {
     "optimizer": {"sgd": MT_OPT_SGD, "adam": MT_OPT_ADAM},
     "style": {"torch": MT_OPT_STYLE_TORCH, "sklearn": MT_OPT_STYLE_SKLEARN},
     "status": {"ok": MT_OK, "nonfinite_loss": MT_ERR_NONFINITE_LOSS,
-               "batch_too_large": MT_ERR_BATCH_TOO_LARGE, "no_memory": MT_ERR_NO_MEMORY},
+               "batch_too_large": MT_ERR_BATCH_TOO_LARGE, "no_memory": MT_ERR_NO_MEMORY,
+               "bad_label": MT_ERR_BAD_LABEL, "nonfinite_gradient": MT_ERR_NONFINITE_GRADIENT},
     "isa": {"generic": MT_ISA_GENERIC, "avx2": MT_ISA_AVX2, "avx512": MT_ISA_AVX512},
 }
 
@@ -115,6 +121,32 @@ cdef int _require(a, dtype, int ndim, str name) except -1:
                         f"array")
 
 
+cdef int _require_writeable(a, str name) except -1:
+    # the core writes through this pointer: a read-only array (a view of a bytes object, a
+    # memory map opened "r") would be a segmentation fault rather than an error
+    if not cnp.PyArray_ISWRITEABLE(<cnp.ndarray>a):
+        raise ValueError(f"{name} must be a writeable array")
+
+
+def _check_status(int status, double loss=0, int64_t n_out=0):
+    """Raise the exception of the core's mt_status `status` (nothing for MT_OK)."""
+    if status == MT_OK:
+        return
+    if status == MT_ERR_NONFINITE_LOSS:
+        raise FloatingPointError(f"the loss is not finite ({loss}); nothing was updated")
+    if status == MT_ERR_NONFINITE_GRADIENT:
+        raise FloatingPointError(f"the gradient is not finite (the loss is {loss}); the "
+                                 f"parameters were not updated")
+    if status == MT_ERR_BAD_LABEL:
+        raise ValueError(f"y holds a label outside [0, {n_out}) in this batch (was it "
+                         f"changed after it was passed in?); nothing was updated")
+    if status == MT_ERR_BATCH_TOO_LARGE:
+        raise ValueError("the batch has more rows than the workspace was sized for")
+    if status == MT_ERR_NO_MEMORY:
+        raise MemoryError("the C core could not allocate its packing buffer")
+    raise RuntimeError(f"the C core returned the unknown status {status}")
+
+
 cdef bint _labels_below(cnp.ndarray y, int64_t n_out):
     """All labels of the checked int64 array y in [0, n_out): a loop over its pointer,
     cheaper than two NumPy reductions (or a typed memoryview) on a batch."""
@@ -133,6 +165,8 @@ def labels_below(y, int64_t n_out):
 
 
 def _inside(name, off, size, total):
+    # Python ints: an offset plus a size near 2**63 must not wrap around into the buffer
+    off, size = int(off), int(size)
     if off < 0 or off + size > total:
         raise ValueError(f"{name}: [{off}, {off + size}) outside the flat buffer of {total}")
 
@@ -149,7 +183,7 @@ cdef _set_layer(mt_layer *L, int l, spec, int64_t n_params, int64_t n_buffers):
     if L.in_ < 1 or L.out < 1 or (L.kind != MT_LAYER_DENSE and L.in_ != L.out):
         raise ValueError(f"layer {l}: bad widths {L.in_} -> {L.out}")
     if L.kind == MT_LAYER_DENSE:
-        _inside(f"layer {l} W", L.w_off, L.in_ * L.out, n_params)
+        _inside(f"layer {l} W", L.w_off, <object>L.in_ * <object>L.out, n_params)
         _inside(f"layer {l} b", L.b_off, L.out, n_params)
     elif L.kind == MT_LAYER_DROPOUT:
         if not 0 <= L.rate < 1:
@@ -157,7 +191,7 @@ cdef _set_layer(mt_layer *L, int l, spec, int64_t n_params, int64_t n_buffers):
     elif L.kind == MT_LAYER_BATCHNORM:
         _inside(f"layer {l} gamma", L.w_off, L.out, n_params)
         _inside(f"layer {l} beta", L.b_off, L.out, n_params)
-        _inside(f"layer {l} running statistics", L.s_off, 2 * L.out, n_buffers)
+        _inside(f"layer {l} running statistics", L.s_off, 2 * <object>L.out, n_buffers)
         if not (0 <= L.momentum <= 1 and L.eps > 0):
             raise ValueError(f"layer {l}: momentum must lie in [0, 1] and eps be > 0")
     elif L.kind != MT_LAYER_ACTIVATION:
@@ -174,6 +208,10 @@ cdef class Net:
     params, grads: flat arrays of n_params; state: the optimizer's flat state;
     buffers: non-trainable state (batchnorm running statistics), None when no layer
     has any; seed: keys the dropout masks (with the iteration, layer and element).
+
+    A Net may be shared between threads: every method that reads or writes the workspace,
+    the flat buffers or the description holds the Net's lock, waited for with the GIL
+    released, so calls on one Net run one at a time and separate Nets run in parallel.
     """
     cdef mt_net net
     cdef mt_optim opt
@@ -181,43 +219,79 @@ cdef class Net:
     cdef object _params, _grads, _state, _buffers, _work
     cdef object _X, _y, _w
     cdef int64_t n_out
+    cdef PyThread_type_lock _lock
+
+    def __cinit__(self, *args, **kwargs):
+        self._lock = PyThread_allocate_lock()
+        if self._lock == NULL:
+            raise MemoryError("no memory for the lock of a Net")
+        self.net.nlayers = 0
+        self.net.max_batch = 0
+        self.net.work = NULL
+        self.opt.kind = -1
+
+    def __dealloc__(self):
+        if self._lock != NULL:
+            PyThread_free_lock(self._lock)
+
+    cdef inline void _acquire(self) noexcept:
+        # uncontended: one atomic operation with the GIL held; else wait without it, so
+        # that the thread inside the core can take the GIL back when it returns
+        if not PyThread_acquire_lock(self._lock, NOWAIT_LOCK):
+            with nogil:
+                PyThread_acquire_lock(self._lock, WAIT_LOCK)
+
+    cdef inline void _release(self) noexcept:
+        PyThread_release_lock(self._lock)
 
     def __init__(self, dtype, loss, layers, params, grads, state, buffers=None,
                  seed=0):
-        self.dtype = np.dtype(dtype)
-        if self.dtype not in (np.float32, np.float64):
+        dtype = np.dtype(dtype)
+        if dtype not in (np.float32, np.float64):
             raise TypeError("dtype must be float32 or float64")
         if not 0 < len(layers) <= MT_MAX_LAYERS:
             raise ValueError(f"a network has 1 to {MT_MAX_LAYERS} layers")
+        cdef int loss_code = _code("loss", loss, "loss")
         if buffers is None:
-            buffers = np.zeros(0, dtype=self.dtype)
+            buffers = np.zeros(0, dtype=dtype)
         for name, a in (("params", params), ("grads", grads), ("state", state),
                         ("buffers", buffers)):
-            _require(a, self.dtype, 1, name)
+            _require(a, dtype, 1, name)
+            _require_writeable(a, name)
         if grads.size != params.size:
             raise ValueError("grads must have the size of params")
-        self.net.dtype = MT_FLOAT64 if self.dtype == np.float64 else MT_FLOAT32
-        self.net.loss = _code("loss", loss, "loss")
-        self.net.reduction = MT_REDUCE_MEAN
-        self.net.nlayers = len(layers)
+        # checked into a copy first: a rejected description leaves the Net as it was
+        cdef mt_layer checked[64]
         for l, spec in enumerate(layers):
-            _set_layer(&self.net.layers[l], l, spec, params.size, buffers.size)
-            if l > 0 and self.net.layers[l].in_ != self.net.layers[l - 1].out:
+            _set_layer(&checked[l], l, spec, params.size, buffers.size)
+            if l > 0 and checked[l].in_ != checked[l - 1].out:
                 raise ValueError(f"layer {l}: widths do not chain")
-        self.n_out = self.net.layers[len(layers) - 1].out
-        self.net.n_params = params.size
-        self._params, self._grads, self._state = params, grads, state
-        self._buffers = buffers
-        self.net.params = ptr(params)
-        self.net.grads = ptr(grads)
-        self.net.state = ptr(state)
-        self.net.buffers = ptr(buffers)
-        self.net.seed = <uint64_t>(int(seed) % 2**64)
-        self.net.max_batch = 0
-        self.net.work = NULL
-        self.net.sample_weight = NULL
-        self.net.l2_term = 0
-        self.opt.kind = -1
+        self._acquire()
+        try:
+            self.dtype = dtype
+            self.net.dtype = MT_FLOAT64 if dtype == np.float64 else MT_FLOAT32
+            self.net.loss = loss_code
+            self.net.reduction = MT_REDUCE_MEAN
+            self.net.nlayers = len(layers)
+            memcpy(self.net.layers, checked, len(layers) * sizeof(mt_layer))
+            self.n_out = self.net.layers[len(layers) - 1].out
+            self.net.n_params = params.size
+            self._params, self._grads, self._state = params, grads, state
+            self._buffers = buffers
+            self.net.params = ptr(params)
+            self.net.grads = ptr(grads)
+            self.net.state = ptr(state)
+            self.net.buffers = ptr(buffers)
+            self.net.seed = <uint64_t>(int(seed) % 2**64)
+            self.net.max_batch = 0
+            self.net.work = NULL
+            self._work = None
+            self.net.sample_weight = NULL
+            self._X = self._y = self._w = None
+            self.net.l2_term = 0
+            self.opt.kind = -1
+        finally:
+            self._release()
 
     @property
     def max_batch(self):
@@ -230,16 +304,33 @@ cdef class Net:
         the update (read in the update's pass); else 0."""
         return self.net.l2_term
 
+    def _workspace_bound(self, max_batch):
+        """More bytes than the workspace for max_batch rows takes, in Python ints."""
+        widths = [self.net.layers[l].out for l in range(self.net.nlayers)]
+        per_row = self.net.layers[0].in_ + 2 * sum(widths) + 2 * max(widths) + 1
+        return int(max_batch) * per_row * 8 + 3 * sum(widths) * 8 + 2**32
+
     def reserve(self, int64_t max_batch):
         """Size the workspace for batches of up to max_batch rows (grows, never shrinks)."""
         if max_batch <= self.net.max_batch:
             return
-        nbytes = mt_workspace_bytes(&self.net, max_batch)
-        raw = np.empty(nbytes + 64, dtype=np.uint8)
-        shift = (-<uintptr_t>ptr(raw)) % 64
-        self._work = raw[shift:shift + nbytes]
-        self.net.work = ptr(self._work)
-        self.net.max_batch = max_batch
+        self._acquire()
+        try:
+            if max_batch <= self.net.max_batch:  # another thread grew it meanwhile
+                return
+            if self.net.nlayers == 0:
+                raise ValueError("reserve: the Net has no layers")
+            # the core lays the workspace out in 64-bit sizes: refuse what would wrap around
+            if self._workspace_bound(max_batch) >= 2**62:
+                raise MemoryError(f"reserve: a workspace for {max_batch} rows is too large")
+            nbytes = mt_workspace_bytes(&self.net, max_batch)
+            raw = np.empty(nbytes + 64, dtype=np.uint8)
+            shift = (-<uintptr_t>ptr(raw)) % 64
+            self._work = raw[shift:shift + nbytes]
+            self.net.work = ptr(self._work)
+            self.net.max_batch = max_batch
+        finally:
+            self._release()
 
     def set_optimizer(self, kind, double momentum=0, bint nesterov=False,
                       double weight_decay=0, bint decoupled=False, double beta1=0.9,
@@ -248,24 +339,33 @@ cdef class Net:
         """kind: a name of CODES["optimizer"]; style: of CODES["style"]."""
         cdef int code = _code("optimizer", kind, "kind")
         cdef int style_code = _code("style", style, "style")
-        needed = self.net.n_params * (2 if code == MT_OPT_ADAM else 1)
-        if self._state.size < needed:
-            raise ValueError(f"optimizer state needs {needed} elements")
-        if not 0 <= n_decay <= self.net.n_params:
-            raise ValueError("n_decay outside the parameters")
-        self.opt.kind = code
-        self.opt.momentum = momentum
-        self.opt.nesterov = nesterov
-        self.opt.weight_decay = weight_decay
-        self.opt.decoupled = decoupled
-        self.opt.beta1, self.opt.beta2, self.opt.eps = beta1, beta2, eps
-        self.opt.clip_norm = clip_norm
-        self.opt.n_decay = n_decay
-        self.opt.style = style_code
+        self._acquire()
+        try:
+            # SGD keeps a momentum (or velocity) buffer; Adam its two moments
+            needed = self.net.n_params * (2 if code == MT_OPT_ADAM else 1)
+            if self._state.size < needed:
+                raise ValueError(f"optimizer state needs {needed} elements, has "
+                                 f"{self._state.size}")
+            if not 0 <= n_decay <= self.net.n_params:
+                raise ValueError("n_decay outside the parameters")
+            self.opt.kind = code
+            self.opt.momentum = momentum
+            self.opt.nesterov = nesterov
+            self.opt.weight_decay = weight_decay
+            self.opt.decoupled = decoupled
+            self.opt.beta1, self.opt.beta2, self.opt.eps = beta1, beta2, eps
+            self.opt.clip_norm = clip_norm
+            self.opt.n_decay = n_decay
+            self.opt.style = style_code
+        finally:
+            self._release()
 
     def set_reduction(self, reduction):
         """How element losses become the batch loss: "mean" (minitrain) or "sklearn"."""
-        self.net.reduction = _code("reduction", reduction, "reduction")
+        cdef int code = _code("reduction", reduction, "reduction")
+        self._acquire()
+        self.net.reduction = code
+        self._release()
 
     def _check_xy(self, X, y):
         _require(X, self.dtype, 2, "X")
@@ -290,14 +390,25 @@ cdef class Net:
 
     def set_data(self, X, y, sample_weight=None):
         """Keep X, y and the row weights (None: all 1) for step_rows (checked once, not
-        per iteration)."""
-        self._check_xy(X, y)
-        self._check_weight(X, sample_weight)
-        self._X, self._y, self._w = X, y, sample_weight
+        per iteration; the core checks each batch's labels again)."""
+        self._acquire()
+        try:
+            self._check_xy(X, y)
+            self._check_weight(X, sample_weight)
+            self._X, self._y, self._w = X, y, sample_weight
+        finally:
+            self._release()
+
+    def clear_data(self):
+        """Forget the data given to set_data, so that the Net does not keep it alive."""
+        self._acquire()
+        self._X = self._y = self._w = None
+        self._release()
 
     cdef double _run(self, const void *X, const void *y, object w, const int64_t *idx,
                      int64_t n, double lr, int64_t t, bint update,
                      int64_t iteration) except? -1:
+        # with the lock held
         cdef double loss = 0
         cdef int status
         cdef const mt_optim *opt = NULL
@@ -313,52 +424,71 @@ cdef class Net:
         self.net.sample_weight = NULL if w is None else ptr(w)
         with nogil:
             status = mt_step(&self.net, X, y, idx, n, iteration, opt, &loss)
-        if status == MT_ERR_NONFINITE_LOSS:
-            raise FloatingPointError(f"the loss is not finite ({loss})")
+        if status != MT_OK:
+            _check_status(status, loss, self.n_out)
         return loss
 
     def step_rows(self, idx, int64_t start, int64_t stop, double lr, int64_t t,
                   bint update=True, int64_t iteration=0):
         """One iteration on the rows idx[start:stop] of the data given to set_data;
         `iteration` keys the dropout masks."""
-        if self._X is None:
-            raise ValueError("set_data() was not called")
         _require(idx, np.int64, 1, "idx")
         if not 0 <= start < stop <= idx.shape[0]:
             raise ValueError("start:stop outside idx")
         # the pointer, not a typed memoryview: no Python object made per iteration
         cdef const int64_t *chosen = <const int64_t *>ptr(idx) + start
-        cdef int64_t i, rows = self._X.shape[0]
-        for i in range(stop - start):
-            if chosen[i] < 0 or chosen[i] >= rows:
-                raise ValueError(f"idx holds row {chosen[i]} outside [0, {rows})")
-        return self._run(ptr(self._X), ptr(self._y), self._w, chosen, stop - start, lr, t,
-                         update, iteration)
+        cdef int64_t i, rows
+        self._acquire()
+        try:  # the data are read under the lock: set_data may run in another thread
+            if self._X is None:
+                raise ValueError("set_data() was not called")
+            rows = self._X.shape[0]
+            for i in range(stop - start):
+                if chosen[i] < 0 or chosen[i] >= rows:
+                    raise ValueError(f"idx holds row {chosen[i]} outside [0, {rows})")
+            return self._run(ptr(self._X), ptr(self._y), self._w, chosen, stop - start, lr,
+                             t, update, iteration)
+        finally:
+            self._release()
 
     def step(self, X, y, double lr=0, int64_t t=0, bint update=True, int64_t iteration=0,
              sample_weight=None):
         """One iteration on all rows of X, y (rows weighted by sample_weight);
         `iteration` keys the dropout masks."""
-        self._check_xy(X, y)
-        self._check_weight(X, sample_weight)
-        return self._run(ptr(X), ptr(y), sample_weight, NULL, X.shape[0], lr, t, update,
-                         iteration)
+        self._acquire()
+        try:
+            self._check_xy(X, y)
+            self._check_weight(X, sample_weight)
+            return self._run(ptr(X), ptr(y), sample_weight, NULL, X.shape[0], lr, t, update,
+                             iteration)
+        finally:
+            self._release()
 
     def forward(self, X, out):
         """out (n, n_out) = network output for X (n, in), n <= max_batch, in inference
         mode (no dropout, batchnorm on running statistics)."""
-        _require(X, self.dtype, 2, "X")
-        _require(out, self.dtype, 2, "out")
-        cdef int64_t n = X.shape[0]
-        if X.shape[1] != self.net.layers[0].in_ or out.shape[0] != n \
-                or out.shape[1] != self.n_out:
-            raise ValueError("forward: X or out has the wrong shape")
-        if n < 1 or n > self.net.max_batch:
-            raise ValueError(f"forward: {n} rows, workspace sized for {self.net.max_batch}")
-        cdef const void *xp = ptr(X)
-        cdef void *op = ptr(out)
-        with nogil:
-            mt_forward(&self.net, xp, NULL, n, op)
+        cdef int64_t n
+        cdef const void *xp
+        cdef void *op
+        cdef int status
+        self._acquire()
+        try:
+            _require(X, self.dtype, 2, "X")
+            _require(out, self.dtype, 2, "out")
+            _require_writeable(out, "out")
+            n = X.shape[0]
+            if X.shape[1] != self.net.layers[0].in_ or out.shape[0] != n \
+                    or out.shape[1] != self.n_out:
+                raise ValueError("forward: X or out has the wrong shape")
+            xp, op = ptr(X), ptr(out)
+            if n < 1 or n > self.net.max_batch:
+                raise ValueError(f"forward: {n} rows, workspace sized for "
+                                 f"{self.net.max_batch}")
+            with nogil:
+                status = mt_forward(&self.net, xp, NULL, n, op)
+        finally:
+            self._release()
+        _check_status(status)
 
 
 def gemm(A, B, bint trans_a=False, bint trans_b=False, C=None, isa=None):
@@ -381,6 +511,7 @@ def gemm(A, B, bint trans_a=False, bint trans_b=False, C=None, isa=None):
     if C is None:
         C = np.empty((M, N), dtype=dtype)
     _require(C, dtype, 2, "C")
+    _require_writeable(C, "C")
     if C.shape != (M, N):
         raise ValueError(f"C must have shape {(M, N)}")
     cdef int previous = mt_get_isa()

@@ -1,13 +1,16 @@
 """Backends: the C core (``backend="c"``) and its NumPy twin (``backend="numpy"``).
 
 Both expose the same object, built over the model's flat buffers:
-``reserve(max_batch)``, ``set_optimizer(kind, **hyper)``, ``set_data(X, y)``,
+``reserve(max_batch)``, ``set_optimizer(kind, **hyper)``, ``set_data(X, y)``, ``clear_data()``,
 ``step_rows(idx, start, stop, lr, t, update)``, ``step(X, y, lr, t, update)`` and
 ``forward(X, out)``. The NumPy one computes the same formulas in the same order of
 operations wherever NumPy allows, and is the reference the C core is tested against.
 """
 
+from __future__ import annotations
+
 import math
+import threading
 import warnings
 
 import numpy as np
@@ -29,7 +32,9 @@ _LAYER_DEFAULTS = dict.fromkeys(("act_param", "w_off", "b_off", "rate", "momentu
 
 
 class NumpyNet:
-    """The C core's iteration written with NumPy."""
+    """The C core's iteration written with NumPy, with the core's guarantees: calls on one
+    net run one at a time (NumPy releases the GIL inside its loops), a batch's labels are
+    checked where they are used, and nothing is updated unless the gradient is finite."""
 
     def __init__(self, dtype, loss, layers, params, grads, state, buffers=None, seed=0):
         self.dtype = np.dtype(dtype)
@@ -49,6 +54,7 @@ class NumpyNet:
         # below the first layer with parameters no gradient is needed
         self._first = next((l for l, L in enumerate(self.layers)
                             if L["kind"] in ("dense", "batchnorm")), len(self.layers) - 1)
+        self._lock = threading.Lock()
 
     @staticmethod
     def _pair(flat, L):
@@ -63,24 +69,31 @@ class NumpyNet:
         return self.buffers[s:s + c], self.buffers[s + c:s + 2 * c]
 
     def reserve(self, max_batch):
-        self.max_batch = max(self.max_batch, max_batch)
+        with self._lock:
+            self.max_batch = max(self.max_batch, max_batch)
 
     def set_optimizer(self, kind, momentum=0.0, nesterov=False, weight_decay=0.0,
                       decoupled=False, beta1=0.9, beta2=0.999, eps=1e-8, clip_norm=0.0,
                       n_decay=0, style=STYLE_TORCH):
-        self.opt = dict(kind=kind, momentum=momentum, nesterov=nesterov,
-                        weight_decay=weight_decay, decoupled=decoupled, beta1=beta1,
-                        beta2=beta2, eps=eps, clip_norm=clip_norm, n_decay=n_decay,
-                        style=style)
+        with self._lock:
+            self.opt = dict(kind=kind, momentum=momentum, nesterov=nesterov,
+                            weight_decay=weight_decay, decoupled=decoupled, beta1=beta1,
+                            beta2=beta2, eps=eps, clip_norm=clip_norm, n_decay=n_decay,
+                            style=style)
 
     def set_reduction(self, reduction):
         if reduction not in F.REDUCTIONS:
             raise ValueError(f"reduction must be one of {sorted(F.REDUCTIONS)}, got "
                              f"{reduction!r}")
-        self.reduction = reduction
+        with self._lock:
+            self.reduction = reduction
 
     def set_data(self, X, y, sample_weight=None):
-        self.X, self.y, self.sample_weight = X, y, sample_weight
+        with self._lock:
+            self.X, self.y, self.sample_weight = X, y, sample_weight
+
+    def clear_data(self):
+        self.set_data(None, None)
 
     def _forward(self, X, training, iteration=0):
         """Outputs of every layer (X first) and what each keeps for backward."""
@@ -107,22 +120,40 @@ class NumpyNet:
         return outs, kept
 
     def forward(self, X, out):
-        out[...] = self._forward(X, training=False)[0][-1]
+        with self._lock:
+            out[...] = self._forward(X, training=False)[0][-1]
 
     def step_rows(self, idx, start, stop, lr, t, update=True, iteration=0):
-        rows = idx[start:stop]
-        w = None if self.sample_weight is None else self.sample_weight[rows]
-        return self.step(self.X[rows], self.y[rows], lr, t, update, iteration, w)
+        with self._lock:
+            rows = idx[start:stop]
+            w = None if self.sample_weight is None else self.sample_weight[rows]
+            return self._step(self.X[rows], self.y[rows], lr, t, update, iteration, w)
 
     def step(self, X, y, lr=0.0, t=0, update=True, iteration=0, sample_weight=None):
+        with self._lock:
+            return self._step(X, y, lr, t, update, iteration, sample_weight)
+
+    def _step(self, X, y, lr, t, update, iteration, sample_weight):
         self.l2_term = 0.0
+        if self.loss == "cross_entropy":
+            # the caller owns y: it may have changed since it was checked
+            y = np.array(y, dtype=np.int64)  # a copy, so the check holds for what is used
+            n_out = self.layers[-1]["out"]
+            if y.size and (y.min() < 0 or y.max() >= n_out):
+                raise ValueError(f"y holds a label outside [0, {n_out}) in this batch (was it "
+                                 f"changed after it was passed in?); nothing was updated")
         outs, kept = self._forward(X, training=True, iteration=iteration)
         loss = F.loss_value(self.loss, outs[-1], y, self.reduction, sample_weight)
         if self.finite_only and not np.isfinite(loss):
-            raise FloatingPointError(f"the loss is not finite ({loss})")
-        d = F.loss_gradient(self.loss, outs[-1], y, self.reduction, sample_weight)
-        for l in range(len(self.layers) - 1, self._first - 1, -1):
-            d = self._backward(l, outs[l], outs[l + 1], kept[l], d, l > self._first)
+            raise FloatingPointError(f"the loss is not finite ({loss}); nothing was updated")
+        # an overflow is reported once, below, as the core reports it: not as warnings
+        with np.errstate(over="ignore", invalid="ignore"):
+            d = F.loss_gradient(self.loss, outs[-1], y, self.reduction, sample_weight)
+            for l in range(len(self.layers) - 1, self._first - 1, -1):
+                d = self._backward(l, outs[l], outs[l + 1], kept[l], d, l > self._first)
+        if update and self.finite_only and not np.isfinite(self.grads).all():
+            raise FloatingPointError(f"the gradient is not finite (the loss is {loss}); the "
+                                     f"parameters were not updated")
         if update:
             batch_weight = len(X) if sample_weight is None else float(
                 sample_weight.astype(np.float64).sum())
@@ -232,22 +263,44 @@ def make_net(backend, *args):
     return _core.Net(*args) if backend == "c" else NumpyNet(*args)
 
 
-def set_num_threads(n):
-    """Number of OpenMP threads of the C core (default: OMP_NUM_THREADS or all cores)."""
+def set_num_threads(n: int) -> None:
+    """Set the number of OpenMP threads of the C core.
+
+    Results do not depend on it: the same seed gives bit-identical weights on any
+    thread count. ``threadpoolctl`` sees and sets the same number.
+
+    Parameters
+    ----------
+    n : int >= 1
+        The thread count (default at import: ``OMP_NUM_THREADS``, or all cores).
+    """
     n = check_int("n", n, 1)
     if _core is not None:
         _core.set_num_threads(int(n))
 
 
-def get_num_threads():
+def get_num_threads() -> int:
+    """The number of OpenMP threads of the C core.
+
+    Returns
+    -------
+    int
+        1 when the extension is not built (the NumPy backend).
+    """
     return _core.get_num_threads() if _core is not None else 1
 
 
-def cpu_info():
-    """What the C core runs on: ``isa`` (the instruction set of its GEMM micro-kernels:
-    ``"avx512"``, ``"avx2"`` or ``"generic"``; the best the CPU supports unless lowered
-    with the environment variable ``MINITRAIN_ISA``), ``available_isas`` and
-    ``num_threads``. Without the extension, ``isa`` is None."""
+def cpu_info() -> dict:
+    """What the C core runs on.
+
+    Returns
+    -------
+    dict
+        ``isa``: the instruction set of its GEMM micro-kernels (``"avx512"``,
+        ``"avx2"`` or ``"generic"``; the best the CPU supports unless lowered with the
+        environment variable ``MINITRAIN_ISA``), or None without the extension;
+        ``available_isas``: those this CPU can run; ``num_threads``.
+    """
     if _core is None:
         return {"isa": None, "available_isas": (), "num_threads": 1}
     return {"isa": _core.isa(), "available_isas": _core.available_isas(),

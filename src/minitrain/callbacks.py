@@ -6,6 +6,8 @@ which callbacks override ``on_iteration_end``: when none does, an iteration cost
 nothing more than without callbacks.
 """
 
+from __future__ import annotations
+
 import csv
 import json
 import logging
@@ -13,6 +15,7 @@ import math
 import os
 import sys
 import time
+from typing import IO, Any
 
 from ._validation import check_int, check_number
 
@@ -33,47 +36,130 @@ class Callback:
     Callbacks whose decisions depend on the past (``EarlyStopping``...) return that
     past from ``get_state``; checkpoints store it so that a resumed run decides
     exactly as the uninterrupted one would.
+
+    Examples
+    --------
+    >>> import minitrain as mt
+    >>> class PrintLoss(mt.Callback):
+    ...     def on_epoch_end(self, epoch, logs=None):
+    ...         print(epoch, logs["loss"])
     """
 
     model = None
     params = None
 
-    def set_model(self, model):
+    def set_model(self, model: Any) -> None:
+        """Attach the model being trained (``fit`` calls it before training).
+
+        Parameters
+        ----------
+        model : Sequential
+            Available to the hooks as ``self.model``.
+        """
         self.model = model
 
-    def set_params(self, params):
+    def set_params(self, params: dict) -> None:
+        """Pass the run's settings (``fit`` calls it before training).
+
+        Parameters
+        ----------
+        params : dict
+            ``epochs``, ``batch_size``, ``iterations_per_epoch``, ``n_samples``;
+            available to the hooks as ``self.params``.
+        """
         self.params = params
 
-    def on_train_begin(self, logs=None):
-        pass
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        """Called once when ``fit`` starts, before the first epoch.
 
-    def on_train_end(self, logs=None):
-        pass
+        Parameters
+        ----------
+        logs : dict or None
+            Unused (None); kept for Keras' signature.
+        """
 
-    def on_epoch_begin(self, epoch, logs=None):
-        pass
+    def on_train_end(self, logs: dict | None = None) -> None:
+        """Called once when ``fit`` ends, however it stopped.
 
-    def on_epoch_end(self, epoch, logs=None):
-        """`logs`: ``loss``, the metrics, their ``val_`` twins, ``lr`` and ``time``."""
+        Parameters
+        ----------
+        logs : dict or None
+            Unused (None); kept for Keras' signature.
+        """
 
-    def on_iteration_end(self, iteration, logs=None):
-        """`logs`: the iteration's ``loss`` and ``lr``, its ``epoch`` and its ``batch``
-        (1-based position within the epoch)."""
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        """Called at the start of every epoch.
 
-    def check_fit(self, log_keys, optimizer):
-        """Raise ValueError before training if this callback cannot work with a fit
-        that logs `log_keys` and updates with `optimizer`."""
+        Parameters
+        ----------
+        epoch : int
+            The epoch about to run (1-based, cumulative over fits).
+        logs : dict or None
+            Unused (None); kept for Keras' signature.
+        """
 
-    def get_state(self):
-        """What a checkpoint keeps of this callback: JSON values and numpy arrays."""
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        """Called at the end of every epoch, after validation.
+
+        Parameters
+        ----------
+        epoch : int
+            The epoch just run (1-based, cumulative over fits).
+        logs : dict
+            ``loss``, the metrics, their ``val_`` twins, ``lr`` and ``time``.
+        """
+
+    def on_iteration_end(self, iteration: int, logs: dict | None = None) -> None:
+        """Called after every iteration, only for callbacks that override it.
+
+        Parameters
+        ----------
+        iteration : int
+            The iteration just run (1-based, cumulative over fits, as
+            ``model.iteration``).
+        logs : dict
+            The iteration's ``loss`` and ``lr``, its ``epoch`` and its ``batch``
+            (1-based position within the epoch).
+        """
+
+    def check_fit(self, log_keys: set[str], optimizer: Any) -> None:
+        """Raise ValueError before training if this callback cannot work with this fit.
+
+        Parameters
+        ----------
+        log_keys : set of str
+            The names the fit logs every epoch (``loss``, ``val_loss``, ...).
+        optimizer : Optimizer
+            The optimizer the fit updates with.
+        """
+
+    def get_state(self) -> dict:
+        """What a checkpoint keeps of this callback.
+
+        Returns
+        -------
+        dict
+            JSON values and numpy arrays; empty for callbacks without a past.
+        """
         return {}
 
-    def set_state(self, state):
-        pass
+    def set_state(self, state: dict) -> None:
+        """Restore what ``get_state`` returned (when a fit resumes from a checkpoint).
 
-    def stop(self, reason):
-        """Ask fit to stop after the current iteration; `reason` goes to
-        ``History.stop_reason``."""
+        Parameters
+        ----------
+        state : dict
+            A dict returned by ``get_state``.
+        """
+
+    def stop(self, reason: str) -> None:
+        """Ask fit to stop after the current iteration.
+
+        Parameters
+        ----------
+        reason : str
+            Goes to ``History.stop_reason``.
+        """
         self.model.stop_training = True
         self.model.stop_reason = reason
 
@@ -177,14 +263,37 @@ class EarlyStopping(_Monitor):
     """Stop when `monitor` has not improved by more than `min_delta` for `patience`
     epochs (Keras' semantics).
 
-    With `restore_best_weights`, the model ends training with the weights of its best
-    epoch (its optimizer state is that of the last epoch, as in Keras).
-    `mode` ``"auto"`` maximises names ending in ``accuracy`` or ``r2`` and minimises the
-    others.
+    Parameters
+    ----------
+    monitor : str, default "val_loss"
+        A name the fit logs: ``loss``, ``val_loss``, ``val_accuracy``, ...
+    patience : int, default 0
+        Epochs without improvement before stopping.
+    min_delta : float, default 0.0
+        A change of at most `min_delta` is no improvement.
+    mode : {"auto", "min", "max"}, default "auto"
+        Whether lower or higher is better; ``"auto"`` maximises names ending in
+        ``accuracy`` or ``r2`` and minimises the others.
+    restore_best_weights : bool, default False
+        End training with the weights of the best epoch (the optimizer state stays
+        that of the last epoch, as in Keras).
+
+    Attributes
+    ----------
+    best : float
+        The best value of `monitor` so far.
+    best_epoch, stopped_epoch : int
+        The epoch of `best`, and the epoch training stopped at (0 if it did not).
+
+    Examples
+    --------
+    >>> import minitrain as mt
+    >>> stop = mt.EarlyStopping(patience=5, restore_best_weights=True)
     """
 
-    def __init__(self, monitor="val_loss", patience=0, min_delta=0.0, mode="auto",
-                 restore_best_weights=False):
+    def __init__(self, monitor: str = "val_loss", patience: int = 0,
+                 min_delta: float = 0.0, mode: str = "auto",
+                 restore_best_weights: bool = False) -> None:
         super().__init__(monitor, mode, min_delta)
         self.patience = _count("patience", patience)
         self.restore_best_weights = bool(restore_best_weights)
@@ -229,10 +338,29 @@ class ReduceLROnPlateau(_Monitor):
     """Multiply the learning rate by `factor` when `monitor` has not improved for
     `patience` epochs, then wait `cooldown` epochs before watching again (Keras'
     semantics). Works on optimizers with a constant learning rate; the new rate is in
-    the optimizer's config, so checkpoints keep it."""
+    the optimizer's config, so checkpoints keep it.
 
-    def __init__(self, monitor="val_loss", factor=0.1, patience=10, min_delta=1e-4,
-                 cooldown=0, min_lr=0.0, mode="auto"):
+    Parameters
+    ----------
+    monitor : str, default "val_loss"
+        A name the fit logs.
+    factor : float in (0, 1), default 0.1
+        The learning rate is multiplied by it.
+    patience : int, default 10
+        Epochs without improvement before reducing.
+    min_delta : float, default 1e-4
+        A change of at most `min_delta` is no improvement.
+    cooldown : int, default 0
+        Epochs to wait after a reduction before counting again.
+    min_lr : float, default 0.0
+        The rate is never reduced below it.
+    mode : {"auto", "min", "max"}, default "auto"
+        As for EarlyStopping.
+    """
+
+    def __init__(self, monitor: str = "val_loss", factor: float = 0.1, patience: int = 10,
+                 min_delta: float = 1e-4, cooldown: int = 0, min_lr: float = 0.0,
+                 mode: str = "auto") -> None:
         super().__init__(monitor, mode, min_delta)
         self.factor = check_number("factor", factor, 0, low_open=True, high=1, high_open=True)
         self.patience = _count("patience", patience)
@@ -305,10 +433,26 @@ class ConvergenceCheck(Callback):
 
 class ModelCheckpoint(_Monitor):
     """Save the model (``model.save``: atomic, never a half-written file) at the end of
-    every epoch, or only when `monitor` improved with `save_best_only`. `path` may
-    hold ``{epoch}`` and log names, e.g. ``"ckpt-{epoch:03d}-{val_loss:.3f}.npz"``."""
+    every epoch, or only when `monitor` improved with `save_best_only`.
 
-    def __init__(self, path, monitor="val_loss", save_best_only=False, mode="auto"):
+    A checkpoint holds the whole training state, so ``fit(resume_from=path)``
+    continues the run bit-identically.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The file written; it may hold ``{epoch}`` and log names, e.g.
+        ``"ckpt-{epoch:03d}-{val_loss:.3f}.npz"``.
+    monitor : str, default "val_loss"
+        A name the fit logs; used with `save_best_only`.
+    save_best_only : bool, default False
+        Save only the epochs where `monitor` improved.
+    mode : {"auto", "min", "max"}, default "auto"
+        As for EarlyStopping.
+    """
+
+    def __init__(self, path: str | os.PathLike, monitor: str = "val_loss",
+                 save_best_only: bool = False, mode: str = "auto") -> None:
         super().__init__(monitor, mode, 0.0)
         self.path = os.fspath(path)
         self.save_best_only = bool(save_best_only)
@@ -326,7 +470,7 @@ class ModelCheckpoint(_Monitor):
 
 
 class _FileLogger(Callback):
-    def __init__(self, path, append=False):
+    def __init__(self, path: str | os.PathLike, append: bool = False) -> None:
         self.path = os.fspath(path)
         self.append = bool(append)
         self.file = None
@@ -344,10 +488,21 @@ class _FileLogger(Callback):
 
 class CSVLogger(_FileLogger):
     """One CSV row per epoch: ``epoch`` then the logs (``loss``, metrics, ``val_*``,
-    ``lr``, ``time``). With `append`, rows go after the existing ones (for resumed
-    runs)."""
+    ``lr``, ``time``), after a header row.
 
-    def __init__(self, path, separator=",", append=False):
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The CSV file.
+    separator : str, default ","
+        The field delimiter.
+    append : bool, default False
+        Add rows after the existing ones (for resumed runs) instead of overwriting;
+        the header is written only to an empty file.
+    """
+
+    def __init__(self, path: str | os.PathLike, separator: str = ",",
+                 append: bool = False) -> None:
         super().__init__(path, append)
         self.separator = separator
         self.writer = None
@@ -367,7 +522,15 @@ class CSVLogger(_FileLogger):
 
 
 class JSONLogger(_FileLogger):
-    """One JSON object per line and epoch (JSON Lines), with the keys of CSVLogger."""
+    """One JSON object per line and epoch (JSON Lines), with the keys of CSVLogger.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The JSON Lines file.
+    append : bool, default False
+        Add lines after the existing ones (for resumed runs) instead of overwriting.
+    """
 
     def write(self, row):
         self.file.write(json.dumps(row) + "\n")
@@ -404,13 +567,18 @@ class EpochLine(Callback):
 class ProgressBar(EpochLine):
     """What ``fit(verbose=1)`` shows on an interactive terminal: a bar per epoch with
     the iteration within the epoch, the running loss, the learning rate and the speed
-    (tqdm when installed, else a one-line fallback), then the epoch's line. Both are
-    written to `stream` when given; by default the bar goes to standard error and the
-    line to standard output."""
+    (tqdm when installed, else a one-line fallback), then the epoch's line.
+
+    Parameters
+    ----------
+    stream : file object, optional
+        Where both are written; by default the bar goes to standard error and the
+        line to standard output.
+    """
 
     _REFRESH = 0.1  # seconds between redraws, so drawing never slows training down
 
-    def __init__(self, stream=None):
+    def __init__(self, stream: IO[str] | None = None) -> None:
         super().__init__(stream)
         self.stream = stream or sys.stderr
         self._tqdm = None

@@ -14,6 +14,8 @@ Reading trusts nothing in the file: sizes, shapes and values are checked against
 header before anything is built, and every damaged file raises ValueError.
 """
 
+from __future__ import annotations
+
 import contextlib
 import json
 import math
@@ -63,7 +65,7 @@ def _join_arrays(value, arrays):
     return value
 
 
-def write(path, state):
+def write(path: str | os.PathLike, state: dict) -> None:
     """Write `state` (``Sequential.get_state()`` of a built model) to `path`, atomically:
     the JSON values in a header, the arrays apart."""
     arrays = {f"model.{k}": v for k, v in state["arrays"].items()}
@@ -382,13 +384,26 @@ def _check_values(state, layers, history):
                              f"{state['iteration']} finite losses, got {np.shape(losses)}")
 
 
-def read(path):
-    """The state (as ``Sequential.get_state()`` gives it) saved at `path`: the
-    architecture, arrays, optimizer, counters, generator, history and callbacks' state.
+def read(path: str | os.PathLike) -> dict:
+    """The state saved at `path`.
 
-    Raises ValueError when the file is not a minitrain checkpoint, is truncated, or its
-    arrays or values do not fit its architecture; the architecture is checked against the
-    arrays' own headers before anything as large is allocated or read.
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A file written by ``write`` (``Sequential.save``, ``ModelCheckpoint``).
+
+    Returns
+    -------
+    dict
+        The state as ``Sequential.get_state()`` gives it: the architecture, arrays,
+        optimizer, counters, generator, history and callbacks' state.
+
+    Raises
+    ------
+    ValueError
+        When the file is not a minitrain checkpoint, is truncated, or its arrays or
+        values do not fit its architecture; the architecture is checked against the
+        arrays' own headers before anything as large is allocated or read.
     """
     def malformed(err):
         return ValueError(f"{path}: malformed minitrain checkpoint ({type(err).__name__}: "

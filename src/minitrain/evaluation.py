@@ -1,5 +1,9 @@
 """Metrics computed from network outputs, and the validation hold-out of ``fit``."""
 
+from __future__ import annotations
+
+from collections.abc import Sequence
+
 import numpy as np
 
 from . import functional as F
@@ -8,17 +12,47 @@ from ._validation import check_number
 _CLASSIFICATION = ("cross_entropy", "binary_cross_entropy")
 
 
-def accuracy(loss, out, y):
-    """Fraction of correct labels (for binary cross-entropy: of correct 0/1 outputs)."""
+def accuracy(loss: str, out: np.ndarray, y: np.ndarray) -> float:
+    """Fraction of correct labels (for binary cross-entropy: of correct 0/1 outputs).
+
+    Parameters
+    ----------
+    loss : str
+        The model's loss name (``cross_entropy``, ``mse``, ...).
+    out : numpy.ndarray of shape (n_samples, n_outputs)
+        Network outputs (logits for the classification losses).
+    y : numpy.ndarray
+        Targets, as the model's ``fit`` takes them.
+
+    Returns
+    -------
+    float
+        In [0, 1].
+    """
     if loss == "cross_entropy":
         return float(np.mean(out.argmax(axis=1) == y))
     return float(np.mean((out > 0) == (y > 0.5)))
 
 
-def r2(loss, out, y):
+def r2(loss: str, out: np.ndarray, y: np.ndarray) -> float:
     """Coefficient of determination, averaged over the outputs (scikit-learn's r2_score):
     ``1 - SS_res / SS_tot``; an output with constant targets scores 1 if predicted
-    exactly, else 0."""
+    exactly, else 0.
+
+    Parameters
+    ----------
+    loss : str
+        The model's loss name (``cross_entropy``, ``mse``, ...).
+    out : numpy.ndarray of shape (n_samples, n_outputs)
+        Network outputs (logits for the classification losses).
+    y : numpy.ndarray
+        Targets, as the model's ``fit`` takes them.
+
+    Returns
+    -------
+    float
+        At most 1.
+    """
     out, y = out.astype(np.float64), y.astype(np.float64)
     ss_res = ((y - out) ** 2).sum(axis=0)
     ss_tot = ((y - y.mean(axis=0)) ** 2).sum(axis=0)
@@ -27,8 +61,23 @@ def r2(loss, out, y):
     return float(score.mean())
 
 
-def mae(loss, out, y):
-    """Mean absolute error over all output elements."""
+def mae(loss: str, out: np.ndarray, y: np.ndarray) -> float:
+    """Mean absolute error over all output elements.
+
+    Parameters
+    ----------
+    loss : str
+        The model's loss name (``cross_entropy``, ``mse``, ...).
+    out : numpy.ndarray of shape (n_samples, n_outputs)
+        Network outputs (logits for the classification losses).
+    y : numpy.ndarray
+        Targets, as the model's ``fit`` takes them.
+
+    Returns
+    -------
+    float
+        At least 0.
+    """
     return float(np.mean(np.abs(out.astype(np.float64) - y)))
 
 
@@ -39,10 +88,28 @@ _AUTO = {"cross_entropy": ("accuracy",), "binary_cross_entropy": ("accuracy",),
          "mse": ("r2",)}
 
 
-def resolve(metrics, loss):
-    """The metric names of a fit or evaluate call: ``"auto"`` is accuracy for the
-    classification losses, r2 for mse and none for poisson (whose loss is already the
-    Poisson deviance, halved); None or () is none."""
+def resolve(metrics: str | Sequence[str] | None, loss: str) -> tuple[str, ...]:
+    """The metric names of a fit or evaluate call.
+
+    Parameters
+    ----------
+    metrics : str, sequence of str, or None
+        ``"auto"`` is accuracy for the classification losses, r2 for mse and none for
+        poisson (whose loss is already the Poisson deviance, halved); a name or names
+        from ``METRICS``; None or () is none.
+    loss : str
+        The model's loss name.
+
+    Returns
+    -------
+    tuple of str
+        The names, each once, in the order given.
+
+    Raises
+    ------
+    ValueError
+        For an unknown name, or a metric that does not apply to `loss`.
+    """
     if metrics is None:
         return ()
     if isinstance(metrics, str):
@@ -63,18 +130,53 @@ def resolve(metrics, loss):
     return tuple(names)
 
 
-def compute(loss, names, out, y, with_loss=True):
-    """{"loss": mean loss, name: value for each metric} of outputs `out` for targets `y`."""
+def compute(loss: str, names: Sequence[str], out: np.ndarray, y: np.ndarray,
+            with_loss: bool = True) -> dict[str, float]:
+    """The mean loss and the metrics of outputs `out` for targets `y`.
+
+    Parameters
+    ----------
+    loss : str
+        The model's loss name.
+    names : sequence of str
+        Metric names, as ``resolve`` returns them.
+    out : numpy.ndarray of shape (n_samples, n_outputs)
+        Network outputs.
+    y : numpy.ndarray
+        Targets.
+    with_loss : bool, default True
+        Include the mean loss.
+
+    Returns
+    -------
+    dict
+        ``{"loss": mean loss, name: value for each metric}``.
+    """
     logs = {"loss": F.loss_value(loss, out, y)} if with_loss else {}
     for name in names:
         logs[name] = METRICS[name][0](loss, out, y)
     return logs
 
 
-def holdout(y, fraction, stratify):
-    """Row indices (train, validation) holding out the last `fraction` of the rows,
-    per class when `stratify` (y holds labels), as Keras' validation_split does
-    without stratification: no randomness, so the generator's stream is untouched."""
+def holdout(y: np.ndarray, fraction: float, stratify: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices holding out the last `fraction` of the rows, per class when
+    `stratify`, as Keras' validation_split does without stratification: no
+    randomness, so the generator's stream is untouched.
+
+    Parameters
+    ----------
+    y : numpy.ndarray
+        The targets (labels when `stratify`).
+    fraction : float in (0, 1)
+        The fraction held out.
+    stratify : bool
+        Hold out the last `fraction` of each class's rows.
+
+    Returns
+    -------
+    train, validation : numpy.ndarray of int64
+        Row indices, in increasing order.
+    """
     check_number("validation_split", fraction, 0, low_open=True, high=1, high_open=True)
     n = len(y)
     groups = [np.flatnonzero(y == c) for c in np.unique(y)] if stratify else [np.arange(n)]

@@ -1,10 +1,20 @@
 """The record of a training run."""
 
+from __future__ import annotations
+
+import os
+from typing import Any
+
 import numpy as np
 
 
 class History:
     """What ``fit`` returns, with Keras' vocabulary.
+
+    Parameters
+    ----------
+    params : dict
+        The run's settings (see `params` below); ``fit`` makes the History.
 
     Attributes
     ----------
@@ -30,9 +40,18 @@ class History:
         Why training stopped: ``"completed"`` (all its epochs), ``"early_stopping"``,
         ``"converged"`` (``tol``), ``"max_time"``, or ``"callback"`` (a callback set
         ``model.stop_training``).
+
+    Examples
+    --------
+    >>> import minitrain as mt
+    >>> X, y = mt.load_digits()
+    >>> model = mt.Sequential([mt.Dense(32, activation="relu"), mt.Dense(10)], seed=0)
+    >>> hist = model.fit(X / 16, y, epochs=2, batch_size=64, verbose=0)
+    >>> hist.iterations_per_epoch, len(hist.history["loss"]), hist.iteration_loss.shape
+    (29, 2, (58,))
     """
 
-    def __init__(self, params):
+    def __init__(self, params: dict) -> None:
         self.params = dict(params)
         self.iterations_per_epoch = params["iterations_per_epoch"]
         self.history = {}
@@ -41,28 +60,60 @@ class History:
         self.stop_reason = "completed"
 
     @property
-    def epochs(self):
+    def epochs(self) -> int:
+        """Number of epochs recorded."""
         return len(self.epoch)
 
     @property
-    def iteration_loss(self):
+    def iteration_loss(self) -> np.ndarray:
+        """The loss of every iteration, in order (float64, one entry per iteration)."""
         if not self._iteration_losses:
             return np.empty(0)
         return np.concatenate(self._iteration_losses)
 
-    def record_epoch(self, epoch, iteration_losses, logs):
+    def record_epoch(self, epoch: int, iteration_losses: np.ndarray, logs: dict) -> None:
+        """Append one epoch (called by ``fit`` at the end of every epoch).
+
+        Parameters
+        ----------
+        epoch : int
+            Its number (1-based, cumulative over fits).
+        iteration_losses : numpy.ndarray
+            The loss of each of its iterations.
+        logs : dict
+            Its ``loss``, metrics, ``val_*`` values, ``lr`` and ``time``.
+        """
         self.epoch.append(epoch)
         self._iteration_losses.append(np.asarray(iteration_losses, dtype=np.float64))
         for key, value in logs.items():
             self.history.setdefault(key, []).append(value)
 
-    def to_dict(self):
-        """The history as JSON values plus the per-iteration losses (an array)."""
+    def to_dict(self) -> dict[str, Any]:
+        """The history as JSON values plus the per-iteration losses (what checkpoints
+        store).
+
+        Returns
+        -------
+        dict
+            ``params``, ``history``, ``epoch``, ``stop_reason`` (JSON values) and
+            ``iteration_loss`` (a numpy array).
+        """
         return {"params": self.params, "history": self.history, "epoch": self.epoch,
                 "stop_reason": self.stop_reason, "iteration_loss": self.iteration_loss}
 
     @classmethod
-    def from_dict(cls, state):
+    def from_dict(cls, state: dict[str, Any]) -> History:
+        """The History that ``to_dict`` described.
+
+        Parameters
+        ----------
+        state : dict
+            As returned by ``to_dict``.
+
+        Returns
+        -------
+        History
+        """
         history = cls(state["params"])
         history.history = {k: list(v) for k, v in state["history"].items()}
         history.epoch = [int(e) for e in state["epoch"]]
@@ -71,11 +122,24 @@ class History:
         history._iteration_losses = [losses] if losses.size else []
         return history
 
-    def plot(self, path=None, title=None):
+    def plot(self, path: str | os.PathLike | None = None, title: str | None = None) -> Any:
         """Learning curves: loss, and the metrics, against the epoch, training and
-        validation on the same axes. Writes a PNG to `path` when given; returns the
-        matplotlib Figure (made without pyplot, so no global state changes). Needs
-        matplotlib (``pip install "minitrain[plot]"``)."""
+        validation on the same axes.
+
+        Needs matplotlib (``pip install "minitrain[plot]"``).
+
+        Parameters
+        ----------
+        path : str or os.PathLike, optional
+            Write the figure there as a PNG.
+        title : str, optional
+            The figure's title (default: epochs, iterations per epoch, stop reason).
+
+        Returns
+        -------
+        matplotlib.figure.Figure
+            Made without pyplot, so no global state changes.
+        """
         try:
             from matplotlib.figure import Figure
             from matplotlib.ticker import MaxNLocator

@@ -1,7 +1,11 @@
 """Layers of a Sequential model."""
 
+from __future__ import annotations
+
 import math
 import numbers
+
+import numpy as np
 
 from ._validation import check_int, check_number
 from .functional import ACTIVATION_ALIASES, ACTIVATIONS
@@ -29,13 +33,23 @@ def _fraction(name, value, high_open):
 
 
 class Layer:
-    """Base class. A layer knows its output width once built; its parameters are views
-    into the model's flat buffers, bound by the model.
+    """Base class of the layers. A layer knows its output width once built; its
+    parameters are views into the model's flat buffers, bound by the model.
 
-    ``n_weights`` parameters are decayed by the optimizers' weight decay; the other
-    ``n_params - n_weights`` (biases, batch-norm scales and shifts) are not, unless the
-    optimizer has ``decay_all=True``.
-    ``n_buffers`` counts non-trainable state (batch-norm running statistics).
+    The C core implements a fixed set of layer kinds (Dense, Activation, BatchNorm,
+    Dropout), so new layers are not made by subclassing.
+
+    Attributes
+    ----------
+    n_in, units : int or None
+        Input and output widths (None until the model is built).
+    n_weights : int
+        Parameters decayed by the optimizers' weight decay (a Dense layer's ``W``).
+    n_params : int
+        All trainable parameters; the other ``n_params - n_weights`` (biases, batch-norm
+        scales and shifts) are not decayed, unless the optimizer has ``decay_all=True``.
+    n_buffers : int
+        Non-trainable state (batch-norm running statistics).
     """
 
     n_in = None
@@ -44,40 +58,96 @@ class Layer:
     n_params = 0
     n_buffers = 0
 
-    def build(self, n_in):
-        """Fix the input width; returns the output width."""
+    def build(self, n_in: int) -> int:
+        """Fix the input width (called by ``Sequential.build``).
+
+        Parameters
+        ----------
+        n_in : int
+            Width of the layer's input.
+
+        Returns
+        -------
+        int
+            Width of the layer's output.
+        """
         self.n_in = self.units = n_in
         return n_in
 
-    def bind(self, params, w_off, p_off, buffers, s_off, rng):
-        """Take views of the model's flat buffers at the given offsets (weights at
-        w_off, other parameters at p_off, buffers at s_off), initialise them, and return
-        the layer's description for the backend (the fields of mt_layer)."""
+    def bind(self, params: np.ndarray, w_off: int, p_off: int, buffers: np.ndarray,
+             s_off: int, rng: np.random.Generator) -> dict:
+        """Take views of the model's flat buffers and initialise them (called by
+        ``Sequential.build``).
+
+        Parameters
+        ----------
+        params : numpy.ndarray
+            The model's ``params_flat``.
+        w_off : int
+            Offset in `params` of this layer's decayed weights.
+        p_off : int
+            Offset in `params` of its other parameters (biases, scales, shifts).
+        buffers : numpy.ndarray
+            The model's ``buffers_flat``.
+        s_off : int
+            Offset in `buffers` of its non-trainable state.
+        rng : numpy.random.Generator
+            Draws the initial weights.
+
+        Returns
+        -------
+        dict
+            The layer's description for the backend (the fields of ``mt_layer``).
+        """
         raise NotImplementedError
 
     def _spec(self, kind, **fields):
         return {"kind": kind, "in": self.n_in, "out": self.units, **fields}
 
-    def get_config(self):
+    def get_config(self) -> dict:
+        """The layer's constructor arguments, as JSON values (checkpoints store them).
+
+        Returns
+        -------
+        dict
+            ``class`` (the layer's class name) and its constructor arguments.
+        """
         raise NotImplementedError
 
 
 class Dense(Layer):
     """Fully connected layer: ``activation(X @ W + b)``, with ``W`` of shape (in, units).
 
+    Weights are initialised uniformly: He's bound ``sqrt(6 / in)`` for relu-like
+    activations (``relu``, ``leaky_relu``, ``gelu``), Glorot's ``sqrt(6 / (in + units))``
+    otherwise; biases start at 0.
+
     Parameters
     ----------
     units : int
         Output width.
-    activation : str or None
+    activation : str or None, default None
         ``identity`` (None, ``linear``), ``relu``, ``leaky_relu``, ``tanh``,
         ``sigmoid`` (``logistic``), ``gelu``; and on the last layer ``softmax`` with
         the cross-entropy loss (the softmax is then fused into the loss).
-    negative_slope : float
+    negative_slope : float, default 0.01
         Slope of ``leaky_relu`` below zero.
+
+    Attributes
+    ----------
+    W : numpy.ndarray of shape (in, units)
+        The weights, a view into the model's ``params_flat`` (None until built).
+    b : numpy.ndarray of shape (units,)
+        The biases, a view into ``params_flat``.
+
+    Examples
+    --------
+    >>> import minitrain as mt
+    >>> model = mt.Sequential([mt.Dense(128, activation="relu"), mt.Dense(10)])
     """
 
-    def __init__(self, units, activation=None, negative_slope=0.01):
+    def __init__(self, units: int, activation: str | None = None,
+                 negative_slope: float = 0.01) -> None:
         units = check_int("units", units, 1)
         self.activation = _activation_name(activation, allow_softmax=True)
         self.negative_slope = _slope(negative_slope)
@@ -85,25 +155,34 @@ class Dense(Layer):
         self.W = None
         self.b = None
 
-    def build(self, n_in):
+    def build(self, n_in: int) -> int:
         self.n_in = n_in
         return self.units
 
     @property
-    def n_weights(self):
+    def n_weights(self) -> int:
+        """Number of weights, ``in * units``."""
         return self.n_in * self.units
 
     @property
-    def n_params(self):
+    def n_params(self) -> int:
+        """Number of weights and biases, ``(in + 1) * units``."""
         return self.n_weights + self.units
 
-    def init_limit(self):
-        """Uniform initialisation bound: He for relu-like activations, Glorot otherwise."""
+    def init_limit(self) -> float:
+        """Uniform initialisation bound: He for relu-like activations, Glorot otherwise.
+
+        Returns
+        -------
+        float
+            ``sqrt(6 / in)`` or ``sqrt(6 / (in + units))``.
+        """
         if self.activation in ("relu", "leaky_relu", "gelu"):
             return math.sqrt(6.0 / self.n_in)
         return math.sqrt(6.0 / (self.n_in + self.units))
 
-    def bind(self, params, w_off, p_off, buffers, s_off, rng):
+    def bind(self, params: np.ndarray, w_off: int, p_off: int, buffers: np.ndarray,
+             s_off: int, rng: np.random.Generator) -> dict:
         self.W = params[w_off:w_off + self.n_weights].reshape(self.n_in, self.units)
         self.b = params[p_off:p_off + self.units]
         limit = self.init_limit()
@@ -112,7 +191,7 @@ class Dense(Layer):
         return self._spec("dense", act=act, act_param=self.negative_slope,
                           w_off=w_off, b_off=p_off)
 
-    def get_config(self):
+    def get_config(self) -> dict:
         return {"class": "Dense", "units": self.units, "activation": self.activation,
                 "negative_slope": self.negative_slope}
 
@@ -134,13 +213,14 @@ class Dropout(Layer):
         Probability of zeroing an element.
     """
 
-    def __init__(self, rate):
+    def __init__(self, rate: float) -> None:
         self.rate = _fraction("rate", rate, high_open=True)
 
-    def bind(self, params, w_off, p_off, buffers, s_off, rng):
+    def bind(self, params: np.ndarray, w_off: int, p_off: int, buffers: np.ndarray,
+             s_off: int, rng: np.random.Generator) -> dict:
         return self._spec("dropout", rate=self.rate)
 
-    def get_config(self):
+    def get_config(self) -> dict:
         return {"class": "Dropout", "rate": self.rate}
 
     def __repr__(self):
@@ -164,26 +244,36 @@ class BatchNorm(Layer):
 
     Parameters
     ----------
-    momentum : float in [0, 1]
+    momentum : float in [0, 1], default 0.9
         Weight of the previous running statistics in each update.
-    epsilon : float > 0
+    epsilon : float > 0, default 1e-5
         Added to the variance.
+
+    Attributes
+    ----------
+    gamma, beta : numpy.ndarray of shape (units,)
+        Scale and shift, views into the model's ``params_flat``.
+    running_mean, running_var : numpy.ndarray of shape (units,)
+        Running statistics, views into the model's ``buffers_flat``.
     """
 
-    def __init__(self, momentum=0.9, epsilon=1e-5):
+    def __init__(self, momentum: float = 0.9, epsilon: float = 1e-5) -> None:
         self.momentum = _fraction("momentum", momentum, high_open=False)
         self.epsilon = check_number("epsilon", epsilon, low_open=True)
         self.gamma = self.beta = self.running_mean = self.running_var = None
 
     @property
-    def n_params(self):
+    def n_params(self) -> int:
+        """Number of scales and shifts, ``2 * units``."""
         return 2 * self.units
 
     @property
-    def n_buffers(self):
+    def n_buffers(self) -> int:
+        """Number of running statistics, ``2 * units``."""
         return 2 * self.units
 
-    def bind(self, params, w_off, p_off, buffers, s_off, rng):
+    def bind(self, params: np.ndarray, w_off: int, p_off: int, buffers: np.ndarray,
+             s_off: int, rng: np.random.Generator) -> dict:
         c = self.units
         self.gamma = params[p_off:p_off + c]
         self.beta = params[p_off + c:p_off + 2 * c]
@@ -194,7 +284,7 @@ class BatchNorm(Layer):
         return self._spec("batchnorm", w_off=p_off, b_off=p_off + c, s_off=s_off,
                           momentum=self.momentum, eps=self.epsilon)
 
-    def get_config(self):
+    def get_config(self) -> dict:
         return {"class": "BatchNorm", "momentum": self.momentum, "epsilon": self.epsilon}
 
     def __repr__(self):
@@ -209,19 +299,20 @@ class Activation(Layer):
     ----------
     activation : str
         As for Dense, except ``softmax`` (which only exists fused into the loss).
-    negative_slope : float
+    negative_slope : float, default 0.01
         Slope of ``leaky_relu`` below zero.
     """
 
-    def __init__(self, activation, negative_slope=0.01):
+    def __init__(self, activation: str, negative_slope: float = 0.01) -> None:
         self.activation = _activation_name(activation, allow_softmax=False)
         self.negative_slope = _slope(negative_slope)
 
-    def bind(self, params, w_off, p_off, buffers, s_off, rng):
+    def bind(self, params: np.ndarray, w_off: int, p_off: int, buffers: np.ndarray,
+             s_off: int, rng: np.random.Generator) -> dict:
         return self._spec("activation", act=self.activation,
                           act_param=self.negative_slope)
 
-    def get_config(self):
+    def get_config(self) -> dict:
         return {"class": "Activation", "activation": self.activation,
                 "negative_slope": self.negative_slope}
 

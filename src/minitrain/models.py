@@ -1,14 +1,22 @@
 """Sequential: a stack of layers trained by mini-batch gradient descent."""
 
+from __future__ import annotations
+
 import copy
 import logging
+import os
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from . import checkpoint, evaluation, optimizers, training
 from . import functional as F
 from ._validation import all_finite, check_int, check_targets, check_X
 from .backends import make_net
+from .callbacks import Callback
 from .history import History
 from .layers import Dense, Layer
 
@@ -25,11 +33,35 @@ def flat_arrays(model):
             if k.endswith("_flat") and isinstance(v, np.ndarray)}
 
 
-def load(path):
-    """The model saved at `path` (``save``, ``ModelCheckpoint``), with its optimizer,
-    counters, generator, history and callbacks' state. Raises ValueError, before
-    building anything, when the file is not a minitrain checkpoint, is truncated, or does
-    not fit its architecture."""
+def load(path: str | os.PathLike) -> Sequential:
+    """The model saved at `path`, with its optimizer, counters, generator and history.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A file written by ``Sequential.save`` or ``ModelCheckpoint`` (``.npz``, read
+        with ``allow_pickle=False``: it cannot run code).
+
+    Returns
+    -------
+    Sequential
+        The model, built, ready to predict or to train on (``fit`` continues its
+        optimizer, counters and history).
+
+    Raises
+    ------
+    ValueError
+        Before building anything visible, when the file is not a minitrain checkpoint,
+        is truncated, or its arrays do not fit its architecture; the architecture is
+        checked against the arrays' own headers before anything as large is allocated
+        or read.
+
+    Examples
+    --------
+    >>> import minitrain as mt
+    >>> model.save("model.npz")          # doctest: +SKIP
+    >>> same = mt.load("model.npz")      # doctest: +SKIP
+    """
     state = checkpoint.read(path)
     try:
         return Sequential._from_state(state)
@@ -43,18 +75,21 @@ class Sequential:
 
     Parameters
     ----------
-    layers : list of Layer
+    layers : list of Layer, optional
+        The layers, in order; more can be added with ``add`` until the model is built.
         The input width is taken from the data on the first ``fit`` (or ``build``).
-    loss : str
+    loss : str, default "cross_entropy"
         ``cross_entropy`` (softmax over the last layer; integer labels, or exactly one-hot
         rows, which are taken as their labels), ``mse``,
         ``binary_cross_entropy`` (sigmoid over each output, 0/1 targets), or ``poisson``
         (counts; the prediction is exp of the last layer's output).
-    seed : int or None
+    seed : int or None, default None
         Seeds the one ``numpy.random.Generator`` behind initialisation and shuffling.
-    dtype : ``"float32"`` or ``"float64"``
-    backend : ``"c"`` (default) or ``"numpy"`` (the pure-NumPy reference)
-    optimizer : Optimizer or str
+    dtype : {"float32", "float64"}, default "float32"
+        The dtype of the parameters and of the computation.
+    backend : {"c", "numpy"}, default "c"
+        The C core, or the pure-NumPy reference (same maths and random streams).
+    optimizer : Optimizer or str, optional
         The default optimizer of ``fit`` and ``train_step`` (``SGD(lr=0.01)``).
 
     Attributes
@@ -71,10 +106,32 @@ class Sequential:
         Epochs and iterations trained so far.
     history : History or None
         The record of the current (or last) fit; checkpoints keep it.
+    n_features_in_ : int or None
+        The input width, once built.
+
+    Notes
+    -----
+    A model may be shared between threads (a thread predicting while another trains):
+    calls that use its workspace or its flat buffers run one at a time on that model, and
+    ``train_step``, ``loss_and_gradient`` and each iteration of ``fit`` act as if the calls
+    of all threads had been made one after another. Separate models run in parallel.
+
+    Examples
+    --------
+    >>> import minitrain as mt
+    >>> X, y = mt.load_digits()
+    >>> model = mt.Sequential([mt.Dense(128, activation="relu"), mt.Dense(10)],
+    ...                       loss="cross_entropy", seed=0)
+    >>> hist = model.fit(X / 16, y, epochs=5, batch_size=32, verbose=0,
+    ...                  optimizer=mt.SGD(lr=0.05, momentum=0.9))
+    >>> model.predict(X[:3] / 16).shape
+    (3,)
     """
 
-    def __init__(self, layers=None, loss="cross_entropy", seed=None, dtype="float32",
-                 backend="c", optimizer=None):
+    def __init__(self, layers: Sequence[Layer] | None = None, loss: str = "cross_entropy",
+                 seed: int | None = None, dtype: str | np.dtype = "float32",
+                 backend: str = "c", optimizer: optimizers.Optimizer | str | None = None
+                 ) -> None:
         self.layers = []
         for layer in layers or []:
             self.add(layer)
@@ -100,9 +157,20 @@ class Sequential:
         self._net_optimizer = None
         self._callbacks = None
         self._saved_callback_states = {}
+        # Serialises the sequences of calls that must see one state of the model (build,
+        # optimizer, counters, step and what it leaves in grads_flat); the backend
+        # serialises each call on its workspace itself, so predict needs no more.
+        self._lock = threading.RLock()
 
     # ---------------------------------------------------------------- structure
-    def add(self, layer):
+    def add(self, layer: Layer) -> None:
+        """Append a layer (before the model is built).
+
+        Parameters
+        ----------
+        layer : Layer
+            A Dense, Activation, BatchNorm or Dropout layer.
+        """
         if not isinstance(layer, Layer):
             raise TypeError(f"layers must be minitrain layers, got {type(layer).__name__}")
         if self.built:
@@ -110,11 +178,13 @@ class Sequential:
         self.layers.append(layer)
 
     @property
-    def built(self):
+    def built(self) -> bool:
+        """Whether the parameters exist (after ``build`` or the first ``fit``)."""
         return getattr(self, "_net", None) is not None
 
     @property
-    def n_outputs(self):
+    def n_outputs(self) -> int | None:
+        """Width of the last layer (None without layers)."""
         return self.layers[-1].units if self.layers else None
 
     def _check_structure(self):
@@ -130,8 +200,22 @@ class Sequential:
                 out_act == "softmax" and self.loss != "cross_entropy"):
             raise ValueError("softmax is only supported on the last layer with cross_entropy")
 
-    def build(self, n_features):
-        """Allocate the flat buffers and initialise the weights for `n_features` inputs."""
+    def build(self, n_features: int) -> Sequential:
+        """Allocate the flat buffers and initialise the weights.
+
+        ``fit`` and ``train_step`` build the model on first use; call it to get the
+        parameters before training.
+
+        Parameters
+        ----------
+        n_features : int
+            The input width.
+
+        Returns
+        -------
+        Sequential
+            The model itself.
+        """
         n_features = check_int("n_features", n_features, 1)
         self._check_structure()
         width = n_features
@@ -195,8 +279,9 @@ class Sequential:
     def _gradient(self, X, y, sample_weight=None):
         """The batch loss of the core-ready X, y (unchecked), its gradient left in
         ``grads_flat``; nothing is updated."""
-        self._net.reserve(X.shape[0])
-        return self._net.step(X, y, 0.0, 0, False, sample_weight=sample_weight)
+        with self._lock:
+            self._net.reserve(X.shape[0])
+            return self._net.step(X, y, 0.0, 0, False, sample_weight=sample_weight)
 
     def _use_optimizer(self, optimizer):
         """Make `optimizer` the one the backend updates with; a new optimizer starts
@@ -220,11 +305,16 @@ class Sequential:
         return X, y
 
     # ----------------------------------------------------------------- training
-    def fit(self, X, y, epochs=1, batch_size=32, optimizer=None, shuffle=True,
-            drop_last=False, seed=None, verbose=1, validation_data=None,
-            validation_split=None, metrics="auto", callbacks=None, tol=None,
-            n_iter_no_change=10, max_time=None, resume_from=None):
-        """Train for `epochs` epochs of shuffled mini-batches; returns a History.
+    def fit(self, X: ArrayLike, y: ArrayLike, epochs: int = 1, batch_size: int = 32,
+            optimizer: optimizers.Optimizer | str | None = None, shuffle: bool = True,
+            drop_last: bool = False, seed: int | None = None, verbose: int = 1,
+            validation_data: tuple[ArrayLike, ArrayLike] | None = None,
+            validation_split: float | None = None,
+            metrics: str | Sequence[str] | None = "auto",
+            callbacks: Sequence[Callback] | None = None, tol: float | None = None,
+            n_iter_no_change: int = 10, max_time: float | None = None,
+            resume_from: str | os.PathLike | None = None) -> History:
+        """Train for `epochs` epochs of shuffled mini-batches.
 
         One epoch is ``ceil(N / batch_size)`` iterations (``floor`` with
         ``drop_last=True``); one iteration is a forward pass, a backward pass and an
@@ -232,8 +322,42 @@ class Sequential:
         X may be memory-mapped (``np.load(path, mmap_mode="r")``) in the model's dtype:
         batches are gathered from it row by row, it is never loaded whole.
 
+        Every argument is checked before anything changes: a rejected call leaves the
+        model as it was.
+
         Parameters
         ----------
+        X : array-like of shape (n_samples, n_features)
+            The inputs, converted to the model's dtype.
+        y : array-like
+            Targets: class labels 0 .. n_outputs-1 of shape (n_samples,) for
+            ``cross_entropy``; values of shape (n_samples,) or (n_samples, n_outputs)
+            for ``mse`` and ``poisson``, and in [0, 1] (usually 0/1) for
+            ``binary_cross_entropy``.
+        epochs : int >= 0, default 1
+            Epochs to train, added to those already trained (with `resume_from`: the
+            epoch number to train up to).
+        batch_size : int >= 1, default 32
+            Rows per iteration; clipped, with a warning, to the number of training
+            rows.
+        optimizer : Optimizer or str, optional
+            The optimizer of this fit and of later calls (default: the model's). A new
+            optimizer starts from fresh state; passing the same instance again
+            continues its momentum or moments.
+        shuffle : bool, default True
+            Permute the rows afresh every epoch (with the model's generator); False
+            takes them in order.
+        drop_last : bool, default False
+            Skip an epoch's last batch when it is smaller than `batch_size`, so every
+            iteration has `batch_size` rows.
+        seed : int, optional
+            Reseed the model's generator before training, so the batch order is that
+            of this seed (the initial weights of an unbuilt model still come from the
+            model's `seed`); None continues the generator's stream.
+        verbose : {0, 1, 2}, default 1
+            0 prints nothing; 1 shows a progress bar on interactive terminals and a line
+            per epoch; 2 a line per epoch. The lines go to standard output, written
+            rather than logged, so the logging set-up changes nothing about them.
         validation_data : (X_val, y_val), optional
             Evaluated at the end of every epoch (``val_loss`` and ``val_`` metrics).
         validation_split : float in (0, 1), optional
@@ -245,10 +369,15 @@ class Sequential:
             mse and none for poisson; see ``minitrain.evaluation.METRICS``. Training-set
             metrics are computed at the end of each epoch on the training rows (at most
             10,000 of them, evenly spaced), an inference pass; ``None`` skips them.
-        callbacks : list of Callback
-        tol, n_iter_no_change : float, int
-            With `tol` set, stop as scikit-learn's MLP does when the training loss has
-            not improved by at least `tol` for more than `n_iter_no_change` epochs.
+        callbacks : list of Callback, optional
+            Called at fixed points of training (``EarlyStopping``, ``ModelCheckpoint``,
+            ``CSVLogger``, ...), in order (``ModelCheckpoint`` after the others, so a
+            checkpoint holds their state of the same epoch).
+        tol : float, optional
+            Stop as scikit-learn's MLP does when the training loss has not improved by
+            at least `tol` for more than `n_iter_no_change` epochs (None: no such rule).
+        n_iter_no_change : int >= 1, default 10
+            The patience of the `tol` rule, in epochs.
         max_time : float, optional
             Stop after the first iteration that ends more than `max_time` seconds after
             the start; the epoch it cuts short is recorded.
@@ -263,10 +392,31 @@ class Sequential:
             optimizer's kind and hyper-parameters (pass ``optimizer=None`` to continue
             with the saved one), `batch_size`, `shuffle`, `drop_last`, and the number of
             training rows.
-        verbose : 0, 1 or 2
-            0 prints nothing; 1 shows a progress bar on interactive terminals and a line
-            per epoch; 2 a line per epoch. The lines go to standard output, written
-            rather than logged, so the logging set-up changes nothing about them.
+
+        Returns
+        -------
+        History
+            One entry per epoch in ``history`` (``loss``, the metrics, their ``val_``
+            twins, ``lr``, ``time``), the loss of every iteration in
+            ``iteration_loss``, and ``iterations_per_epoch`` and ``stop_reason``.
+
+        Raises
+        ------
+        ValueError, TypeError
+            For bad input, before the model changes.
+        FloatingPointError
+            When the loss or the gradient stops being finite; the weights of the last
+            finite iteration are kept.
+
+        Examples
+        --------
+        >>> import minitrain as mt
+        >>> X, y = mt.load_digits()
+        >>> model = mt.Sequential([mt.Dense(128, activation="relu"), mt.Dense(10)], seed=0)
+        >>> hist = model.fit(X / 16, y, epochs=3, batch_size=32, verbose=0,
+        ...                  optimizer=mt.SGD(lr=0.05, momentum=0.9), validation_split=0.2)
+        >>> hist.iterations_per_epoch, sorted(hist.history)
+        (45, ['accuracy', 'loss', 'lr', 'time', 'val_accuracy', 'val_loss'])
         """
         return training.fit(self, X, y, epochs=epochs, batch_size=batch_size,
                             optimizer=optimizer, shuffle=shuffle, drop_last=drop_last,
@@ -291,38 +441,73 @@ class Sequential:
             self.build(run.X.shape[1])
         if run.seed is not None and run.saved is None:
             self.rng = np.random.default_rng(run.seed)
-        run.optimizer = self._use_optimizer(run.optimizer)
+        with self._lock:
+            run.optimizer = self._use_optimizer(run.optimizer)
         if run.saved is None or self.history is None:
             self.history = History(run.plan.params())
         self.history.params = run.plan.params()
         self._callbacks = run.callbacks
 
-    def train_step(self, X, y, optimizer=None):
-        """One iteration (forward, backward, update) on the batch X, y; returns its loss.
+    def train_step(self, X: ArrayLike, y: ArrayLike,
+                   optimizer: optimizers.Optimizer | str | None = None) -> float:
+        """One iteration (forward, backward, update) on the batch X, y.
 
         For users who keep their own loop; counts towards ``iteration`` (not ``epoch``).
+        Builds the model on first use.
+
+        Parameters
+        ----------
+        X : array-like of shape (batch, n_features)
+            The batch's inputs.
+        y : array-like
+            The batch's targets, as for ``fit``.
+        optimizer : Optimizer or str, optional
+            As for ``fit`` (default: the model's).
+
+        Returns
+        -------
+        float
+            The mean loss of the batch, before the update.
         """
         X, y = self._check_xy(X, y)
         opt = optimizers.get(optimizer if optimizer is not None else self.optimizer)
-        lr = opt.next_lr()  # a schedule's bad rate is refused before the model changes
-        if not self.built:
-            self.build(X.shape[1])
-        opt = self._use_optimizer(opt)
-        self._net.reserve(X.shape[0])
-        loss = self._net.step(X, y, lr, opt.iterations + 1, iteration=self.iteration)
-        opt.iterations += 1
-        self.iteration += 1
+        with self._lock:
+            lr = opt.next_lr()  # a schedule's bad rate is refused before the model changes
+            if not self.built:
+                self.build(X.shape[1])
+            opt = self._use_optimizer(opt)
+            self._net.reserve(X.shape[0])
+            loss = self._net.step(X, y, lr, opt.iterations + 1, iteration=self.iteration)
+            opt.iterations += 1
+            self.iteration += 1
         return loss
 
-    def loss_and_gradient(self, X, y):
-        """The mean loss on X, y and its gradient (a copy, laid out like ``params_flat``),
-        without updating anything. Training mode: dropout draws the masks of the next
-        iteration, batch norm uses the batch statistics."""
+    def loss_and_gradient(self, X: ArrayLike, y: ArrayLike) -> tuple[float, np.ndarray]:
+        """The mean loss on X, y and its gradient, without updating anything.
+
+        Training mode: dropout draws the masks of the next iteration, batch norm uses
+        the batch statistics.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            The inputs.
+        y : array-like
+            The targets, as for ``fit``.
+
+        Returns
+        -------
+        loss : float
+            The mean loss.
+        gradient : numpy.ndarray
+            Its gradient, a copy laid out like ``params_flat``.
+        """
         X, y = self._check_xy(X, y)
         self._require_built()
-        self._net.reserve(X.shape[0])
-        loss = self._net.step(X, y, 0.0, 0, False, iteration=self.iteration)
-        return loss, self.grads_flat.copy()
+        with self._lock:
+            self._net.reserve(X.shape[0])
+            loss = self._net.step(X, y, 0.0, 0, False, iteration=self.iteration)
+            return loss, self.grads_flat.copy()
 
     # ---------------------------------------------------------------- inference
     def _require_built(self):
@@ -362,14 +547,49 @@ class Sequential:
         return evaluation.compute(self.loss, metric_names, out, y if rows is None else y[rows],
                                   with_loss)
 
-    def predict_proba(self, X, batch_size=None):
-        """Class probabilities: softmax (cross-entropy) or per-output sigmoid."""
+    def predict_proba(self, X: ArrayLike, batch_size: int | None = None) -> np.ndarray:
+        """Class probabilities: softmax (cross-entropy) or per-output sigmoid (binary
+        cross-entropy).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            The inputs.
+        batch_size : int, optional
+            Rows per forward pass (default: up to 1024).
+
+        Returns
+        -------
+        numpy.ndarray of shape (n_samples, n_outputs)
+            With cross-entropy each row sums to 1.
+
+        Raises
+        ------
+        AttributeError
+            For the regression losses (``mse``, ``poisson``).
+        """
         if self.loss in ("mse", "poisson"):
             raise AttributeError("predict_proba is only defined for classification losses")
         return F.output_transform(self.loss, self._output(X, batch_size))
 
-    def predict(self, X, batch_size=None):
-        """Class labels for classification, outputs for regression."""
+    def predict(self, X: ArrayLike, batch_size: int | None = None) -> np.ndarray:
+        """Class labels for classification, outputs for regression.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            The inputs.
+        batch_size : int, optional
+            Rows per forward pass (default: up to 1024).
+
+        Returns
+        -------
+        numpy.ndarray
+            ``cross_entropy``: labels (n_samples,); ``binary_cross_entropy``: 0/1
+            labels, (n_samples,) for one output, else (n_samples, n_outputs);
+            ``mse`` and ``poisson``: (n_samples,) for one output, else
+            (n_samples, n_outputs) (``poisson``: the mean, exp of the output).
+        """
         out = self._output(X, batch_size)
         if self.loss == "cross_entropy":
             return out.argmax(axis=1)
@@ -379,22 +599,53 @@ class Sequential:
         out = F.output_transform(self.loss, out)  # Poisson: the mean exp(z)
         return out[:, 0] if out.shape[1] == 1 else out
 
-    def evaluate(self, X, y, batch_size=None, metrics="auto"):
-        """Mean loss on X, y and the `metrics` (see ``fit``), as a dict."""
+    def evaluate(self, X: ArrayLike, y: ArrayLike, batch_size: int | None = None,
+                 metrics: str | Sequence[str] | None = "auto") -> dict[str, float]:
+        """Mean loss on X, y and the metrics, in inference mode.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            The inputs.
+        y : array-like
+            The targets, as for ``fit``.
+        batch_size : int, optional
+            Rows per forward pass (default: up to 1024).
+        metrics : "auto", list of str, or None, default "auto"
+            As for ``fit``.
+
+        Returns
+        -------
+        dict
+            ``{"loss": ..., "accuracy": ...}`` (or ``"r2"`` for regression).
+        """
         names = evaluation.resolve(metrics, self.loss)
         X, y = self._check_xy(X, y)
         self._require_built()
         return self._evaluate_rows(X, y, None, names, batch_size)
 
     # ------------------------------------------------------------ persistence
-    def get_weights(self):
-        """The arrays that define the function the model computes (``params_flat`` and
-        any other flat buffer but the gradients and the optimizer state), by name."""
+    def get_weights(self) -> dict[str, np.ndarray]:
+        """The arrays that define the function the model computes.
+
+        Returns
+        -------
+        dict of numpy.ndarray
+            ``params_flat`` and every other flat buffer but the gradients and the
+            optimizer state (``buffers_flat``), by name; the model's own arrays, not
+            copies.
+        """
         return {k: v for k, v in flat_arrays(self).items()
                 if k not in ("grads_flat", "state_flat")}
 
-    def set_weights(self, weights):
-        """Copy arrays shaped as ``get_weights()`` into the model (all checked first)."""
+    def set_weights(self, weights: Mapping[str, ArrayLike]) -> None:
+        """Copy arrays shaped as ``get_weights()`` into the model (all checked first).
+
+        Parameters
+        ----------
+        weights : dict of array-like
+            The names and shapes of ``get_weights()``.
+        """
         mine = self.get_weights()
         if set(weights) != set(mine) or any(np.shape(weights[k]) != v.shape
                                             for k, v in mine.items()):
@@ -403,11 +654,18 @@ class Sequential:
         for k, v in mine.items():
             v[...] = weights[k]
 
-    def get_state(self):
+    def get_state(self) -> dict:
         """The whole model as plain values: what pickling, ``copy.deepcopy`` and
         checkpoints are made of.
 
-        A dict of JSON-able values and NumPy arrays (copies): ``config`` (architecture,
+        Returns
+        -------
+        dict
+            JSON-able values and NumPy arrays (copies), described below.
+
+        Notes
+        -----
+        The keys: ``config`` (architecture,
         loss, dtype, backend, seeds, input width), ``arrays`` (every flat buffer:
         ``params_flat``, ``grads_flat``, ``state_flat`` (the optimizer's moments),
         ``buffers_flat``; empty before the model is built), ``optimizer`` (its config and
@@ -437,11 +695,24 @@ class Sequential:
                 "n_features_in": self.n_features_in_,
                 "layers": [layer.get_config() for layer in self.layers]}
 
-    def set_state(self, state):
-        """Make this model the one `state` (from ``get_state``) describes: its layers,
-        weights, optimizer, counters, generator and history. The state is checked whole
-        before anything changes; a ValueError leaves the model as it was."""
-        vars(self).update(vars(type(self)._from_state(state)))
+    def set_state(self, state: dict) -> None:
+        """Make this model the one `state` describes: its layers, weights, optimizer,
+        counters, generator and history.
+
+        Parameters
+        ----------
+        state : dict
+            From ``get_state``. It is checked whole before anything changes; a
+            ValueError leaves the model as it was.
+        """
+        fresh = vars(type(self)._from_state(state))  # carries a lock of its own
+        lock = vars(self).get("_lock")
+        if lock is None:  # unpickling or deepcopy: nothing else can hold this model yet
+            vars(self).update(fresh)
+            return
+        with lock:  # a thread inside a call of this model finishes on the old state
+            fresh["_lock"] = lock
+            vars(self).update(fresh)
 
     @classmethod
     def _from_state(cls, state):
@@ -497,21 +768,43 @@ class Sequential:
         new.set_state(self.get_state())
         return new
 
-    def save(self, path):
+    def save(self, path: str | os.PathLike) -> None:
         """Write the model and its training state (optimizer, counters, random
-        generator, history, callbacks' state) to `path` (``.npz``; no pickle; written
-        atomically). Read it back with ``minitrain.load`` or ``fit(resume_from=path)``."""
+        generator, history, callbacks' state) to a checkpoint.
+
+        Read it back with ``minitrain.load`` or ``fit(resume_from=path)``.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            The ``.npz`` file (no pickle inside), written atomically: a temporary
+            file, synced, then renamed over `path`.
+        """
         self._require_built()
         checkpoint.write(path, self.get_state())
 
-    def to_onnx(self, path=None, **options):
-        """The inference graph as an ``onnx.ModelProto``, also written to `path` when
-        given; outputs as ``predict`` / ``predict_proba``. Needs the ``onnx`` extra; see
-        ``minitrain.export.to_onnx`` for the options."""
+    def to_onnx(self, path: str | os.PathLike | None = None, **options: Any) -> Any:
+        """The inference graph as ONNX; outputs as ``predict`` / ``predict_proba``.
+
+        Needs the ``onnx`` extra.
+
+        Parameters
+        ----------
+        path : str or os.PathLike, optional
+            Also write the model to this file (atomically).
+        **options
+            ``opset``, ``mean``, ``scale``, ``classes``: see ``minitrain.export.to_onnx``.
+
+        Returns
+        -------
+        onnx.ModelProto
+            The checked model.
+        """
         from .export import to_onnx
         return to_onnx(self, path, **options)
 
-    def summary(self, line_length=None, print_fn=None):
+    def summary(self, line_length: int | None = None,
+                print_fn: Callable[[str], Any] | None = None) -> None:
         """Print a table of the layers, their output shapes and parameter counts, as
         Keras' ``Model.summary`` does; returns None.
 

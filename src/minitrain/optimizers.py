@@ -1,6 +1,8 @@
 """Optimizers. Hyper-parameters live here; the update itself runs in the backend over
 the model's flat parameter, gradient and state buffers."""
 
+from __future__ import annotations
+
 import numpy as np
 
 from . import schedules
@@ -13,18 +15,35 @@ STYLE_TORCH, STYLE_SKLEARN = "torch", "sklearn"
 
 
 class Optimizer:
-    """Base class. ``iterations`` counts the updates applied (Adam's step t).
+    """Base class of the optimizers.
 
-    ``lr`` is a number or a ``minitrain.schedules.Schedule``; with a schedule, ``lr``
-    holds the rate of the latest update and ``lr_schedule`` the schedule.
-    ``weight_decay`` applies to the weights alone (as in Keras and scikit-learn);
-    ``decay_all=True`` applies it to every parameter, biases and batch-norm scales and
-    shifts too, as PyTorch's optimizers do to every parameter they are given.
+    Parameters
+    ----------
+    lr : float > 0 or Schedule
+        The learning rate, or a ``minitrain.schedules`` schedule.
+    weight_decay : float >= 0
+        The weight-decay coefficient (its form depends on the optimizer). It applies to
+        the weights alone (as in Keras and scikit-learn), unless `decay_all`.
+    clip_norm : float or None
+        Clip the gradient's global L2 norm to it (None: no clipping).
+    decay_all : bool, default False
+        Apply the weight decay to every parameter, biases and batch-norm scales and
+        shifts too, as PyTorch's optimizers do to every parameter they are given.
+
+    Attributes
+    ----------
+    lr : float
+        With a schedule, the rate of the latest update; checked whenever it is set.
+    lr_schedule : Schedule or None
+        The schedule, when `lr` was one.
+    iterations : int
+        The updates applied (Adam's step t), cumulative over fits.
     """
 
     kind = None
 
-    def __init__(self, lr, weight_decay, clip_norm, decay_all=False):
+    def __init__(self, lr: float | schedules.Schedule, weight_decay: float,
+                 clip_norm: float | None, decay_all: bool = False) -> None:
         self.lr_schedule = lr if isinstance(lr, schedules.Schedule) else None
         if not isinstance(decay_all, (bool, np.bool_)):
             raise TypeError(f"decay_all must be True or False, got {decay_all!r}")
@@ -61,20 +80,39 @@ class Optimizer:
                              f"iteration {t}; a scheduled learning rate must be a finite "
                              f"number >= 0") from None
 
-    def next_lr(self):
-        """The learning rate of the next update (``upcoming_lr``), which ``lr`` then
-        holds."""
+    def next_lr(self) -> float:
+        """The learning rate of the next update (``fit`` calls it every iteration).
+
+        Returns
+        -------
+        float
+            ``upcoming_lr()``: the schedule's value at `iterations`, checked, or the
+            constant rate; ``lr`` then holds it.
+        """
         self._lr = self.upcoming_lr()
         return self._lr
 
-    def core_args(self):
-        """Keyword arguments of the backend's set_optimizer."""
+    def core_args(self) -> dict:
+        """The hyper-parameters as the backend's ``set_optimizer`` takes them.
+
+        Returns
+        -------
+        dict
+            Keyword arguments of ``set_optimizer``.
+        """
         return {"weight_decay": self.weight_decay, "clip_norm": self.clip_norm}
 
     def _lr_config(self):
         return self.lr_schedule.get_config() if self.lr_schedule else self.lr
 
-    def get_config(self):
+    def get_config(self) -> dict:
+        """The constructor arguments, as JSON values (checkpoints store them).
+
+        Returns
+        -------
+        dict
+            ``class`` and the arguments; a schedule as `lr` is its own config dict.
+        """
         raise NotImplementedError
 
     def __repr__(self):
@@ -86,12 +124,37 @@ class Optimizer:
 class SGD(Optimizer):
     """Stochastic gradient descent, with momentum and Nesterov momentum as in PyTorch:
     ``buf = momentum*buf + g; p -= lr * (g + momentum*buf if nesterov else buf)``.
-    ``weight_decay`` adds ``weight_decay * W`` to the gradient of the weights (L2)."""
+
+    Parameters
+    ----------
+    lr : float > 0 or Schedule, default 0.01
+        The learning rate, or a ``minitrain.schedules`` schedule evaluated every
+        iteration.
+    momentum : float in [0, 1), default 0.0
+        Momentum factor (0: plain SGD).
+    nesterov : bool, default False
+        Nesterov momentum (needs `momentum` > 0).
+    weight_decay : float >= 0, default 0.0
+        Adds ``weight_decay * W`` to the gradient of the weights (L2); biases
+        and batch-norm parameters are not decayed unless `decay_all`.
+    clip_norm : float, optional
+        Scale the whole gradient (every parameter, one flat vector) down to this L2
+        norm when it is longer, before the update.
+    decay_all : bool, default False
+        Decay every parameter, biases and batch-norm scales and shifts too, as
+        PyTorch's optimizers decay every parameter they are given.
+
+    Examples
+    --------
+    >>> import minitrain as mt
+    >>> opt = mt.SGD(lr=0.05, momentum=0.9, nesterov=True)
+    """
 
     kind = SGD_KIND
 
-    def __init__(self, lr=0.01, momentum=0.0, nesterov=False, weight_decay=0.0, clip_norm=None,
-                 decay_all=False):
+    def __init__(self, lr: float | schedules.Schedule = 0.01, momentum: float = 0.0,
+                 nesterov: bool = False, weight_decay: float = 0.0,
+                 clip_norm: float | None = None, decay_all: bool = False) -> None:
         super().__init__(lr, weight_decay, clip_norm, decay_all)
         self.momentum = check_number("momentum", momentum, high=1.0, high_open=True)
         if nesterov and self.momentum == 0:
@@ -108,14 +171,36 @@ class SGD(Optimizer):
 
 
 class Adam(Optimizer):
-    """Adam (Kingma & Ba), bias-corrected as in PyTorch. ``weight_decay`` is an L2 term
-    added to the gradient; see AdamW for decoupled decay."""
+    """Adam (Kingma & Ba), bias-corrected as in PyTorch.
+
+    Parameters
+    ----------
+    lr : float > 0 or Schedule, default 0.001
+        The learning rate, or a ``minitrain.schedules`` schedule evaluated every
+        iteration.
+    beta_1 : float in [0, 1), default 0.9
+        Decay rate of the first-moment (mean) estimate.
+    beta_2 : float in [0, 1), default 0.999
+        Decay rate of the second-moment estimate.
+    epsilon : float > 0, default 1e-8
+        Added to the denominator.
+    weight_decay : float >= 0, default 0.0
+        An L2 term ``weight_decay * W`` added to the gradient of the weights;
+        see AdamW for decoupled decay.
+    clip_norm : float, optional
+        Scale the whole gradient (every parameter, one flat vector) down to this L2
+        norm when it is longer, before the update.
+    decay_all : bool, default False
+        Decay every parameter, biases and batch-norm scales and shifts too, as
+        PyTorch's optimizers decay every parameter they are given.
+    """
 
     kind = ADAM_KIND
     decoupled = False
 
-    def __init__(self, lr=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-8, weight_decay=0.0,
-                 clip_norm=None, decay_all=False):
+    def __init__(self, lr: float | schedules.Schedule = 0.001, beta_1: float = 0.9,
+                 beta_2: float = 0.999, epsilon: float = 1e-8, weight_decay: float = 0.0,
+                 clip_norm: float | None = None, decay_all: bool = False) -> None:
         super().__init__(lr, weight_decay, clip_norm, decay_all)
         self.beta_1 = check_number("beta_1", beta_1, high=1.0, high_open=True)
         self.beta_2 = check_number("beta_2", beta_2, high=1.0, high_open=True)
@@ -133,19 +218,43 @@ class Adam(Optimizer):
 
 
 class AdamW(Adam):
-    """Adam with decoupled weight decay (Loshchilov & Hutter): ``W -= lr*weight_decay*W``."""
+    """Adam with decoupled weight decay (Loshchilov & Hutter), as PyTorch's AdamW.
+
+    Parameters
+    ----------
+    lr : float > 0 or Schedule, default 0.001
+        The learning rate, or a ``minitrain.schedules`` schedule evaluated every
+        iteration.
+    beta_1 : float in [0, 1), default 0.9
+        Decay rate of the first-moment (mean) estimate.
+    beta_2 : float in [0, 1), default 0.999
+        Decay rate of the second-moment estimate.
+    epsilon : float > 0, default 1e-8
+        Added to the denominator.
+    weight_decay : float >= 0, default 0.01
+        Decoupled decay of the weights, ``W -= lr * weight_decay * W`` before
+        the Adam step; biases and batch-norm parameters are not decayed unless
+        `decay_all`.
+    clip_norm : float, optional
+        Scale the whole gradient (every parameter, one flat vector) down to this L2
+        norm when it is longer, before the update.
+    decay_all : bool, default False
+        Decay every parameter, biases and batch-norm scales and shifts too, as
+        PyTorch's optimizers decay every parameter they are given.
+    """
 
     decoupled = True
 
-    def __init__(self, lr=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-8, weight_decay=0.01,
-                 clip_norm=None, decay_all=False):
+    def __init__(self, lr: float | schedules.Schedule = 0.001, beta_1: float = 0.9,
+                 beta_2: float = 0.999, epsilon: float = 1e-8, weight_decay: float = 0.01,
+                 clip_norm: float | None = None, decay_all: bool = False) -> None:
         super().__init__(lr, beta_1, beta_2, epsilon, weight_decay, clip_norm, decay_all)
 
 
 _NAMES = {"sgd": SGD, "adam": Adam, "adamw": AdamW}
 
 
-def get(optimizer):
+def get(optimizer: Optimizer | str) -> Optimizer:
     """An Optimizer from an instance or a name ('sgd', 'adam', 'adamw')."""
     if isinstance(optimizer, Optimizer):
         return optimizer
@@ -155,7 +264,7 @@ def get(optimizer):
                      f"got {optimizer!r}")
 
 
-def from_config(config):
+def from_config(config: dict) -> Optimizer:
     """The optimizer ``get_config()`` describes (a schedule as lr is rebuilt too)."""
     config = dict(config)
     cls = _NAMES.get(str(config.pop("class", "")).lower())

@@ -20,9 +20,17 @@ is trained in float32 by every solver, ``lbfgs`` included.
 Needs the ``sklearn`` extra: ``pip install "minitrain[sklearn]"``.
 """
 
+from __future__ import annotations
+
 import warnings
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
+from numpy.typing import ArrayLike
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 try:
     import scipy.optimize
@@ -456,19 +464,23 @@ class _BaseMLP(BaseEstimator):
                 self.best_loss_ = self.loss_curve_[-1]
 
     @_fit_context(prefer_skip_nested_validation=True)
-    def fit(self, X, y, sample_weight=None):
+    def fit(self, X: ArrayLike, y: ArrayLike, sample_weight: ArrayLike | None = None
+            ) -> Self:
         """Fit the model to data matrix X and target(s) y.
 
         Parameters
         ----------
         X : {array-like, sparse matrix} of shape (n_samples, n_features)
+            The inputs.
         y : array-like of shape (n_samples,) or (n_samples, n_outputs)
             Class labels in classification, real numbers in regression.
         sample_weight : array-like of shape (n_samples,), default=None
+            Weights of the rows in the loss (None: all 1).
 
         Returns
         -------
         self : object
+            The fitted estimator.
         """
         return self._fit(X, y, sample_weight=sample_weight, incremental=False)
 
@@ -522,21 +534,121 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     ``coefs_``, ``intercepts_``, ``n_features_in_``, ``feature_names_in_``,
     ``n_iter_``, ``n_layers_``, ``n_outputs_``, ``out_activation_``.
 
+    Parameters
+    ----------
+    hidden_layer_sizes : int or sequence of int, default (100,)
+        The width of each hidden layer.
+    activation : {"identity", "logistic", "tanh", "relu"}, default "relu"
+        The activation of the hidden layers.
+    solver : {"lbfgs", "sgd", "adam"}, default "adam"
+        ``lbfgs``: SciPy's L-BFGS-B on full-batch gradients; ``sgd``: mini-batch SGD
+        with momentum; ``adam``: mini-batch Adam.
+    alpha : float >= 0, default 0.0001
+        Strength of the L2 penalty on the weights (divided by the number of samples
+        when added to the loss).
+    batch_size : int or "auto", default "auto"
+        Rows per iteration of ``sgd`` and ``adam``; ``"auto"`` is
+        ``min(200, n_samples)``.
+    learning_rate : {"constant", "invscaling", "adaptive"}, default "constant"
+        The schedule of ``sgd``: constant, ``learning_rate_init / t ** power_t``
+        (``t`` counts samples), or divided by 5 whenever two consecutive epochs fail
+        to improve by `tol`.
+    learning_rate_init : float > 0, default 0.001
+        The initial learning rate of ``sgd`` and ``adam``.
+    power_t : float, default 0.5
+        The exponent of ``invscaling``.
+    max_iter : int >= 1, default 200
+        Epochs for ``sgd`` and ``adam``; iterations for ``lbfgs``.
+    shuffle : bool, default True
+        Shuffle the rows every epoch (``sgd``, ``adam``).
+    random_state : int, numpy.random.RandomState or None, default None
+        Drives the initialisation, the shuffling and the early-stopping split, as in
+        scikit-learn (the same integer gives scikit-learn's numbers).
+    tol : float, default 1e-4
+        The improvement under which an epoch (or, for ``lbfgs``, an iteration)
+        counts as none.
+    verbose : bool, default False
+        Print the loss of every epoch.
+    warm_start : bool, default False
+        Continue from the previous fit's weights instead of initialising anew.
+    momentum : float in [0, 1], default 0.9
+        The momentum of ``sgd``.
+    nesterovs_momentum : bool, default True
+        Nesterov's momentum for ``sgd``.
+    early_stopping : bool, default False
+        Hold out `validation_fraction` of the training rows and stop when their
+        score has not improved by `tol` for `n_iter_no_change` epochs, keeping the
+        best weights (``sgd``, ``adam``).
+    validation_fraction : float in (0, 1), default 0.1
+        The held-out fraction with `early_stopping`.
+    beta_1 : float in [0, 1), default 0.9
+        Decay rate of Adam's first-moment estimate.
+    beta_2 : float in [0, 1), default 0.999
+        Decay rate of Adam's second-moment estimate.
+    epsilon : float > 0, default 1e-8
+        Adam's denominator term.
+    n_iter_no_change : int >= 1, default 10
+        Epochs without an improvement of `tol` before stopping (``sgd``, ``adam``).
+    max_fun : int >= 1, default 15000
+        The maximum number of loss evaluations of ``lbfgs``.
+
+    Attributes
+    ----------
+    classes_ : numpy.ndarray or list of numpy.ndarray
+        The class labels (one array per output for multilabel targets).
+    loss_ : float
+        The loss at the end of training (with the L2 penalty).
+    best_loss_ : float or None
+        The lowest loss of an epoch (None with `early_stopping`).
+    loss_curve_ : list of float
+        The loss of every epoch (``sgd``, ``adam``) or iteration (``lbfgs``).
+    validation_scores_ : list of float or None
+        The validation score of every epoch, with `early_stopping`.
+    best_validation_score_ : float or None
+        The best of them.
+    t_ : int
+        Training samples seen.
+    coefs_ : list of numpy.ndarray
+        The weight matrix of each layer, of shape (in, out).
+    intercepts_ : list of numpy.ndarray
+        The bias vector of each layer.
+    n_features_in_ : int
+        The input width.
+    feature_names_in_ : numpy.ndarray of str
+        The column names of a DataFrame X.
+    n_iter_ : int
+        Epochs (or ``lbfgs`` iterations) run.
+    n_layers_ : int
+        Layers, input and output included.
+    n_outputs_ : int
+        Output width.
+    out_activation_ : str
+        The output activation.
+
     Examples
     --------
+    >>> import minitrain as mt
     >>> from minitrain.sklearn import MLPClassifier
-    >>> clf = MLPClassifier(hidden_layer_sizes=(128,), random_state=0).fit(X, y)
+    >>> X, y = mt.load_digits()
+    >>> clf = MLPClassifier(hidden_layer_sizes=(128,), random_state=0).fit(X / 16, y)
+    >>> clf.predict_proba(X[:2] / 16).shape
+    (2, 10)
     """
 
     _parameter_constraints = dict(_SkMLPClassifier._parameter_constraints)
     loss = "log_loss"  # the classifier's loss, fixed: not a parameter
 
-    def __init__(self, hidden_layer_sizes=(100,), activation="relu", *, solver="adam",
-                 alpha=0.0001, batch_size="auto", learning_rate="constant",
-                 learning_rate_init=0.001, power_t=0.5, max_iter=200, shuffle=True,
-                 random_state=None, tol=1e-4, verbose=False, warm_start=False, momentum=0.9,
-                 nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1,
-                 beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, max_fun=15000):
+    def __init__(self, hidden_layer_sizes: int | Sequence[int] = (100,),
+                 activation: str = "relu", *, solver: str = "adam", alpha: float = 0.0001,
+                 batch_size: int | str = "auto", learning_rate: str = "constant",
+                 learning_rate_init: float = 0.001, power_t: float = 0.5,
+                 max_iter: int = 200, shuffle: bool = True,
+                 random_state: int | np.random.RandomState | None = None, tol: float = 1e-4,
+                 verbose: bool = False, warm_start: bool = False, momentum: float = 0.9,
+                 nesterovs_momentum: bool = True, early_stopping: bool = False,
+                 validation_fraction: float = 0.1, beta_1: float = 0.9,
+                 beta_2: float = 0.999, epsilon: float = 1e-8, n_iter_no_change: int = 10,
+                 max_fun: int = 15000) -> None:
         _store_params(self, locals())
 
     def _validate_input(self, X, y, incremental, reset):
@@ -564,12 +676,18 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         y = self._label_binarizer.transform(y).astype(bool)
         return X, y
 
-    def predict(self, X):
+    def predict(self, X: ArrayLike) -> np.ndarray:
         """Predict using the multi-layer perceptron classifier.
+
+        Parameters
+        ----------
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+            The inputs.
 
         Returns
         -------
         y : ndarray of shape (n_samples,) or (n_samples, n_classes)
+            The predicted classes (0/1 indicators for multilabel targets).
         """
         check_is_fitted(self)
         return self._predict(X)
@@ -585,11 +703,26 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
 
     @available_if(lambda est: est._check_solver())
     @_fit_context(prefer_skip_nested_validation=True)
-    def partial_fit(self, X, y, sample_weight=None, classes=None):
+    def partial_fit(self, X: ArrayLike, y: ArrayLike, sample_weight: ArrayLike | None = None,
+                    classes: ArrayLike | None = None) -> Self:
         """Update the model with a single epoch over the given data.
 
-        ``classes`` (all the classes, e.g. ``np.unique(y_all)``) is required on the first
-        call and may be omitted afterwards.
+        Parameters
+        ----------
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+            The inputs.
+        y : array-like of shape (n_samples,) or (n_samples, n_outputs)
+            The class labels.
+        sample_weight : array-like of shape (n_samples,), default=None
+            Weights of the rows in the loss (None: all 1).
+        classes : array-like of shape (n_classes,), default=None
+            All the classes, e.g. ``np.unique(y_all)``: required on the first call,
+            may be omitted afterwards.
+
+        Returns
+        -------
+        self : object
+            The updated estimator.
         """
         if _check_partial_fit_first_call(self, classes):
             self._label_binarizer = LabelBinarizer()
@@ -599,13 +732,36 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
                 self._label_binarizer.fit(classes)
         return self._fit(X, y, sample_weight=sample_weight, incremental=True)
 
-    def predict_log_proba(self, X):
-        """Log of the probability estimates, classes ordered as in ``classes_``."""
+    def predict_log_proba(self, X: ArrayLike) -> np.ndarray:
+        """Log of the probability estimates, classes ordered as in ``classes_``.
+
+        Parameters
+        ----------
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+            The inputs.
+
+        Returns
+        -------
+        log_y_prob : ndarray of shape (n_samples, n_classes)
+            The log of ``predict_proba``.
+        """
         y_prob = self.predict_proba(X)
         return np.log(y_prob, out=y_prob)
 
-    def predict_proba(self, X):
-        """Probability estimates, classes ordered as in ``classes_``."""
+    def predict_proba(self, X: ArrayLike) -> np.ndarray:
+        """Probability estimates, classes ordered as in ``classes_``.
+
+        Parameters
+        ----------
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+            The inputs.
+
+        Returns
+        -------
+        y_prob : ndarray of shape (n_samples, n_classes)
+            Softmax rows for several classes; two columns for two classes; one
+            sigmoid per label for multilabel targets.
+        """
         check_is_fitted(self)
         y_pred = self._forward_pass_fast(X)
         if self.n_outputs_ == 1:
@@ -628,24 +784,137 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
     see MLPClassifier for the list. ``loss`` is ``'squared_error'`` (identity output)
     or ``'poisson'`` (exponential output, half Poisson deviance). Fitted attributes as
     in scikit-learn (no ``classes_``).
+
+    Parameters
+    ----------
+    loss : {"squared_error", "poisson"}, default "squared_error"
+        Half the squared error with an identity output, or the half Poisson deviance
+        with an exponential output (for counts).
+    hidden_layer_sizes : int or sequence of int, default (100,)
+        The width of each hidden layer.
+    activation : {"identity", "logistic", "tanh", "relu"}, default "relu"
+        The activation of the hidden layers.
+    solver : {"lbfgs", "sgd", "adam"}, default "adam"
+        ``lbfgs``: SciPy's L-BFGS-B on full-batch gradients; ``sgd``: mini-batch SGD
+        with momentum; ``adam``: mini-batch Adam.
+    alpha : float >= 0, default 0.0001
+        Strength of the L2 penalty on the weights (divided by the number of samples
+        when added to the loss).
+    batch_size : int or "auto", default "auto"
+        Rows per iteration of ``sgd`` and ``adam``; ``"auto"`` is
+        ``min(200, n_samples)``.
+    learning_rate : {"constant", "invscaling", "adaptive"}, default "constant"
+        The schedule of ``sgd``: constant, ``learning_rate_init / t ** power_t``
+        (``t`` counts samples), or divided by 5 whenever two consecutive epochs fail
+        to improve by `tol`.
+    learning_rate_init : float > 0, default 0.001
+        The initial learning rate of ``sgd`` and ``adam``.
+    power_t : float, default 0.5
+        The exponent of ``invscaling``.
+    max_iter : int >= 1, default 200
+        Epochs for ``sgd`` and ``adam``; iterations for ``lbfgs``.
+    shuffle : bool, default True
+        Shuffle the rows every epoch (``sgd``, ``adam``).
+    random_state : int, numpy.random.RandomState or None, default None
+        Drives the initialisation, the shuffling and the early-stopping split, as in
+        scikit-learn (the same integer gives scikit-learn's numbers).
+    tol : float, default 1e-4
+        The improvement under which an epoch (or, for ``lbfgs``, an iteration)
+        counts as none.
+    verbose : bool, default False
+        Print the loss of every epoch.
+    warm_start : bool, default False
+        Continue from the previous fit's weights instead of initialising anew.
+    momentum : float in [0, 1], default 0.9
+        The momentum of ``sgd``.
+    nesterovs_momentum : bool, default True
+        Nesterov's momentum for ``sgd``.
+    early_stopping : bool, default False
+        Hold out `validation_fraction` of the training rows and stop when their
+        score has not improved by `tol` for `n_iter_no_change` epochs, keeping the
+        best weights (``sgd``, ``adam``).
+    validation_fraction : float in (0, 1), default 0.1
+        The held-out fraction with `early_stopping`.
+    beta_1 : float in [0, 1), default 0.9
+        Decay rate of Adam's first-moment estimate.
+    beta_2 : float in [0, 1), default 0.999
+        Decay rate of Adam's second-moment estimate.
+    epsilon : float > 0, default 1e-8
+        Adam's denominator term.
+    n_iter_no_change : int >= 1, default 10
+        Epochs without an improvement of `tol` before stopping (``sgd``, ``adam``).
+    max_fun : int >= 1, default 15000
+        The maximum number of loss evaluations of ``lbfgs``.
+
+    Attributes
+    ----------
+    loss_ : float
+        The loss at the end of training (with the L2 penalty).
+    best_loss_ : float or None
+        The lowest loss of an epoch (None with `early_stopping`).
+    loss_curve_ : list of float
+        The loss of every epoch (``sgd``, ``adam``) or iteration (``lbfgs``).
+    validation_scores_ : list of float or None
+        The validation score of every epoch, with `early_stopping`.
+    best_validation_score_ : float or None
+        The best of them.
+    t_ : int
+        Training samples seen.
+    coefs_ : list of numpy.ndarray
+        The weight matrix of each layer, of shape (in, out).
+    intercepts_ : list of numpy.ndarray
+        The bias vector of each layer.
+    n_features_in_ : int
+        The input width.
+    feature_names_in_ : numpy.ndarray of str
+        The column names of a DataFrame X.
+    n_iter_ : int
+        Epochs (or ``lbfgs`` iterations) run.
+    n_layers_ : int
+        Layers, input and output included.
+    n_outputs_ : int
+        Output width.
+    out_activation_ : str
+        The output activation.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from minitrain.sklearn import MLPRegressor
+    >>> X = np.random.default_rng(0).normal(size=(200, 3))
+    >>> reg = MLPRegressor(hidden_layer_sizes=(16,), random_state=0).fit(X, X.sum(axis=1))
+    >>> reg.predict(X[:4]).shape
+    (4,)
     """
 
     _parameter_constraints = dict(_SkMLPRegressor._parameter_constraints)
 
-    def __init__(self, loss="squared_error", hidden_layer_sizes=(100,), activation="relu", *,
-                 solver="adam", alpha=0.0001, batch_size="auto", learning_rate="constant",
-                 learning_rate_init=0.001, power_t=0.5, max_iter=200, shuffle=True,
-                 random_state=None, tol=1e-4, verbose=False, warm_start=False, momentum=0.9,
-                 nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1,
-                 beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, max_fun=15000):
+    def __init__(self, loss: str = "squared_error",
+                 hidden_layer_sizes: int | Sequence[int] = (100,), activation: str = "relu",
+                 *, solver: str = "adam", alpha: float = 0.0001,
+                 batch_size: int | str = "auto", learning_rate: str = "constant",
+                 learning_rate_init: float = 0.001, power_t: float = 0.5,
+                 max_iter: int = 200, shuffle: bool = True,
+                 random_state: int | np.random.RandomState | None = None, tol: float = 1e-4,
+                 verbose: bool = False, warm_start: bool = False, momentum: float = 0.9,
+                 nesterovs_momentum: bool = True, early_stopping: bool = False,
+                 validation_fraction: float = 0.1, beta_1: float = 0.9,
+                 beta_2: float = 0.999, epsilon: float = 1e-8, n_iter_no_change: int = 10,
+                 max_fun: int = 15000) -> None:
         _store_params(self, locals())
 
-    def predict(self, X):
+    def predict(self, X: ArrayLike) -> np.ndarray:
         """Predict using the multi-layer perceptron model.
+
+        Parameters
+        ----------
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+            The inputs.
 
         Returns
         -------
         y : ndarray of shape (n_samples,) or (n_samples, n_outputs)
+            The predicted values.
         """
         check_is_fitted(self)
         return self._predict(X)
@@ -670,8 +939,24 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
     # for lbfgs too and then runs a full fit
     @available_if(lambda est: est._check_solver)
     @_fit_context(prefer_skip_nested_validation=True)
-    def partial_fit(self, X, y, sample_weight=None):
-        """Update the model with a single epoch over the given data."""
+    def partial_fit(self, X: ArrayLike, y: ArrayLike, sample_weight: ArrayLike | None = None
+                    ) -> Self:
+        """Update the model with a single epoch over the given data.
+
+        Parameters
+        ----------
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+            The inputs.
+        y : array-like of shape (n_samples,) or (n_samples, n_outputs)
+            The target values.
+        sample_weight : array-like of shape (n_samples,), default=None
+            Weights of the rows in the loss (None: all 1).
+
+        Returns
+        -------
+        self : object
+            The updated estimator.
+        """
         return self._fit(X, y, sample_weight=sample_weight, incremental=True)
 
 

@@ -91,9 +91,12 @@ class Policy:
     def epoch_begin(self, epoch):
         pass
 
+    def updated(self):
+        """Right after each update, under the model's lock (its counters)."""
+
     def iteration_end(self, runner, loss, lr, epoch, batch, start, stop):
         """After the update of batch `batch` (1-based) of `epoch`, rows start:stop of
-        the epoch's order."""
+        the epoch's order; outside the model's lock (callbacks may use the model)."""
 
     def diverged(self, runner, err, epoch, batch):
         """The core refused a non-finite loss at batch `batch`: raise, or retry the
@@ -121,8 +124,11 @@ class Runner:
             raise NotImplementedError("this backend fuses the update into its step: it has "
                                       "no separate update to apply a reduced gradient")
         self.reduce = reduce
-        model._net.reserve(plan.batch_size)
-        self.use_net(model._net)
+        # every call that uses the model's workspace holds its lock (see Sequential)
+        self.lock = model._lock
+        with self.lock:
+            model._net.reserve(plan.batch_size)
+            self.use_net(model._net)
 
     def use_net(self, net):
         """Train with `net` (a backend over the model's buffers) from the next step."""
@@ -155,15 +161,18 @@ class Runner:
         n, batch_size, steps = len(self.rows), plan.batch_size, plan.steps_per_epoch
         losses = np.empty(steps)
         done = 0
+        lock = self.lock
         while done < steps and not policy.stop_training:
             start = done * batch_size
             stop = min(start + batch_size, n)
-            lr, t, iteration = policy.rate()
-            try:
-                loss = self.step(order, start, stop, lr, t, iteration)
-            except FloatingPointError as err:
-                self._retry = (order, start, stop, lr, t, iteration)
-                loss = policy.diverged(self, err, epoch, done + 1)
+            with lock:
+                lr, t, iteration = policy.rate()
+                try:
+                    loss = self.step(order, start, stop, lr, t, iteration)
+                except FloatingPointError as err:
+                    self._retry = (order, start, stop, lr, t, iteration)
+                    loss = policy.diverged(self, err, epoch, done + 1)
+                policy.updated()
             losses[done] = loss
             done += 1
             policy.iteration_end(self, loss, lr, epoch, done, start, stop)
@@ -185,8 +194,7 @@ class Runner:
                 if self.policy.stop_training:
                     break
         finally:
-            if not self.sparse:  # do not keep the training set alive
-                self.model._net.set_data(self.X[:1], self.y[:1])
+            self.model._net.clear_data()  # do not keep the training set alive
 
 
 # ------------------------------------------------------------- Sequential.fit
@@ -218,10 +226,12 @@ class KerasPolicy(Policy):
         self.fit.callbacks.call("on_epoch_begin", epoch)
         self.start_time = time.perf_counter()
 
+    def updated(self):
+        self.optimizer.iterations += 1
+        self.model.iteration += 1
+
     def iteration_end(self, runner, loss, lr, epoch, batch, start, stop):
         model = self.model
-        self.optimizer.iterations += 1
-        model.iteration += 1
         if self.on_iteration:
             logs = {"loss": loss, "lr": lr, "epoch": epoch, "batch": batch}
             for fn in self.on_iteration:
