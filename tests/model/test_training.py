@@ -68,3 +68,30 @@ def test_a_reduction_needs_a_backend_with_a_separate_update():
     plan = training.FitPlan(n_samples=4, batch_size=2, epochs=1)
     with pytest.raises(NotImplementedError, match="no separate update"):
         training.Runner(model, plan, _Recorder(1), X, y, reduce=lambda g: None)
+
+
+def test_sequential_fit_and_the_sklearn_solvers_run_through_the_runner(monkeypatch):
+    pytest.importorskip("sklearn")
+    import ast
+    import inspect
+
+    from minitrain import sklearn as mt_sklearn
+    seen = []
+    real = training.Runner.run_epoch
+
+    def counted(self, epoch):
+        seen.append((type(self.policy).__name__, epoch))
+        return real(self, epoch)
+
+    monkeypatch.setattr(training.Runner, "run_epoch", counted)
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(40, 3)), rng.integers(0, 2, 40)
+    mt.Sequential([mt.Dense(2)], seed=0).fit(X, y, epochs=2, batch_size=8, verbose=0)
+    with pytest.warns(Warning, match="Maximum iterations"):
+        mt_sklearn.MLPClassifier((4,), solver="sgd", max_iter=3, tol=0.0, n_iter_no_change=99,
+                                 random_state=0).fit(X, y)
+    assert seen == [("KerasPolicy", 1), ("KerasPolicy", 2), ("_SklearnPolicy", 1),
+                    ("_SklearnPolicy", 2), ("_SklearnPolicy", 3)]
+    # and the scikit-learn front reaches into no model's backend
+    tree = ast.parse(inspect.getsource(mt_sklearn))
+    assert not [n for n in ast.walk(tree) if isinstance(n, ast.Attribute) and n.attr == "_net"]
