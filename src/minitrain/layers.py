@@ -318,3 +318,30 @@ class Activation(Layer):
 
     def __repr__(self):
         return f"Activation({self.activation!r})"
+
+
+def summary_lines(name: str, layers: list[Layer], built: bool,
+                  line_length: int | None = None) -> list[str]:
+    """The lines of Keras' ``Model.summary`` table for a model `name` of `layers`: each
+    layer, its output shape and parameter count, then the totals (once `built`)."""
+    name_width = max([28] + [len(repr(layer)) + 2 for layer in layers])
+    width = max(name_width + 37, line_length or 0)
+    shape_width = (width - name_width) * 2 // 3
+    param_width = width - name_width - shape_width
+    rows = [("Layer (type)", "Output Shape", "Param #")]
+    for layer in layers:
+        known = layer.n_in is not None
+        rows.append((repr(layer), f"(None, {layer.units})" if layer.units else "?",
+                     f"{layer.n_params + layer.n_buffers:,}" if known else "?"))
+    lines = [f'Model: "{name}"', "_" * width]
+    for i, (layer, shape, params) in enumerate(rows):
+        lines.append(f"{layer:<{name_width}}{shape:<{shape_width}}{params:>{param_width}}")
+        lines.append("=" * width if i in (0, len(rows) - 1) else "")
+    if built:
+        trainable = sum(layer.n_params for layer in layers)
+        fixed = sum(layer.n_buffers for layer in layers)
+        lines += [f"Total params: {trainable + fixed:,}", f"Trainable params: {trainable:,}",
+                  f"Non-trainable params: {fixed:,}"]
+    else:
+        lines.append("Total params: ? (the model is built on the first fit, or by build)")
+    return lines + ["_" * width]

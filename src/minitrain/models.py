@@ -18,7 +18,7 @@ from ._validation import all_finite, check_int, check_targets, check_X
 from .backends import make_net
 from .callbacks import Callback
 from .history import History
-from .layers import Dense, Layer
+from .layers import Dense, Layer, summary_lines
 
 logger = logging.getLogger("minitrain")
 
@@ -817,28 +817,9 @@ class Sequential:
             ``lines = []; model.summary(print_fn=lines.append)`` keeps the text.
         """
         print_fn = print if print_fn is None else print_fn
-        name_width = max([28] + [len(repr(layer)) + 2 for layer in self.layers])
-        width = max(name_width + 37, line_length or 0)
-        shape_width = (width - name_width) * 2 // 3
-        param_width = width - name_width - shape_width
-        rows = [("Layer (type)", "Output Shape", "Param #")]
-        for layer in self.layers:
-            built = layer.n_in is not None
-            rows.append((repr(layer), f"(None, {layer.units})" if layer.units else "?",
-                         f"{layer.n_params + layer.n_buffers:,}" if built else "?"))
-        print_fn(f'Model: "{type(self).__name__.lower()}"')
-        print_fn("_" * width)
-        for i, (name, shape, params) in enumerate(rows):
-            print_fn(f"{name:<{name_width}}{shape:<{shape_width}}{params:>{param_width}}")
-            print_fn("=" * width if i in (0, len(rows) - 1) else "")
-        if self.built:
-            trainable, fixed = self.params_flat.size, self.buffers_flat.size
-            print_fn(f"Total params: {trainable + fixed:,}")
-            print_fn(f"Trainable params: {trainable:,}")
-            print_fn(f"Non-trainable params: {fixed:,}")
-        else:
-            print_fn("Total params: ? (the model is built on the first fit, or by build)")
-        print_fn("_" * width)
+        for line in summary_lines(type(self).__name__.lower(), self.layers, self.built,
+                                  line_length):
+            print_fn(line)
 
     def __repr__(self):
         return f"Sequential({self.layers!r}, loss={self.loss!r})"
