@@ -51,6 +51,7 @@ class NumpyNet:
         # the core refuses the update (FloatingPointError)
         self.finite_only = True
         self.X = self.y = self.sample_weight = None
+        self._pending = None  # (batch weight, kept values, rows) of a step not applied yet
         # below the first layer with parameters no gradient is needed
         self._first = next((l for l, L in enumerate(self.layers)
                             if L["kind"] in ("dense", "batchnorm")), len(self.layers) - 1)
@@ -151,18 +152,34 @@ class NumpyNet:
             d = F.loss_gradient(self.loss, outs[-1], y, self.reduction, sample_weight)
             for l in range(len(self.layers) - 1, self._first - 1, -1):
                 d = self._backward(l, outs[l], outs[l + 1], kept[l], d, l > self._first)
-        if update and self.finite_only and not np.isfinite(self.grads).all():
-            raise FloatingPointError(f"the gradient is not finite (the loss is {loss}); the "
-                                     f"parameters were not updated")
+        batch_weight = len(X) if sample_weight is None else float(
+            sample_weight.astype(np.float64).sum())
+        # what the update needs: applied now, or by update() once grads are reduced
+        self._pending = (batch_weight, kept, len(X))
         if update:
-            batch_weight = len(X) if sample_weight is None else float(
-                sample_weight.astype(np.float64).sum())
-            self._update(lr, t, batch_weight)
-            for L, keep in zip(self.layers, kept):
-                if L["kind"] == "batchnorm":
-                    F.batchnorm_update_running(*self._running(L), keep[1], L["momentum"],
-                                               len(X))
+            self._apply(lr, t, f" (the loss is {loss})")
         return loss
+
+    def update(self, lr, t):
+        """Apply the update of the last ``step(..., update=False)`` from ``grads`` as they
+        are now (all-reduced, in a distributed fit): parameters, optimizer state and
+        batch-norm running statistics, as ``step`` would have."""
+        with self._lock:
+            if self._pending is None:
+                raise ValueError("update() applies the gradient of a step(update=False); "
+                                 "there is none")
+            self._apply(lr, t, "")
+
+    def _apply(self, lr, t, why):
+        batch_weight, kept, n = self._pending
+        self._pending = None
+        if self.finite_only and not np.isfinite(self.grads).all():
+            raise FloatingPointError(f"the gradient is not finite{why}; the parameters were "
+                                     f"not updated")
+        self._update(lr, t, batch_weight)
+        for L, keep in zip(self.layers, kept):
+            if L["kind"] == "batchnorm":
+                F.batchnorm_update_running(*self._running(L), keep[1], L["momentum"], n)
 
     def _backward(self, l, x, a, keep, d, need_dx):
         """Layer l's parameter gradients from d = dloss/da; returns dloss/dx (or None)."""

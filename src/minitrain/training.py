@@ -10,7 +10,8 @@ after an iteration, after an epoch or on a non-finite loss, when to stop — is 
 One iteration is "gradients are ready → (reduce) → update" in ``Runner.step``: with no
 reduction the core computes the gradient and updates in one pass (the fast path); with a
 ``reduce`` (the all-reduce of a distributed fit) the gradient is computed, reduced in
-place, then applied.
+place, then applied by the backend's ``update(lr, t)``, which the NumPy twin has; the C
+core fuses its update into the step and has no such entry yet.
 """
 
 import dataclasses

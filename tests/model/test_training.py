@@ -95,3 +95,36 @@ def test_sequential_fit_and_the_sklearn_solvers_run_through_the_runner(monkeypat
     # and the scikit-learn front reaches into no model's backend
     tree = ast.parse(inspect.getsource(mt_sklearn))
     assert not [n for n in ast.walk(tree) if isinstance(n, ast.Attribute) and n.attr == "_net"]
+
+
+def _seam_run(reduce, optimizer):
+    rng = np.random.default_rng(1)
+    X, y = rng.normal(size=(30, 4)), rng.integers(0, 3, 30)
+    model = mt.Sequential([mt.Dense(6, activation="relu"), mt.BatchNorm(), mt.Dense(3)],
+                          seed=0, dtype="float64", backend="numpy").build(4)
+    model._use_optimizer(optimizer)
+    X, y = model._check_xy(X, y)
+    plan = training.FitPlan(n_samples=30, batch_size=8, epochs=2)
+    training.Runner(model, plan, _Recorder(2), X, y, reduce=reduce).run()
+    return model
+
+
+def test_the_reduce_seam_sits_between_the_gradient_and_the_update():
+    seen = []
+
+    def identity(grads):
+        seen.append(np.abs(grads).sum())
+
+    fused = _seam_run(None, mt.Adam(lr=0.01))
+    reduced = _seam_run(identity, mt.Adam(lr=0.01))
+    assert len(seen) == 8 and all(s > 0 for s in seen)  # 2 epochs of 4 gradients
+    for name in ("params_flat", "state_flat", "buffers_flat"):
+        np.testing.assert_array_equal(getattr(reduced, name), getattr(fused, name))
+
+    def zero(grads):  # what the update reads is the reduced gradient
+        grads[...] = 0
+
+    untouched = _seam_run(zero, mt.SGD(lr=0.1))
+    start = mt.Sequential([mt.Dense(6, activation="relu"), mt.BatchNorm(), mt.Dense(3)],
+                          seed=0, dtype="float64", backend="numpy").build(4)
+    np.testing.assert_array_equal(untouched.params_flat, start.params_flat)
