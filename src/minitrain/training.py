@@ -14,11 +14,15 @@ place, then applied by the backend's ``update(lr, t)``, which the NumPy twin has
 core fuses its update into the step and has no such entry yet.
 """
 
+from __future__ import annotations
+
 import dataclasses
 import math
 import sys
 import time
 import warnings
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -30,8 +34,6 @@ from .history import History
 # training-set metrics use at most this many rows, evenly spaced, as scikit-learn's
 # HistGradientBoosting scores training data: their cost stays bounded on large sets
 _TRAIN_METRIC_ROWS = 10_000
-
-
 
 
 @dataclasses.dataclass
@@ -51,24 +53,24 @@ class FitPlan:
     shuffle: bool = True
     drop_last: bool = False
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if self.steps_per_epoch == 0:
             raise ValueError("drop_last=True with batch_size > n_samples leaves no iteration")
 
     @property
-    def steps_per_epoch(self):
+    def steps_per_epoch(self) -> int:
         if self.drop_last:
             return self.n_samples // self.batch_size
         return math.ceil(self.n_samples / self.batch_size)
 
-    def batch_sizes(self):
+    def batch_sizes(self) -> np.ndarray:
         """Rows of each iteration of an epoch (float64, for weighted means)."""
         sizes = np.full(self.steps_per_epoch, self.batch_size, dtype=np.float64)
         if not self.drop_last:
             sizes[-1] = self.n_samples - self.batch_size * (self.steps_per_epoch - 1)
         return sizes
 
-    def params(self):
+    def params(self) -> dict:
         """The run's settings as callbacks and History see them."""
         return {"epochs": self.epochs, "batch_size": self.batch_size,
                 "n_samples": self.n_samples, "iterations_per_epoch": self.steps_per_epoch,
@@ -80,31 +82,33 @@ class Policy:
 
     stop_training = False
 
-    def order(self, rows):
+    def order(self, rows: np.ndarray) -> np.ndarray:
         """The rows of the next epoch, in the order of its batches."""
         return rows
 
-    def rate(self):
+    def rate(self) -> tuple[float, int, int]:
         """(learning rate, Adam's 1-based step t, iteration keying the dropout masks) of
         the next update."""
         raise NotImplementedError
 
-    def epoch_begin(self, epoch):
+    def epoch_begin(self, epoch: int) -> None:
         pass
 
-    def updated(self):
+    def updated(self) -> None:
         """Right after each update, under the model's lock (its counters)."""
 
-    def iteration_end(self, runner, loss, lr, epoch, batch, start, stop):
+    def iteration_end(self, runner: Runner, loss: float, lr: float, epoch: int, batch: int,
+                      start: int, stop: int) -> None:
         """After the update of batch `batch` (1-based) of `epoch`, rows start:stop of
         the epoch's order; outside the model's lock (callbacks may use the model)."""
 
-    def diverged(self, runner, err, epoch, batch):
+    def diverged(self, runner: Runner, err: FloatingPointError, epoch: int,
+                 batch: int) -> float:
         """The core refused a non-finite loss at batch `batch`: raise, or retry the
         batch on another net (``runner.use_net``) and return its loss."""
         raise err
 
-    def epoch_end(self, epoch, losses):
+    def epoch_end(self, epoch: int, losses: np.ndarray) -> None:
         """After an epoch (`losses`: one per iteration, fewer when stopped)."""
 
 
@@ -113,8 +117,9 @@ class Runner:
     and `policy` decides. X may be sparse (``toarray``): its batches are made dense one at
     a time; dense X is handed to the core once and its rows gathered there."""
 
-    def __init__(self, model, plan, policy, X, y, sample_weight=None, rows=None,
-                 reduce=None):
+    def __init__(self, model: Any, plan: FitPlan, policy: Policy, X: Any, y: np.ndarray,
+                 sample_weight: np.ndarray | None = None, rows: np.ndarray | None = None,
+                 reduce: Callable[[np.ndarray], None] | None = None) -> None:
         self.model, self.plan, self.policy = model, plan, policy
         self.X, self.y, self.sample_weight = X, y, sample_weight
         self.rows = np.arange(plan.n_samples, dtype=np.int64) if rows is None else rows
@@ -131,7 +136,7 @@ class Runner:
             model._net.reserve(plan.batch_size)
             self.use_net(model._net)
 
-    def use_net(self, net):
+    def use_net(self, net: Any) -> None:
         """Train with `net` (a backend over the model's buffers) from the next step."""
         self.net = net
         if self.sparse:
@@ -146,7 +151,8 @@ class Runner:
         return self.net.step(self.X[rows].toarray(), self.y[rows], lr, t, update, iteration,
                              sample_weight=w)
 
-    def step(self, order, start, stop, lr, t, iteration):
+    def step(self, order: np.ndarray, start: int, stop: int, lr: float, t: int,
+             iteration: int) -> float:
         """One iteration on rows order[start:stop]: gradients → (reduce) → update."""
         if self.reduce is None:  # the core updates in the pass that computes the gradient
             return self._step_rows(order, start, stop, lr, t, iteration=iteration)
@@ -155,7 +161,7 @@ class Runner:
         self.net.update(lr, t)
         return loss
 
-    def run_epoch(self, epoch):
+    def run_epoch(self, epoch: int) -> np.ndarray:
         """The iterations of one epoch; returns their losses (fewer when stopped)."""
         policy, plan = self.policy, self.plan
         order = policy.order(self.rows)
@@ -179,11 +185,11 @@ class Runner:
             policy.iteration_end(self, loss, lr, epoch, done, start, stop)
         return losses[:done]
 
-    def retry(self):
+    def retry(self) -> float:
         """The step that raised, again (on the net ``use_net`` gave)."""
         return self.step(*self._retry)
 
-    def run(self):
+    def run(self) -> None:
         """Epochs ``initial_epoch + 1`` to ``epochs``, until the policy stops."""
         try:
             for epoch in range(self.plan.initial_epoch + 1, self.plan.epochs + 1):
@@ -361,7 +367,7 @@ def plan_fit(model, X, y, epochs, batch_size, optimizer, shuffle, drop_last, see
                 callbacks=cbs, max_time=max_time)
 
 
-def fit(model, X, y, *, resume_from=None, **settings):
+def fit(model: Any, X: Any, y: Any, *, resume_from: Any = None, **settings: Any) -> History:
     """``Sequential.fit``: check, lay out, then train through the runner."""
     from . import checkpoint
     saved = checkpoint.read(resume_from) if resume_from is not None else None
