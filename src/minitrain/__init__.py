@@ -6,6 +6,7 @@
 >>> hist = model.fit(X, y, epochs=10, batch_size=32, optimizer=mt.SGD(lr=0.1, momentum=0.9))
 """
 
+from . import threads  # first: the OpenMP wait policy is read when the extension loads
 from . import evaluation, schedules
 from .backends import cpu_info, get_num_threads, set_num_threads
 from .callbacks import (Callback, CSVLogger, EarlyStopping, JSONLogger, ModelCheckpoint,

@@ -221,14 +221,25 @@ def make_net(backend, *args):
 
 
 def set_num_threads(n):
-    """Number of OpenMP threads of the C core (default: OMP_NUM_THREADS or all cores)."""
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-        raise ValueError(f"n must be a positive integer, got {n!r}")
+    """Threads of the C core, for every call from any Python thread.
+
+    ``"auto"`` (the default unless ``OMP_NUM_THREADS`` is set): each training loop times
+    its iterations and uses the team size that is faster now, re-checking regularly (the
+    results are bit-identical on any count). An integer fixes the count; so does
+    ``OMP_NUM_THREADS``, and a threadpoolctl limit (in the thread it is set in).
+    """
+    if n == "auto":
+        code = 0
+    elif isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"n must be a positive integer or 'auto', got {n!r}")
+    else:
+        code = int(n)
     if _core is not None:
-        _core.set_num_threads(int(n))
+        _core.set_num_threads(code)
 
 
 def get_num_threads():
+    """The fixed thread count, or in "auto" mode the team of the last iteration."""
     return _core.get_num_threads() if _core is not None else 1
 
 

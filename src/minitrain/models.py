@@ -12,6 +12,7 @@ import numpy as np
 
 from . import checkpoint, evaluation, optimizers
 from . import functional as F
+from . import threads
 from ._validation import check_int, check_targets, check_X
 from .backends import make_net
 from .callbacks import CallbackList, ConvergenceCheck, EpochLine, ProgressBar
@@ -253,6 +254,7 @@ class Sequential:
             self.epoch = epoch
             logs = self._epoch_logs(run, losses, start_time)
             self.history.record_epoch(epoch, losses, logs)
+            self.history.threads.append(threads.controller(self).used())
             run.callbacks.call("on_epoch_end", epoch, logs)
             if self.stop_training:
                 break
@@ -343,11 +345,13 @@ class Sequential:
         net, opt, n, batch_size = self._net, run.optimizer, len(run.rows), run.batch_size
         order = run.rows[self.rng.permutation(n)] if run.shuffle else run.rows
         on_iteration = run.callbacks.on_iteration_end
+        ctl = threads.controller(self)
         losses = np.empty(run.per_epoch)
         done = 0
         while done < run.per_epoch and not self.stop_training:
             start = done * batch_size
             lr = opt.next_lr()
+            t0 = ctl.start()
             try:
                 losses[done] = net.step_rows(order, start, min(start + batch_size, n), lr,
                                              opt.iterations + 1, iteration=self.iteration)
@@ -357,6 +361,7 @@ class Sequential:
                     f"(iteration {self.iteration + 1} overall): {err}; the weights of the "
                     f"last finite iteration are kept. Lower the learning rate or "
                     f"scale the inputs.") from None
+            ctl.stop(t0)
             opt.iterations += 1
             self.iteration += 1
             done += 1
@@ -410,7 +415,10 @@ class Sequential:
             self.build(X.shape[1])
         opt = self._use_optimizer(optimizer)
         self._net.reserve(X.shape[0])
+        ctl = threads.controller(self)
+        t0 = ctl.start()
         loss = self._net.step(X, y, opt.next_lr(), opt.iterations + 1, iteration=self.iteration)
+        ctl.stop(t0)
         opt.iterations += 1
         self.iteration += 1
         return loss

@@ -1,0 +1,169 @@
+"""Threads that never lose: the OpenMP wait policy, one BLAS pool at a time, and the
+adaptive thread count of ``set_num_threads("auto")``.
+
+minitrain's results do not depend on the thread count, so the count of a training loop
+may change at any iteration without changing a bit of the weights. In "auto" mode (the
+default) a `ThreadController` times the loop's iterations, compares the team sizes it may
+use now and then, and keeps the faster: on a quiet machine every core, with a core taken
+by another process one thread. An explicit ``set_num_threads(n)``, ``OMP_NUM_THREADS`` or
+a threadpoolctl limit fixes the count and the controller steps aside.
+"""
+
+import contextlib
+import os
+import sys
+import time
+
+# The wait policy must be in the environment before libgomp initialises, that is before
+# the extension loads: minitrain/__init__.py imports this module first. libgomp's
+# default spins about 300 000 times (about 14 ms on a recent x86-64) before sleeping,
+# which takes a core from any other process between our iterations; passive (no spin)
+# pays a futex wake at each of an iteration's barriers (twice the iteration time on a
+# quiet machine). A few thousand spins cover the gaps within an iteration and between
+# two iterations of a loop, then the waiting threads sleep.
+SPIN_COUNT = "10000"
+if not any(k in os.environ for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")):
+    os.environ["GOMP_SPINCOUNT"] = SPIN_COUNT
+
+try:
+    from . import _core
+except ImportError:  # the NumPy backend only
+    _core = None
+
+try:
+    import threadpoolctl
+except ImportError:  # optional: then BLAS pools keep their own settings
+    threadpoolctl = None
+
+
+_blas = {"modules": -1, "controller": None}
+
+
+def _blas_controller():
+    # finding the loaded libraries takes milliseconds, limiting them microseconds: the
+    # search is redone only when modules were imported since (they may load a BLAS)
+    if len(sys.modules) != _blas["modules"]:
+        _blas["modules"] = len(sys.modules)
+        _blas["controller"] = threadpoolctl.ThreadpoolController().select(user_api="blas")
+    return _blas["controller"]
+
+
+@contextlib.contextmanager
+def blas_single_thread():
+    """NumPy's and SciPy's BLAS on one thread inside the block (with threadpoolctl; a
+    no-op without it): inside minitrain's loops their pool would spin against ours."""
+    if threadpoolctl is None:
+        yield
+        return
+    with _blas_controller().limit(limits=1):
+        yield
+
+
+class ThreadController:
+    """Chooses the team of a net's iterations in "auto" thread mode.
+
+    Each call of a loop is wrapped as ``t0 = ctl.start()`` ... ``ctl.stop(t0)``. The
+    controller measures a few iterations at every candidate team size (one, half the
+    cores, all of them), keeps the fastest by median, and measures the others again
+    after as many iterations as keep that measuring under `budget` of the time (at
+    least `min_interval`), or as soon as the chosen size slows down by half: it follows
+    a machine that becomes busy or quiet.
+    """
+
+    probe = 5            # timed iterations per candidate (after one untimed)
+    budget = 0.05        # share of the time that measuring the other candidates may cost
+    min_interval = 100   # iterations between two measurements, at least
+    max_interval = 5000
+    slowdown = 1.5       # re-measure when the chosen size gets this much slower
+
+    def __init__(self, net):
+        self.net = net
+        self.enabled = _core is not None and isinstance(net, _core.Net)
+        self.team = None       # the size in use; None until measured
+        self.best_time = None  # its median when chosen
+        self._plan = []        # sizes still to measure, in order
+        self._samples = []     # times at the size being measured
+        self._recent = []      # times at the chosen size since it was chosen
+        self._countdown = 0
+        self._used = {}        # iterations per team size, since the last `used()`
+
+    def _candidates(self):
+        m = _core.max_threads()
+        return sorted({1, max(1, m // 2), m})
+
+    def _measure_all(self):
+        self._plan = [n for n in self._candidates()]
+        self._times = {}
+        self._samples = []
+
+    def start(self):
+        """Before an iteration: set its team; returns the start time for `stop`."""
+        if self.enabled:
+            if _core.num_threads_fixed() or _core.max_threads() < 2:
+                self.net.threads = 0
+            else:
+                if self.team is None and not self._plan:
+                    self._measure_all()
+                self.net.threads = self._plan[0] if self._plan else self.team
+        return time.perf_counter()
+
+    def stop(self, t0):
+        """After the iteration started at t0."""
+        elapsed = time.perf_counter() - t0
+        if not self.enabled:
+            return
+        team = _core.get_num_threads()
+        self._used[team] = self._used.get(team, 0) + 1
+        if _core.num_threads_fixed() or _core.max_threads() < 2:
+            return
+        if self._plan:
+            self._samples.append(elapsed)
+            if len(self._samples) > self.probe:  # the first after a change is not timed
+                self._times[self._plan.pop(0)] = _median(self._samples[1:])
+                self._samples = []
+                if not self._plan:
+                    self._choose()
+            return
+        self._recent.append(elapsed)
+        if len(self._recent) > 2 * self.probe:
+            del self._recent[0]
+        self._countdown -= 1
+        slowed = (len(self._recent) >= self.probe and
+                  _median(self._recent[-self.probe:]) > self.slowdown * self.best_time)
+        if self._countdown <= 0 or slowed:
+            # measure the others again; the chosen size keeps its recent median
+            self._plan = [n for n in self._candidates() if n != self.team]
+            self._times = {self.team: _median(self._recent[-self.probe:])}
+            self._samples = []
+
+    def _choose(self):
+        self.team = min(self._times, key=self._times.get)
+        self.best_time = self._times[self.team]
+        self._recent = []
+        # the iterations spent at the other sizes, beyond what the chosen one would take
+        extra = sum((self.probe + 1) * max(t - self.best_time, 0)
+                    for n, t in self._times.items() if n != self.team)
+        interval = extra / (self.budget * max(self.best_time, 1e-9))
+        self._countdown = int(min(max(interval, self.min_interval), self.max_interval))
+
+    def used(self):
+        """The team size most iterations used since the last call (None: none ran)."""
+        if not self._used:
+            return None
+        team = max(self._used, key=self._used.get)
+        self._used = {}
+        return team
+
+
+def controller(model):
+    """The model's controller, made on first use (for its current net)."""
+    ctl = model.__dict__.get("_thread_control")
+    if ctl is None or ctl.net is not model._net:
+        ctl = model._thread_control = ThreadController(model._net)
+    return ctl
+
+
+def _median(values):
+    s = sorted(values)
+    k = len(s) // 2
+    return s[k] if len(s) % 2 else 0.5 * (s[k - 1] + s[k])
