@@ -296,6 +296,20 @@ static void run_tile(const plan *P, int64_t tile) {
 
 enum { MAX_OPS = 2 };
 
+// packing job j of the products P (in order), and their tile (or column-sums) job j
+static void pack_job_of(const plan *P, int64_t j) {
+    int o = 0;
+    while (j >= P[o].a_jobs + P[o].b_jobs) j -= P[o].a_jobs + P[o].b_jobs, o++;
+    pack_job(&P[o], j);
+}
+
+static void tile_job_of(const plan *P, int64_t j) {
+    int o = 0;
+    while (j >= P[o].tiles + P[o].sum_jobs) j -= P[o].tiles + P[o].sum_jobs, o++;
+    if (j < P[o].tiles) run_tile(&P[o], j);
+    else pack_job(&P[o], P[o].a_jobs + P[o].b_jobs + j - P[o].tiles);
+}
+
 void FN(mt_gemm_run)(const FN(mt_gemm_op) *ops, int n, const mt_gemm_ws *ws) {
     const FN(mt_kernel) *ker = kernel_for(ws->isa);
     const int team = omp_get_num_threads();
@@ -307,25 +321,22 @@ void FN(mt_gemm_run)(const FN(mt_gemm_op) *ops, int n, const mt_gemm_ws *ws) {
         jobs += P[o].a_jobs + P[o].b_jobs;
         tiles += P[o].tiles;
     }
-    // tiles wait for the packed panels; column sums of an in-place B need no barrier
+    // tiles wait for the packed panels; column sums of an in-place B need no barrier.
+    // One thread runs the same loops without worksharing, whose set-up costs show on a
+    // small iteration.
+    const int serial = team == 1;
+    for (int o = 0; o < n; o++) tiles += P[o].sum_jobs;
+    if (serial) {
+        for (int64_t j = 0; j < jobs; j++) pack_job_of(P, j);
+        for (int64_t j = 0; j < tiles; j++) tile_job_of(P, j);
+        return;
+    }
     if (jobs > 0) {
 #pragma omp for schedule(dynamic, 1)
-        for (int64_t j = 0; j < jobs; j++) {
-            int o = 0;
-            int64_t k = j;
-            while (k >= P[o].a_jobs + P[o].b_jobs) k -= P[o].a_jobs + P[o].b_jobs, o++;
-            pack_job(&P[o], k);
-        }
+        for (int64_t j = 0; j < jobs; j++) pack_job_of(P, j);
     }
-    for (int o = 0; o < n; o++) tiles += P[o].sum_jobs;
 #pragma omp for schedule(dynamic, 1)
-    for (int64_t j = 0; j < tiles; j++) {
-        int o = 0;
-        int64_t k = j;
-        while (k >= P[o].tiles + P[o].sum_jobs) k -= P[o].tiles + P[o].sum_jobs, o++;
-        if (k < P[o].tiles) run_tile(&P[o], k);
-        else pack_job(&P[o], P[o].a_jobs + P[o].b_jobs + k - P[o].tiles);
-    }
+    for (int64_t j = 0; j < tiles; j++) tile_job_of(P, j);
 }
 
 int FN(mt_gemm_alloc)(int isa, int trans_a, int trans_b, int64_t M, int64_t N, int64_t K,

@@ -68,7 +68,7 @@ size_t FN(mt_workspace_bytes)(const mt_net *net, int64_t max_batch) {
 
 // x (n, in) = rows idx of X (rows, in); threads split the rows
 static void gather_rows(const real *X, const int64_t *idx, int64_t n, int64_t in, real *x) {
-#pragma omp for schedule(dynamic, 16) nowait
+#pragma omp for schedule(static) nowait
     for (int64_t i = 0; i < n; i++)
         memcpy(x + i * in, X + idx[i] * in, (size_t)in * sizeof(real));
 }
@@ -205,9 +205,14 @@ int FN(mt_step)(mt_net *net, const real *X, const void *y, const int64_t *idx, i
     const int team = team_for(net, n, 1);
     double batch_weight = 0;
     // one parallel region for the iteration's passes: its threads meet at the barriers
-    // the data flow needs, never fork or join in between
-#pragma omp parallel num_threads(team) if (team > 1)
-    step_passes(net, &ws, X, y, idx, n, iteration, loss, &batch_weight);
+    // the data flow needs, never fork or join in between (no region for one thread:
+    // entering one costs a fraction of a microsecond even when inactive)
+    if (team > 1) {
+#pragma omp parallel num_threads(team)
+        step_passes(net, &ws, X, y, idx, n, iteration, loss, &batch_weight);
+    } else {
+        step_passes(net, &ws, X, y, idx, n, iteration, loss, &batch_weight);
+    }
     if (!isfinite(*loss)) return MT_ERR_NONFINITE_LOSS;
     if (!opt) return MT_OK;
     net->l2_term = FN(mt_optim_update)(opt, net->params, net->grads, net->state,
@@ -224,11 +229,15 @@ int FN(mt_forward)(mt_net *net, const real *X, const int64_t *idx, int64_t n, re
     layout(net, net->max_batch, net->work, &ws);
     const int team = team_for(net, n, 0);
     const real *P = NULL;
-#pragma omp parallel num_threads(team) if (team > 1)
-    {
-        const real *p = forward(net, &ws, gather(net, &ws, X, idx, n), n, 0, 0);
+    if (team > 1) {
+#pragma omp parallel num_threads(team)
+        {
+            const real *p = forward(net, &ws, gather(net, &ws, X, idx, n), n, 0, 0);
 #pragma omp master
-        P = p;
+            P = p;
+        }
+    } else {
+        P = forward(net, &ws, gather(net, &ws, X, idx, n), n, 0, 0);
     }
     memcpy(out, P, (size_t)(n * net->layers[net->nlayers - 1].out) * sizeof(real));
     return MT_OK;
