@@ -226,35 +226,54 @@ class FakeNet:
     threads = 0
 
 
-def test_the_controller_keeps_the_faster_team_and_follows_the_machine(monkeypatch):
-    """A clock on which two threads are 3x slower, then (the machine quiet) 2x faster."""
+@pytest.fixture
+def fake(monkeypatch):
+    """A controller on a fake clock and a 2-core machine: run(n) does n iterations whose
+    seconds are speed[team], and returns the teams they ran on."""
     monkeypatch.setattr(_core, "max_threads", lambda: 2)
     monkeypatch.setattr(_core, "num_threads_fixed", lambda: False)
     ctl = T.ThreadController(FakeNet())
     ctl.enabled = True
-    monkeypatch.setattr(_core, "get_num_threads", lambda: ctl.net.threads)
-    speed = {1: 1.0, 2: 3.0}
-    clock = [0.0]
-    monkeypatch.setattr(T.time, "perf_counter", lambda: clock[0])
+    state = {"clock": 0.0, "speed": {1: 1.0, 2: 1.0}, "serial": False}
 
-    def iteration():
-        t0 = ctl.start()
-        clock[0] += speed[ctl.net.threads]
-        ctl.stop(t0)
-        return ctl.net.threads
+    def team():
+        return 1 if state["serial"] else ctl.net.threads or 2
+    monkeypatch.setattr(_core, "get_num_threads", team)
+    monkeypatch.setattr(T.time, "perf_counter", lambda: state["clock"])
 
-    teams = [iteration() for _ in range(200)]
+    def run(n):
+        teams = []
+        for _ in range(n):
+            t0 = ctl.start()
+            state["clock"] += state["speed"][team()]
+            ctl.stop(t0)
+            teams.append(team())
+        return teams
+    return ctl, state, run
+
+
+def test_the_controller_keeps_the_faster_team_and_follows_the_machine(fake):
+    ctl, state, run = fake
+    state["speed"] = {1: 1.0, 2: 3.0}  # a core taken by another process
+    teams = run(200)
     assert ctl.team == 1 and teams[-1] == 1
-    # measuring cost at most the budget over the interval after the choice
-    assert teams.count(2) == ctl.probe + 1
-    speed.update({1: 1.0, 2: 0.5})
-    teams = [iteration() for _ in range(2000)]
+    # the slow size cost two iterations: the untimed one and one timed
+    assert teams.count(2) == 2
+    state["speed"] = {1: 1.0, 2: 0.5}  # the machine quiet again
+    teams = run(2000)
     assert ctl.team == 2 and teams[-50:] == [2] * 50
     assert ctl.used() == 2
-    # the chosen team slowing down by more than half is measured again at once
-    speed.update({1: 1.0, 2: 4.0})
-    teams = [iteration() for _ in range(30)]
+    # the chosen size slowing down by more than half is timed again at once
+    state["speed"] = {1: 1.0, 2: 4.0}
+    teams = run(30)
     assert ctl.team == 1 and teams[-5:] == [1] * 5
+
+
+def test_the_controller_never_chooses_a_team_the_core_does_not_use(fake):
+    ctl, state, run = fake
+    state["serial"] = True  # a small iteration: the core keeps it on one thread
+    run(50)
+    assert ctl.team == 1 and ctl.net.threads == 1 and ctl.used() == 1
 
 
 def test_blas_single_thread_limits_numpy_blas_and_restores_it():

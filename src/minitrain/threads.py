@@ -63,47 +63,52 @@ class ThreadController:
     """Chooses the team of a net's iterations in "auto" thread mode.
 
     Each call of a loop is wrapped as ``t0 = ctl.start()`` ... ``ctl.stop(t0)``. The
-    controller measures a few iterations at every candidate team size (one, half the
-    cores, all of them), keeps the fastest by median, and measures the others again
-    after as many iterations as keep that measuring under `budget` of the time (at
-    least `min_interval`), or as soon as the chosen size slows down by half: it follows
-    a machine that becomes busy or quiet.
+    controller times a few iterations at every candidate team size (one, half the cores,
+    all of them), keeps the fastest by median, and times the others again after as many
+    iterations as keep that timing under `budget` of the time (at least `min_interval`),
+    or as soon as the chosen size slows down by half: it follows a machine that becomes
+    busy or quiet. A candidate whose first timed iteration is already much slower than
+    the best so far is dropped at once, so a core taken by another process costs two
+    slow iterations per check, not `probe`. A size the core does not use (it keeps a
+    small iteration on one thread) is never chosen.
     """
 
     probe = 5            # timed iterations per candidate (after one untimed)
-    budget = 0.05        # share of the time that measuring the other candidates may cost
-    min_interval = 100   # iterations between two measurements, at least
+    budget = 0.05        # share of the time that timing the other candidates may cost
+    min_interval = 100   # iterations between two checks, at least
     max_interval = 5000
-    slowdown = 1.5       # re-measure when the chosen size gets this much slower
+    slowdown = 1.5       # check again when the chosen size gets this much slower
+    give_up = 1.5        # drop a candidate this much slower than the best so far
 
     def __init__(self, net):
         self.net = net
         self.enabled = _core is not None and isinstance(net, _core.Net)
         self.team = None       # the size in use; None until measured
         self.best_time = None  # its median when chosen
-        self._plan = []        # sizes still to measure, in order
-        self._samples = []     # times at the size being measured
+        self._plan = []        # sizes still to time, in order
+        self._times = {}       # median per size timed in this check
+        self._samples = []     # times at the size being timed
         self._recent = []      # times at the chosen size since it was chosen
         self._countdown = 0
         self._used = {}        # iterations per team size, since the last `used()`
 
     def _candidates(self):
+        # one thread first: it never loses by more than the core count, while a team
+        # with a core taken can be many times slower, and is then dropped at once
         m = _core.max_threads()
         return sorted({1, max(1, m // 2), m})
 
-    def _measure_all(self):
-        self._plan = [n for n in self._candidates()]
-        self._times = {}
-        self._samples = []
+    def _fixed(self):
+        return _core.num_threads_fixed() or _core.max_threads() < 2
 
     def start(self):
         """Before an iteration: set its team; returns the start time for `stop`."""
         if self.enabled:
-            if _core.num_threads_fixed() or _core.max_threads() < 2:
+            if self._fixed():
                 self.net.threads = 0
             else:
                 if self.team is None and not self._plan:
-                    self._measure_all()
+                    self._plan, self._times, self._samples = self._candidates(), {}, []
                 self.net.threads = self._plan[0] if self._plan else self.team
         return time.perf_counter()
 
@@ -114,15 +119,10 @@ class ThreadController:
             return
         team = _core.get_num_threads()
         self._used[team] = self._used.get(team, 0) + 1
-        if _core.num_threads_fixed() or _core.max_threads() < 2:
+        if self._fixed():
             return
         if self._plan:
-            self._samples.append(elapsed)
-            if len(self._samples) > self.probe:  # the first after a change is not timed
-                self._times[self._plan.pop(0)] = _median(self._samples[1:])
-                self._samples = []
-                if not self._plan:
-                    self._choose()
+            self._timing(elapsed, team)
             return
         self._recent.append(elapsed)
         if len(self._recent) > 2 * self.probe:
@@ -131,13 +131,32 @@ class ThreadController:
         slowed = (len(self._recent) >= self.probe and
                   _median(self._recent[-self.probe:]) > self.slowdown * self.best_time)
         if self._countdown <= 0 or slowed:
-            # measure the others again; the chosen size keeps its recent median
+            # time the others again; the chosen size keeps its recent median
             self._plan = [n for n in self._candidates() if n != self.team]
             self._times = {self.team: _median(self._recent[-self.probe:])}
             self._samples = []
 
+    def _timing(self, elapsed, team):
+        size = self._plan[0]
+        if team != size:  # the core ran this iteration on another team: not a choice
+            self._plan.pop(0)
+            self._samples = []
+        else:
+            self._samples.append(elapsed)
+            timed = self._samples[1:]  # the first after a change pays the change
+            best = min(self._times.values(), default=None)
+            if len(timed) >= self.probe or (timed and best is not None
+                                            and min(timed) > self.give_up * best):
+                self._times[size] = _median(timed)
+                self._plan.pop(0)
+                self._samples = []
+        if not self._plan:
+            self._choose()
+
     def _choose(self):
-        self.team = min(self._times, key=self._times.get)
+        if not self._times:  # every size ran on one thread
+            self._times = {1: 0.0}
+        self.team = min(self._times, key=lambda n: (self._times[n], n))
         self.best_time = self._times[self.team]
         self._recent = []
         # the iterations spent at the other sizes, beyond what the chosen one would take
