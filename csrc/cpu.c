@@ -67,6 +67,8 @@ int mt_num_threads_fixed(void) {
 
 int mt_max_threads(void) { return icv_default; }
 
+int mt_last_team(void) { return mt_team; }
+
 __attribute__((constructor)) static void choose_isa_and_threads(void) {
     mt_set_isa(mt_cpu_isa());
     icv_default = omp_get_max_threads();

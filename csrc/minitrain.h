@@ -152,10 +152,12 @@ int mt_set_isa(int isa);
 // (threadpoolctl) lowers either. mt_get_num_threads: the fixed count, or in auto mode the
 // team of the last iteration, as lowered for the calling thread; mt_num_threads_fixed: 1
 // when the count is fixed (mt_set_num_threads(n >= 1), OMP_NUM_THREADS at load, or a limit
-// in the calling thread); mt_max_threads: the most "auto" uses (OMP_NUM_THREADS or cores).
+// in the calling thread); mt_max_threads: the most "auto" uses (OMP_NUM_THREADS or cores);
+// mt_last_team: the team of the last call from the calling thread.
 void mt_set_num_threads(int n);
 int mt_get_num_threads(void);
 int mt_num_threads_fixed(void);
 int mt_max_threads(void);
+int mt_last_team(void);
 
 #endif

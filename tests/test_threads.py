@@ -238,16 +238,16 @@ def fake(monkeypatch):
 
     def team():
         return 1 if state["serial"] else ctl.net.threads or 2
-    monkeypatch.setattr(_core, "get_num_threads", team)
+    monkeypatch.setattr(_core, "last_team", team)
     monkeypatch.setattr(T.time, "perf_counter", lambda: state["clock"])
 
     def run(n):
         teams = []
         for _ in range(n):
             t0 = ctl.start()
-            state["clock"] += state["speed"][team()]
-            ctl.stop(t0)
             teams.append(team())
+            state["clock"] += state["speed"][teams[-1]]
+            ctl.stop(t0)
         return teams
     return ctl, state, run
 

@@ -65,6 +65,7 @@ cdef extern from "minitrain.h":
     int mt_get_num_threads()
     int mt_num_threads_fixed()
     int mt_max_threads()
+    int mt_last_team()
     int mt_cpu_isa()
     int mt_get_isa()
     int mt_set_isa(int isa)
@@ -460,6 +461,11 @@ def get_num_threads():
     """The fixed count, or in auto mode the team of the last iteration (as lowered by a
     threadpoolctl limit in the calling thread)."""
     return mt_get_num_threads()
+
+
+def last_team():
+    """The team of the last iteration (or gemm) called from this thread."""
+    return mt_last_team()
 
 
 def num_threads_fixed():

@@ -98,18 +98,15 @@ class ThreadController:
         m = _core.max_threads()
         return sorted({1, max(1, m // 2), m})
 
-    def _fixed(self):
-        return _core.num_threads_fixed() or _core.max_threads() < 2
-
     def start(self):
-        """Before an iteration: set its team; returns the start time for `stop`."""
+        """Before an iteration: set its team; returns the start time for `stop`. (The
+        core ignores the net's team while the count is fixed.)"""
         if self.enabled:
-            if self._fixed():
-                self.net.threads = 0
-            else:
-                if self.team is None and not self._plan:
-                    self._plan, self._times, self._samples = self._candidates(), {}, []
-                self.net.threads = self._plan[0] if self._plan else self.team
+            if self._plan:
+                self.net.threads = self._plan[0]
+            elif self.team is None:
+                self._plan, self._times, self._samples = self._candidates(), {}, []
+                self.net.threads = self._plan[0]
         return time.perf_counter()
 
     def stop(self, t0):
@@ -117,24 +114,28 @@ class ThreadController:
         elapsed = time.perf_counter() - t0
         if not self.enabled:
             return
-        team = _core.get_num_threads()
+        team = _core.last_team()
         self._used[team] = self._used.get(team, 0) + 1
-        if self._fixed():
+        if _core.num_threads_fixed():
             return
         if self._plan:
             self._timing(elapsed, team)
             return
-        self._recent.append(elapsed)
-        if len(self._recent) > 2 * self.probe:
-            del self._recent[0]
+        recent = self._recent
+        recent.append(elapsed)
         self._countdown -= 1
-        slowed = (len(self._recent) >= self.probe and
-                  _median(self._recent[-self.probe:]) > self.slowdown * self.best_time)
+        if len(recent) < self.probe:
+            return
+        # every `probe` iterations: has the chosen size slowed down?
+        slowed = _median(recent) > self.slowdown * self.best_time
         if self._countdown <= 0 or slowed:
             # time the others again; the chosen size keeps its recent median
             self._plan = [n for n in self._candidates() if n != self.team]
-            self._times = {self.team: _median(self._recent[-self.probe:])}
+            self._times = {self.team: _median(recent)}
             self._samples = []
+            if not self._plan:
+                self._choose()
+        self._recent = []
 
     def _timing(self, elapsed, team):
         size = self._plan[0]
@@ -158,6 +159,7 @@ class ThreadController:
             self._times = {1: 0.0}
         self.team = min(self._times, key=lambda n: (self._times[n], n))
         self.best_time = self._times[self.team]
+        self.net.threads = self.team
         self._recent = []
         # the iterations spent at the other sizes, beyond what the chosen one would take
         extra = sum((self.probe + 1) * max(t - self.best_time, 0)
