@@ -13,13 +13,11 @@
 #define MT_PAR_ELEMS (1 << 15)
 #define MT_ALIGN 64
 
-// Runs the statement given after cond, whose loops are orphaned `omp for` constructs, on a team of
-// threads when `cond`, else directly: entering a parallel region costs about 0.3 us even
-// when its if clause is false, which adds up over the dozen loops of a small iteration.
-// A statement that is one loop marks it `nowait`: the end of the region is its barrier
-// (a second one costs a sleep and a wake-up when a thread has been descheduled).
-// Inside the parallel region of an iteration (mt_step, mt_forward) the statement is
-// run by the region's team, then a barrier: the next pass reads what this one wrote.
+// Runs the statement given after cond, whose loops are orphaned `omp for ... nowait`
+// constructs. Inside the parallel region of an iteration (mt_step, mt_forward): by the
+// region's team, then a barrier (the next pass reads what this one wrote). Outside one
+// (the optimizer update): on a team of mt_team threads when `cond`, else directly, since
+// entering a parallel region costs about 0.3 us even when its if clause is false.
 #define MT_PARALLEL_IF(cond, ...)                                                          \
     do {                                                                                   \
         if (omp_get_level() > 0) {                                                         \
