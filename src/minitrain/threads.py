@@ -12,6 +12,7 @@ a threadpoolctl limit fixes the count and the controller steps aside.
 import contextlib
 import os
 import sys
+import threading
 import time
 
 # The wait policy must be in the environment before libgomp initialises, that is before
@@ -91,6 +92,7 @@ class ThreadController:
         self._recent = []      # times at the chosen size since it was chosen
         self._countdown = 0
         self._used = {}        # iterations per team size, since the last `used()`
+        self._lock = threading.Lock()  # a model shared between threads shares this
 
     def _candidates(self):
         # one thread first: it never loses by more than the core count, while a team
@@ -102,11 +104,11 @@ class ThreadController:
         """Before an iteration: set its team; returns the start time for `stop`. (The
         core ignores the net's team while the count is fixed.)"""
         if self.enabled:
-            if self._plan:
-                self.net.threads = self._plan[0]
-            elif self.team is None:
-                self._plan, self._times, self._samples = self._candidates(), {}, []
-                self.net.threads = self._plan[0]
+            with self._lock:
+                if self.team is None and not self._plan:
+                    self._plan, self._times, self._samples = self._candidates(), {}, []
+                if self._plan:
+                    self.net.threads = self._plan[0]
         return time.perf_counter()
 
     def stop(self, t0):
@@ -115,6 +117,10 @@ class ThreadController:
         if not self.enabled:
             return
         team = _core.last_team()
+        with self._lock:
+            self._record(elapsed, team)
+
+    def _record(self, elapsed, team):
         self._used[team] = self._used.get(team, 0) + 1
         if _core.num_threads_fixed():
             return
