@@ -166,7 +166,7 @@ def worker(peer, workload, setting, cfg):
         t0 = time.perf_counter()
         hist = fit()
         return {"seconds": time.perf_counter() - t0, "per": "fit", "units": 1,
-                "threads": hist.threads}
+                "threads": getattr(hist, "threads", None)}
     if workload.startswith("sklearn"):
         import warnings
 
@@ -200,7 +200,7 @@ def worker(peer, workload, setting, cfg):
         hist = model.fit(X, y, epochs=1, batch_size=cfg.batch, verbose=0, metrics=metrics,
                          optimizer=opt)
         return {"seconds": time.perf_counter() - t0, "per": "sample", "units": len(X),
-                "threads": hist.threads}
+                "threads": getattr(hist, "threads", None)}
     for i in range(5):
         model.train_step(X[:cfg.batch], y[:cfg.batch], optimizer=opt)
     t0 = time.perf_counter()

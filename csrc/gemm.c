@@ -122,7 +122,7 @@ static real *plan_op(plan *P, const FN(mt_kernel) *ker, const FN(mt_gemm_op) *op
     } else {
         for (;;) {
             const int64_t tiles = (P->rp + tr - 1) / tr * ((P->cp + tc - 1) / tc);
-            if (tiles >= 4 * team) break;
+            if (tiles >= 2 * team) break;
             if (tr >= tc && tr > 1) tr = (tr + 1) / 2;
             else if (tc > 1) tc = (tc + 1) / 2;
             else break;
