@@ -106,7 +106,7 @@ class ThreadController:
     def start(self):
         """Before an iteration: set its team; returns the start time for `stop`. (The
         core ignores the net's team while the count is fixed.)"""
-        if self.enabled:
+        if self.enabled and (self._plan or self.team is None):
             with self._lock:
                 if self.team is None and not self._plan:
                     self._plan, self._times, self._samples = self._candidates(), {}, []
@@ -117,16 +117,16 @@ class ThreadController:
     def stop(self, t0):
         """After the iteration started at t0."""
         elapsed = time.perf_counter() - t0
-        if not self.enabled:
-            return
-        team = _core.last_team()
-        with self._lock:
-            self._record(elapsed, team)
+        if self.enabled:
+            team = _core.last_team()
+            with self._lock:
+                self._record(elapsed, team)
 
     def _record(self, elapsed, team):
+        # while the count is fixed, a size other than the fixed one does not run (it is
+        # "not a choice" below) and the one that does is timed: the next check after the
+        # count is free again corrects what was learnt meanwhile
         self._used[team] = self._used.get(team, 0) + 1
-        if _core.num_threads_fixed():
-            return
         if self._plan:
             self._timing(elapsed, team)
             return
