@@ -187,6 +187,9 @@ def test_set_num_threads_from_another_thread_applies_process_wide():
 
 @pytest.mark.skipif(len(_core.available_isas()) < 2, reason="one instruction set only")
 def test_the_isa_is_fixed_per_net_and_per_gemm_call():
+    best = _core.isa()
+    if best == "generic":
+        pytest.skip("the default is the generic kernels already")
     solo = weights(fit(2, epochs=3)[0])
     stop = threading.Event()
     rng = np.random.default_rng(1)
@@ -206,12 +209,11 @@ def test_the_isa_is_fixed_per_net_and_per_gemm_call():
         t.join()
     assert len(generic) > 0
     assert_same(shared, solo)
-    assert _core.isa() == _core.available_isas()[-1]
+    assert _core.isa() == best
     # a net keeps the micro-kernels it was made with; the default is for new nets
     X, y = data()
     model = mt.Sequential(layers(), seed=0)
     model.build(X.shape[1])
-    best = _core.isa()
     try:
         _core.set_isa("generic")
         assert model._net.isa == best
