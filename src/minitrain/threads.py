@@ -91,6 +91,7 @@ class ThreadController:
         self.best_time = None  # its median when chosen
         self._plan = []        # sizes still to time, in order
         self._times = {}       # median per size timed in this check
+        self._spent = {}       # iterations run at each size in this check
         self._samples = []     # times at the size being timed
         self._recent = []      # times at the chosen size since it was chosen
         self._countdown = 0
@@ -158,6 +159,7 @@ class ThreadController:
             if len(timed) >= self.probe or (timed and best is not None
                                             and min(timed) > self.give_up * best):
                 self._times[size] = _median(timed)
+                self._spent[size] = len(self._samples)
                 self._plan.pop(0)
                 self._samples = []
         if not self._plan:
@@ -170,9 +172,10 @@ class ThreadController:
         self.best_time = self._times[self.team]
         self.net.threads = self.team
         self._recent = []
-        # the iterations spent at the other sizes, beyond what the chosen one would take
-        extra = sum((self.probe + 1) * max(t - self.best_time, 0)
+        # the time spent at the other sizes, beyond what the chosen one would take
+        extra = sum(self._spent.get(n, 0) * max(t - self.best_time, 0)
                     for n, t in self._times.items() if n != self.team)
+        self._spent = {}
         interval = extra / (self.budget * max(self.best_time, 1e-9))
         self._countdown = int(min(max(interval, self.min_interval), self.max_interval))
 
