@@ -269,7 +269,9 @@ def test_the_controller_keeps_the_faster_team_and_follows_the_machine(fake):
     assert 0 < extra <= ctl.budget * len(teams)
     state["speed"] = {1: 1.0, 2: 0.5}  # the machine quiet again
     teams = run(2000)
-    assert ctl.team == 2 and teams[-50:] == [2] * 50
+    assert ctl.team == 2 and teams[-100:].count(2) >= 98
+    extra = sum(state["speed"][t] - 0.5 for t in teams[200:])
+    assert extra <= ctl.budget * 0.5 * len(teams[200:])
     assert ctl.used() == 2
     # the chosen size slowing down by more than half is timed again at once
     state["speed"] = {1: 1.0, 2: 4.0}
