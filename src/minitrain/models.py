@@ -20,6 +20,7 @@ from numpy.typing import ArrayLike
 
 from . import checkpoint, evaluation, optimizers
 from . import functional as F
+from . import threads
 from ._validation import all_finite, check_int, check_targets, check_X
 from .backends import make_net
 from .callbacks import Callback, CallbackList, ConvergenceCheck, EpochLine, ProgressBar
@@ -376,6 +377,7 @@ class Sequential:
             self.epoch = epoch
             logs = self._epoch_logs(run, losses, start_time)
             self.history.record_epoch(epoch, losses, logs)
+            self.history.threads.append(threads.controller(self).used())
             run.callbacks.call("on_epoch_end", epoch, logs)
             if self.stop_training:
                 break
@@ -472,12 +474,14 @@ class Sequential:
         net, opt, n, batch_size = self._net, run.optimizer, len(run.rows), run.batch_size
         order = run.rows[self.rng.permutation(n)] if run.shuffle else run.rows
         on_iteration = run.callbacks.on_iteration_end
+        ctl = threads.controller(self)
         losses = np.empty(run.per_epoch)
         done = 0
         while done < run.per_epoch and not self.stop_training:
             start = done * batch_size
             with self._lock:
                 lr = opt.next_lr()
+                t0 = ctl.start()
                 try:
                     losses[done] = net.step_rows(order, start, min(start + batch_size, n), lr,
                                                  opt.iterations + 1, iteration=self.iteration)
@@ -487,6 +491,7 @@ class Sequential:
                         f"(iteration {self.iteration + 1} overall): {err}; the weights of "
                         f"the last finite iteration are kept. Lower the learning rate, or "
                         f"standardise a regression target whose scale is large.") from None
+                ctl.stop(t0)
                 opt.iterations += 1
                 self.iteration += 1
             done += 1
@@ -559,7 +564,10 @@ class Sequential:
                 self.build(X.shape[1])
             opt = self._use_optimizer(opt)
             self._net.reserve(X.shape[0])
+            ctl = threads.controller(self)
+            t0 = ctl.start()
             loss = self._net.step(X, y, lr, opt.iterations + 1, iteration=self.iteration)
+            ctl.stop(t0)
             opt.iterations += 1
             self.iteration += 1
         return loss

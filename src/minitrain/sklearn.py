@@ -58,6 +58,7 @@ from sklearn.utils.optimize import _check_optimize_result
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 
 from . import functional as F
+from . import threads
 from .backends import make_net
 from .layers import Dense
 from .models import Sequential
@@ -279,10 +280,11 @@ class _BaseMLP(BaseEstimator):
         # scikit-learn's do
         diverged = False
         try:
-            if self.solver in _STOCHASTIC_SOLVERS:
-                self._fit_stochastic(model, X, y, sample_weight, incremental)
-            else:
-                self._fit_lbfgs(model, _dense(X), y, sample_weight)
+            with threads.blas_single_thread():  # SciPy's and scikit-learn's, inside our loop
+                if self.solver in _STOCHASTIC_SOLVERS:
+                    self._fit_stochastic(model, X, y, sample_weight, incremental)
+                else:
+                    self._fit_lbfgs(model, _dense(X), y, sample_weight)
         except FloatingPointError:
             diverged = True
         if diverged or not np.isfinite(model.params_flat).all():
@@ -299,10 +301,13 @@ class _BaseMLP(BaseEstimator):
         coefs = [c.reshape(-1) for c in self.coefs_]
         scale = self._data_loss_scale()
         net.reserve(X.shape[0])
+        ctl = threads.controller(model)
 
         def loss_grad(packed):
             params[...] = packed
+            t0 = ctl.start()
             loss = net.step(X, targets, 0.0, 0, False, sample_weight=sw) * scale
+            ctl.stop(t0)
             loss += self._l2_term(coefs, weight_sum)
             grad = model.grads_flat.astype(np.float64)
             grad[:n_decay] += (self.alpha / weight_sum) * params[:n_decay]
@@ -374,6 +379,7 @@ class _BaseMLP(BaseEstimator):
         step_rows = batches_of(net)
         scale = self._data_loss_scale()
         sample_idx = np.arange(n_samples, dtype=np.int64)
+        ctl = threads.controller(model)
         try:
             self.n_iter_ = 0
             for _ in range(self.max_iter):
@@ -386,6 +392,7 @@ class _BaseMLP(BaseEstimator):
                 for start in range(0, n_samples, batch_size):  # gen_batches' batches
                     stop = min(start + batch_size, n_samples)
                     solver.t += 1
+                    t0 = ctl.start()
                     try:
                         loss = step_rows(sample_idx, start, stop, lr, solver.t)
                     except FloatingPointError:
@@ -396,6 +403,7 @@ class _BaseMLP(BaseEstimator):
                         net = self._nonfinite_twin(model, solver)
                         step_rows = batches_of(net)
                         loss = step_rows(sample_idx, start, stop, lr, solver.t)
+                    ctl.stop(t0)
                     # the L2 term of the weights before this update, read by the update
                     accumulated_loss += (loss * scale + net.l2_term) * (stop - start)
                 self.n_iter_ += 1
