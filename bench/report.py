@@ -2,6 +2,7 @@
 
     python bench/report.py            # the full benchmark (several minutes)
     python bench/report.py --quick    # tiny sizes, seconds: checks that it all runs
+    python bench/report.py --busy-only  # only the busy-core task (bench/busy.py)
 
 For each thread count (1 and all cores by default) every available peer gets its own
 worker process, and this process drives them all through every task, interleaved (see
@@ -34,6 +35,7 @@ if __package__ in (None, ""):  # run as a script: make `bench` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     __package__ = "bench"
 
+from bench import busy  # noqa: E402
 from bench import peers as P  # noqa: E402
 from bench import render  # noqa: E402
 from bench import tasks as T  # noqa: E402
@@ -337,8 +339,9 @@ def memory_worker(args):
 
 # ------------------------------------------------------------------- the report
 def run(out_dir, cfg, thread_counts, peer_names=None, memory=True, plots=True,
-        command="python bench/report.py", note=None):
-    """Run everything and write the report files into out_dir; returns the results."""
+        command="python bench/report.py", note=None, busy_cfg=None):
+    """Run everything and write the report files into out_dir; returns the results.
+    With busy_cfg, the busy-core task (bench/busy.py) too, into busy_core.md/json."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     classes = P.peer_classes(peer_names)
@@ -360,6 +363,8 @@ def run(out_dir, cfg, thread_counts, peer_names=None, memory=True, plots=True,
             out = run_python(["--memory-probe", name, "--threads", str(n),
                               "--config", json.dumps(cfg.to_dict())], n)
             results["memory"][str(n)][name] = json.loads(out.strip().splitlines()[-1])
+    if busy_cfg is not None:
+        write_busy(busy.run(busy_cfg), out_dir)
     results["machine"]["minitrain_isa"] = next(
         (r["isa"] for r in results["runs"].values()), minitrain_isa())
     results["machine"]["load_average_after"] = list(os.getloadavg())
@@ -378,6 +383,14 @@ def write_report(results, out_dir, plots=True):
     (out_dir / "readme_table.md").write_text(render.readme_table(results))
 
 
+def write_busy(result, out_dir):
+    """busy_core.json and busy_core.md (the busy-core task's table) in out_dir."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "busy_core.json").write_text(json.dumps(result, indent=1))
+    (out_dir / "busy_core.md").write_text(busy.markdown(result))
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="tiny sizes, one repetition")
@@ -387,6 +400,9 @@ def main(argv=None):
     p.add_argument("--peers", help=f"comma-separated subset of {[c.name for c in P.PEERS]}")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory task")
     p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--no-busy", action="store_true", help="skip the busy-core task")
+    p.add_argument("--busy-only", action="store_true",
+                   help="only the busy-core task (bench/busy.py), into --out")
     p.add_argument("--note", help="a line for the report header, e.g. which build of "
                                   "minitrain was measured")
     p.add_argument("--from-json", metavar="REPORT_JSON",
@@ -404,6 +420,12 @@ def main(argv=None):
         write_report(results, Path(args.out), plots=not args.no_plots)
         print(f"rewrote {args.out}/report.md, readme_table.md and the plots")
         return 0
+    busy_cfg = None if args.no_busy else \
+        busy.BusyConfig.quick() if args.quick else busy.BusyConfig()
+    if args.busy_only:
+        write_busy(busy.run(busy_cfg or busy.BusyConfig()), Path(args.out))
+        print(f"wrote {args.out}/busy_core.md, busy_core.json")
+        return 0
     cfg = T.Config.quick() if args.quick else T.Config()
     cores = len(allowed_cpus())
     threads = sorted({int(t) for t in args.threads.split(",")}) if args.threads \
@@ -412,7 +434,8 @@ def main(argv=None):
     command = "python bench/report.py" + (" " + " ".join(argv if argv is not None
                                                          else sys.argv[1:])).rstrip()
     results = run(args.out, cfg, threads, peer_names, memory=not args.no_memory,
-                  plots=not args.no_plots, command=command, note=args.note)
+                  plots=not args.no_plots, command=command, note=args.note,
+                  busy_cfg=busy_cfg)
     print(f"wrote {args.out}/report.md, report.json, readme_table.md "
           f"({results['elapsed_seconds']:.0f} s)")
     return 0

@@ -1,6 +1,5 @@
-// Public entry points: dispatch on the dtype, thread control.
+// Public entry points: dispatch on the dtype.
 #include "mt_internal.h"
-#include <omp.h>
 
 size_t mt_workspace_bytes(const mt_net *net, int64_t max_batch) {
     return net->dtype == MT_FLOAT64 ? mt_workspace_bytes_f64(net, max_batch)
@@ -18,11 +17,11 @@ int mt_forward(mt_net *net, const void *X, const int64_t *idx, int64_t n, void *
                                     : mt_forward_f32(net, X, idx, n, out);
 }
 
-int mt_gemm(int dtype, int trans_a, int trans_b, int64_t M, int64_t N, int64_t K,
+int mt_gemm(int dtype, int isa, int trans_a, int trans_b, int64_t M, int64_t N, int64_t K,
             const void *A, const void *B, void *C, int accumulate) {
     return dtype == MT_FLOAT64
-               ? mt_gemm_alloc_f64(trans_a, trans_b, M, N, K, A, B, C, accumulate)
-               : mt_gemm_alloc_f32(trans_a, trans_b, M, N, K, A, B, C, accumulate);
+               ? mt_gemm_alloc_f64(isa, trans_a, trans_b, M, N, K, A, B, C, accumulate)
+               : mt_gemm_alloc_f32(isa, trans_a, trans_b, M, N, K, A, B, C, accumulate);
 }
 
 // Adding one to the exponent field carries into the top bit exactly when the field is all
@@ -43,6 +42,3 @@ int mt_all_finite(int dtype, const void *x, int64_t n) {
     for (int64_t i = 0; i < n; i++) bad |= (u[i] & exp) + one;
     return !(bad >> 31);
 }
-
-void mt_set_num_threads(int n) { omp_set_num_threads(n); }
-int mt_get_num_threads(void) { return omp_get_max_threads(); }

@@ -27,7 +27,7 @@ void FN(mt_batchnorm_forward)(const mt_layer *L, const real *params, const real 
     const int64_t c = L->out;
     const real *gamma = params + L->w_off, *beta = params + L->b_off;
     real *mean = stats, *var = stats + c, *invstd = stats + 2 * c;
-#pragma omp parallel for schedule(static) if (n * c >= MT_PAR_ELEMS)
+#pragma omp for schedule(dynamic, 8)
     for (int64_t j = 0; j < c; j++) {
         double s = 0, v = 0;
         for (int64_t i = 0; i < n; i++) s += X[i * c + j];
@@ -50,7 +50,7 @@ void FN(mt_batchnorm_inference)(const mt_layer *L, const real *params, const rea
     const int64_t c = L->out;
     const real *gamma = params + L->w_off, *beta = params + L->b_off;
     const real *rmean = buffers + L->s_off, *rvar = rmean + c;
-#pragma omp parallel for schedule(static) if (n * c >= MT_PAR_ELEMS)
+#pragma omp for schedule(dynamic, 8)
     for (int64_t j = 0; j < c; j++) {
         const real invstd = (real)(1 / sqrt((double)rvar[j] + L->eps));
         normalize_column(X, NULL, Y, n, c, j, rmean[j], invstd, gamma[j], beta[j]);
@@ -65,7 +65,7 @@ void FN(mt_batchnorm_backward)(const mt_layer *L, const real *params, real *grad
     const int64_t c = L->out;
     const real *gamma = params + L->w_off, *invstd = stats + 2 * c;
     real *dgamma = grads + L->w_off, *dbeta = grads + L->b_off;
-#pragma omp parallel for schedule(static) if (n * c >= MT_PAR_ELEMS)
+#pragma omp for schedule(dynamic, 8)
     for (int64_t j = 0; j < c; j++) {
         double sb = 0, sg = 0;
         for (int64_t i = 0; i < n; i++) {

@@ -27,7 +27,7 @@ void FN(mt_dropout_forward)(const mt_layer *L, uint64_t seed, int64_t iteration,
     const uint64_t key = mix64(mix64(mix64(seed) + (uint64_t)iteration) + (uint64_t)layer);
     const uint64_t threshold = (uint64_t)(L->rate * TWO_POW_53);
     const real scale = (real)(1 / (1 - L->rate));
-#pragma omp parallel for schedule(static) if (size >= MT_PAR_ELEMS)
+#pragma omp for schedule(static)
     for (int64_t e = 0; e < size; e++) {
         const uint64_t u = mix64(key + (uint64_t)(e + 1) * GOLDEN);
         M[e] = (u >> 11) >= threshold ? scale : 0;
@@ -40,6 +40,6 @@ void FN(mt_dropout_backward)(const mt_layer *L, const real *M, const real *dY, r
                              int64_t n) {
     if (!dX) return;
     const int64_t size = n * L->out;
-#pragma omp parallel for schedule(static) if (size >= MT_PAR_ELEMS)
+#pragma omp for schedule(static)
     for (int64_t e = 0; e < size; e++) dX[e] = dY[e] * M[e];
 }

@@ -78,10 +78,25 @@ extern const FN(mt_kernel) FN(mt_kernel_generic);
 extern const FN(mt_kernel) FN(mt_kernel_avx2), FN(mt_kernel_avx512);
 #endif
 
-// C (M, N) = op(A) (M, K) · op(B) (K, N) (+ C when accumulate), then the epilogue ep
-// (NULL: none). pack holds mt_gemm_pack_size(max(M, N, K)) elements, 64-byte aligned.
-void FN(mt_gemm)(int trans_a, int trans_b, int64_t M, int64_t N, int64_t K, const real *A,
-                 const real *B, real *C, int accumulate, const mt_epilogue *ep, real *pack);
+// One product C (M, N) = op(A) (M, K) · op(B) (K, N) (+ C when accumulate), then the
+// epilogue ep (NULL: none).
+typedef struct {
+    int trans_a, trans_b;
+    int64_t M, N, K;
+    const real *A, *B;
+    real *C;
+    int accumulate;
+    const mt_epilogue *ep;
+} FN(mt_gemm_op);
+
+// Elements of packing buffer that mt_gemm_run needs for the product op (any ISA).
+size_t FN(mt_gemm_pack_elems)(int64_t M, int64_t N, int64_t K);
+
+// The n independent products ops[0..n) with the micro-kernels of ws->isa; ws->pack holds
+// the sum of their mt_gemm_pack_elems, 64-byte aligned. Called by every thread of a team
+// (or outside any parallel region, by one): the threads share the packing, then take
+// output macro-tiles one at a time, and return when every product is complete.
+void FN(mt_gemm_run)(const FN(mt_gemm_op) *ops, int n, const mt_gemm_ws *ws);
 #endif
 
 #endif

@@ -7,10 +7,11 @@
 
 // X (n, in) · W (in, out) + b -> Z (n, out); A = act(Z) (A == Z for identity)
 void FN(mt_dense_forward)(const mt_layer *L, const real *params, const real *X, real *Z,
-                          real *A, int64_t n, real *pack) {
+                          real *A, int64_t n, const mt_gemm_ws *g) {
     const mt_epilogue ep = {.kind = MT_EP_FORWARD, .act = L->act, .alpha = L->act_param,
                             .bias = params + L->b_off, .out = A};
-    FN(mt_gemm)(0, 0, n, L->out, L->in, X, params + L->w_off, Z, 0, &ep, pack);
+    const FN(mt_gemm_op) op = {0, 0, n, L->out, L->in, X, params + L->w_off, Z, 0, &ep};
+    FN(mt_gemm_run)(&op, 1, g);
 }
 
 // dY (len) ⊙ act'(X, Y) -> dX (len), dX may be dY; threads split the elements
@@ -33,17 +34,26 @@ void FN(mt_act_backward)(const mt_layer *L, const real *Z, const real *A, real *
 // is this layer's input (below == NULL: X is the data, or reached without activation)
 void FN(mt_dense_backward)(const mt_layer *L, const real *params, real *grads,
                            const real *X, const real *dZ, real *dX, int64_t n,
-                           const mt_layer *below, const real *Zin, real *pack) {
+                           const mt_layer *below, const real *Zin, const mt_gemm_ws *g) {
     const int64_t in = L->in, out = L->out;
     // the GEMM sums dZ's columns into db while it packs dZ: one pass over dZ for both
     const mt_epilogue sums = {.kind = MT_EP_NONE, .b_sums = grads + L->b_off};
-    FN(mt_gemm)(1, 0, in, out, n, X, dZ, grads + L->w_off, 0, &sums, pack);
-    if (!dX) return;
     mt_epilogue ep = {.kind = MT_EP_NONE};
     if (below && below->act != MT_ACT_IDENTITY)
         ep = (mt_epilogue){.kind = MT_EP_DACT, .act = below->act, .alpha = below->act_param,
                            .z = Zin, .a = X};
-    FN(mt_gemm)(0, 1, n, in, out, dZ, params + L->w_off, dX, 0, &ep, pack);
+    // dW and dX are independent: one packing phase and one tile phase for both
+    const FN(mt_gemm_op) ops[2] = {
+        {1, 0, in, out, n, X, dZ, grads + L->w_off, 0, &sums},
+        {0, 1, n, in, out, dZ, params + L->w_off, dX, 0, &ep}};
+    FN(mt_gemm_run)(ops, dX ? 2 : 1, g);
+}
+
+size_t FN(mt_dense_pack_elems)(const mt_layer *L, int64_t n) {
+    const size_t forward = FN(mt_gemm_pack_elems)(n, L->out, L->in);
+    const size_t backward = FN(mt_gemm_pack_elems)(L->in, L->out, n) +
+                            FN(mt_gemm_pack_elems)(n, L->in, L->out);
+    return forward > backward ? forward : backward;
 }
 
 // Standalone activation layer (Dense -> BatchNorm -> Activation): the same functions as

@@ -158,10 +158,12 @@ static void loss_rows(const loss_args *a, const real *P, const void *y, const in
 // row's sum over outputs (over out more for the mean reduction, except cross-entropy).
 // Row losses go to rowloss (n) and are summed in order, so the result does not depend
 // on the thread count; *batch_weight receives W. MT_ERR_BAD_LABEL when a cross-entropy
-// label lies outside [0, out) (dP and *batch_loss are then meaningless).
+// label lies outside [0, out) (dP and *batch_loss are then meaningless). Inside a
+// parallel region every thread calls this: *bad_label (0 on entry) is shared by the team
+// and read after the pass's barrier, so every thread returns the same status.
 int FN(mt_loss_forward_backward)(const mt_net *net, const real *P, const void *y,
                                  const int64_t *idx, real *dP, int64_t n, int64_t out,
-                                 double *rowloss, double *batch_loss,
+                                 double *rowloss, int *bad_label, double *batch_loss,
                                  double *batch_weight) {
     const int loss = net->loss, sk = net->reduction == MT_REDUCE_SKLEARN;
     const real *w = (const real *)net->sample_weight;
@@ -171,18 +173,20 @@ int FN(mt_loss_forward_backward)(const mt_net *net, const real *P, const void *y
         for (int64_t i = 0; i < n; i++) wsum += w[row_of(idx, i)];
     }
     *batch_weight = wsum;
-    int bad_label = 0;
     // scikit-learn clips probabilities to [eps, 1 - eps] before taking logs
     const loss_args a = {
         .loss = loss, .sk = sk, .w = w,
         .capped = sk && (loss == MT_LOSS_CROSS_ENTROPY || loss == MT_LOSS_BINARY_CROSS_ENTROPY),
         .inv = loss == MT_LOSS_CROSS_ENTROPY || sk ? 1.0 / wsum : 1.0 / (wsum * out),
-        .lo = -log1p(-REAL_EPS), .hi = -log(REAL_EPS), .bad_label = &bad_label};
+        .lo = -log1p(-REAL_EPS), .hi = -log(REAL_EPS), .bad_label = bad_label};
     // (a second thread would pay from about a thousand elements, an exp each, on a quiet
     // machine; but each fork waits for a thread that may be descheduled)
     MT_PARALLEL_IF(n * out >= MT_PAR_ELEMS, loss_rows(&a, P, y, idx, dP, n, out, rowloss));
     double total = 0;
     for (int64_t i = 0; i < n; i++) total += rowloss[i];
     *batch_loss = total * a.inv;
-    return bad_label ? MT_ERR_BAD_LABEL : MT_OK;
+    int bad;
+#pragma omp atomic read
+    bad = *bad_label;
+    return bad ? MT_ERR_BAD_LABEL : MT_OK;
 }

@@ -113,6 +113,10 @@ typedef struct {
     double l2_term;        // out, set by mt_step: with the scikit-learn optimizer style, the
                            // L2 term of its batch loss, 0.5 weight_decay Σ params[:n_decay]²
                            // / batch weight, from the parameters before the update; else 0
+    int isa;               // mt_isa of the GEMM micro-kernels (at most mt_cpu_isa()): fixed
+                           // per net, so no other thread can change a fit's roundings
+    int threads;           // the team in "auto" thread mode (<= 0: every core), chosen by
+                           // the caller's controller; ignored when the count is fixed
 } mt_net;
 
 // Bytes of workspace a net needs for batches of up to max_batch rows.
@@ -133,22 +137,33 @@ int mt_step(mt_net *net, const void *X, const void *y, const int64_t *idx, int64
 int mt_forward(mt_net *net, const void *X, const int64_t *idx, int64_t n, void *out);
 
 // C (M, N) = op(A) (M, K) · op(B) (K, N) (+ C when accumulate), row-major, op = transpose
-// when the flag is set. Exposed for tests and benchmarks: allocates its packing buffer
-// per call (the layers use the workspace's, through the typed entry points in gemm.h).
-int mt_gemm(int dtype, int trans_a, int trans_b, int64_t M, int64_t N, int64_t K,
+// when the flag is set, with the micro-kernels of `isa` (at most mt_cpu_isa()). Exposed
+// for tests and benchmarks: allocates its packing buffer per call (the layers use the
+// workspace's, through the typed entry points in gemm.h).
+int mt_gemm(int dtype, int isa, int trans_a, int trans_b, int64_t M, int64_t N, int64_t K,
             const void *A, const void *B, void *C, int accumulate);
 
 // 1 when the n elements of x (dtype) are all finite, else 0. Reads x once.
 int mt_all_finite(int dtype, const void *x, int64_t n);
 
-// The best mt_isa this CPU runs; the one in use (chosen at load: the best); set it
-// (clamped to the CPU's best) and return the one now in use. Results depend on the ISA
-// (the order of roundings), never on the thread count.
+// The best mt_isa this CPU runs; the default for new nets (chosen at load: the best); set
+// the default (clamped to the CPU's best) and return it. Results depend on the ISA (the
+// order of roundings), never on the thread count.
 int mt_cpu_isa(void);
 int mt_get_isa(void);
 int mt_set_isa(int isa);
 
+// Threads, process-wide: n >= 1 fixes the team of every call from any thread; n == 0 is
+// "auto": each net's `threads`. A limit set in the calling thread with omp_set_num_threads
+// (threadpoolctl) lowers either. mt_get_num_threads: the fixed count, or in auto mode the
+// team of the last iteration, as lowered for the calling thread; mt_num_threads_fixed: 1
+// when the count is fixed (mt_set_num_threads(n >= 1), OMP_NUM_THREADS at load, or a limit
+// in the calling thread); mt_max_threads: the most "auto" uses (OMP_NUM_THREADS or cores);
+// mt_last_team: the team of the last call from the calling thread.
 void mt_set_num_threads(int n);
 int mt_get_num_threads(void);
+int mt_num_threads_fixed(void);
+int mt_max_threads(void);
+int mt_last_team(void);
 
 #endif

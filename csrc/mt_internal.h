@@ -5,6 +5,7 @@
 #define MT_INTERNAL_H
 
 #include "minitrain.h"
+#include <omp.h>
 
 // Below this many multiply-adds (or elements for elementwise passes) a loop stays on
 // one thread: forking costs more than it saves, and more threads must never be slower.
@@ -12,15 +13,18 @@
 #define MT_PAR_ELEMS (1 << 15)
 #define MT_ALIGN 64
 
-// Runs the statement given after cond, whose loops are orphaned `omp for` constructs, on a team of
-// threads when `cond`, else directly: entering a parallel region costs about 0.3 us even
-// when its if clause is false, which adds up over the dozen loops of a small iteration.
-// A statement that is one loop marks it `nowait`: the end of the region is its barrier
-// (a second one costs a sleep and a wake-up when a thread has been descheduled).
+// Runs the statement given after cond, whose loops are orphaned `omp for ... nowait`
+// constructs. Inside the parallel region of an iteration (mt_step, mt_forward): by the
+// region's team, then a barrier (the next pass reads what this one wrote). Outside one
+// (the optimizer update): on a team of mt_team threads when `cond`, else directly, since
+// entering a parallel region costs about 0.3 us even when its if clause is false.
 #define MT_PARALLEL_IF(cond, ...)                                                          \
     do {                                                                                   \
-        if (cond) {                                                                        \
-            _Pragma("omp parallel") __VA_ARGS__;                                           \
+        if (omp_get_level() > 0) {                                                         \
+            __VA_ARGS__;                                                                   \
+            _Pragma("omp barrier")                                                         \
+        } else if ((cond) && mt_team > 1) {                                                \
+            _Pragma("omp parallel num_threads(mt_team)") __VA_ARGS__;                      \
         } else {                                                                           \
             __VA_ARGS__;                                                                   \
         }                                                                                  \
@@ -35,13 +39,29 @@
 #define MT_TARGET_CLONES
 #endif
 
-// the ISA whose micro-kernels the GEMM uses (cpu.c)
-extern int mt_isa_active;
+// the ISA new nets and calls use unless told otherwise (cpu.c)
+extern int mt_isa_default;
+
+// Threads (cpu.c). mt_team: the team size of the call running in this thread, set on
+// entry by mt_step, mt_forward and mt_gemm from mt_team_size.
+extern _Thread_local int mt_team;
+// The team a call from this thread gets: the process-wide count (mt_set_num_threads),
+// or in "auto" mode `wanted` (a net's choice; <= 0: every core), lowered to a limit set
+// in this thread with omp_set_num_threads (threadpoolctl).
+int mt_team_size(int wanted);
+// Records the team size an iteration used (mt_get_num_threads reports it in auto mode).
+void mt_team_used(int team);
+
+// The GEMM micro-kernels and packing buffer of a call (gemm.c)
+typedef struct {
+    int isa;     // mt_isa
+    void *pack;  // mt_gemm_pack_elems of its products, 64-byte aligned
+} mt_gemm_ws;
 
 #define MT_DECLARE_TYPED(real, sfx)                                                        \
-    int mt_gemm_alloc_##sfx(int trans_a, int trans_b, int64_t M, int64_t N, int64_t K,     \
-                            const real *A, const real *B, real *C, int accumulate);        \
-    size_t mt_gemm_pack_size_##sfx(int64_t dim);                                           \
+    int mt_gemm_alloc_##sfx(int isa, int trans_a, int trans_b, int64_t M, int64_t N,       \
+                            int64_t K, const real *A, const real *B, real *C,              \
+                            int accumulate);                                               \
     size_t mt_workspace_bytes_##sfx(const mt_net *net, int64_t max_batch);                 \
     int mt_step_##sfx(mt_net *net, const real *X, const void *y, const int64_t *idx,       \
                       int64_t n, int64_t iteration, const mt_optim *opt, double *loss);    \
@@ -60,14 +80,16 @@ typedef float real;
 #define FN(name) name##_f32
 #endif
 
-// layers.c (pack: the GEMM packing buffer, mt_gemm_pack_size elements)
+// layers.c (g: the GEMM micro-kernels and a packing buffer for the layer's products)
 void FN(mt_dense_forward)(const mt_layer *L, const real *params, const real *X, real *Z,
-                          real *A, int64_t n, real *pack);
+                          real *A, int64_t n, const mt_gemm_ws *g);
 void FN(mt_act_backward)(const mt_layer *L, const real *Z, const real *A, real *dA,
                          int64_t n);
 void FN(mt_dense_backward)(const mt_layer *L, const real *params, real *grads,
                            const real *X, const real *dZ, real *dX, int64_t n,
-                           const mt_layer *below, const real *Zin, real *pack);
+                           const mt_layer *below, const real *Zin, const mt_gemm_ws *g);
+// elements of packing buffer the layer's products need for batches of n rows
+size_t FN(mt_dense_pack_elems)(const mt_layer *L, int64_t n);
 void FN(mt_activation_forward)(const mt_layer *L, const real *X, real *Y, int64_t n);
 void FN(mt_activation_backward)(const mt_layer *L, const real *X, const real *Y,
                                 const real *dY, real *dX, int64_t n);
@@ -89,7 +111,7 @@ void FN(mt_batchnorm_update_running)(const mt_layer *L, const real *stats, real 
 // loss.c (returns MT_OK or MT_ERR_BAD_LABEL)
 int FN(mt_loss_forward_backward)(const mt_net *net, const real *P, const void *y,
                                  const int64_t *idx, real *dP, int64_t n, int64_t out,
-                                 double *rowloss, double *batch_loss,
+                                 double *rowloss, int *bad_label, double *batch_loss,
                                  double *batch_weight);
 // optim.c (returns MT_OK or MT_ERR_NONFINITE_GRADIENT, then with nothing written)
 int FN(mt_optim_update)(const mt_optim *o, real *params, real *grads, real *state,

@@ -14,7 +14,7 @@ typedef struct {
     real *stats[MT_MAX_LAYERS]; // batchnorm: batch mean, variance, 1/std (3, out_l)
     real *d[2];                 // backward ping-pong buffers (n, max width)
     double *rowloss;            // (n,)
-    real *pack;                 // GEMM packing buffer
+    mt_gemm_ws gemm;            // the net's micro-kernels and the GEMM packing buffer
 } workspace;
 
 static size_t carve(size_t *off, size_t bytes) {
@@ -51,11 +51,14 @@ static size_t layout(const mt_net *net, int64_t rows, char *base, workspace *ws)
     }
     at = carve(&off, rows * sizeof(double));
     if (base) ws->rowloss = (double *)(base + at);
-    // every GEMM dimension is the batch, the data width or a layer width
-    int64_t dim = rows > width ? rows : width;
-    dim = net->layers[0].in > dim ? net->layers[0].in : dim;
-    at = carve(&off, FN(mt_gemm_pack_size)(dim) * es);
-    if (base) ws->pack = (real *)(base + at);
+    size_t pack = 0;
+    for (int l = 0; l < net->nlayers; l++)
+        if (net->layers[l].kind == MT_LAYER_DENSE) {
+            const size_t need = FN(mt_dense_pack_elems)(&net->layers[l], rows);
+            pack = need > pack ? need : pack;
+        }
+    at = carve(&off, pack * es);
+    if (base) ws->gemm = (mt_gemm_ws){net->isa, base + at};
     return off;
 }
 
@@ -89,7 +92,7 @@ static const real *forward(mt_net *net, workspace *ws, const real *x, int64_t n,
         const mt_layer *L = &net->layers[l];
         switch (L->kind) {
         case MT_LAYER_DENSE:
-            FN(mt_dense_forward)(L, net->params, input, ws->z[l], ws->a[l], n, ws->pack);
+            FN(mt_dense_forward)(L, net->params, input, ws->z[l], ws->a[l], n, &ws->gemm);
             break;
         case MT_LAYER_ACTIVATION:
             FN(mt_activation_forward)(L, input, ws->a[l], n);
@@ -125,7 +128,7 @@ static void backward_layer(mt_net *net, workspace *ws, int l, const real *input,
         const mt_layer *below = l > 0 && net->layers[l - 1].kind == MT_LAYER_DENSE
                                     ? &net->layers[l - 1] : NULL;
         FN(mt_dense_backward)(L, net->params, net->grads, input, dA, dX, n, below,
-                              below ? ws->z[l - 1] : NULL, ws->pack);
+                              below ? ws->z[l - 1] : NULL, &ws->gemm);
         break;
     }
     case MT_LAYER_ACTIVATION:
@@ -140,21 +143,46 @@ static void backward_layer(mt_net *net, workspace *ws, int l, const real *input,
     }
 }
 
-int FN(mt_step)(mt_net *net, const real *X, const void *y, const int64_t *idx, int64_t n,
-                int64_t iteration, const mt_optim *opt, double *loss) {
-    if (n > net->max_batch) return MT_ERR_BATCH_TOO_LARGE;
-    net->l2_term = 0;
-    workspace ws;
-    layout(net, net->max_batch, net->work, &ws);
-    const real *x = gather(net, &ws, X, idx, n);
-    const real *P = forward(net, &ws, x, n, 1, iteration);
+// Below this many multiply-adds an iteration runs on one thread: the team's barriers
+// cost more than a second thread saves (the README's digits fit stays serial).
+#define ITERATION_PAR_FLOPS (1 << 21)
+
+// multiply-adds of the iteration's products on n rows (forward only, or with backward)
+static double iteration_flops(const mt_net *net, int64_t n, int training) {
+    double flops = 0;
+    for (int l = 0; l < net->nlayers; l++)
+        if (net->layers[l].kind == MT_LAYER_DENSE)
+            flops += (training ? 3.0 : 1.0) * n * net->layers[l].in * net->layers[l].out;
+    return flops;
+}
+
+// The team of one call: net->threads in auto mode, one thread for a small iteration
+static int team_for(const mt_net *net, int64_t n, int training) {
+    mt_team = mt_team_size(net->threads);
+    if (iteration_flops(net, n, training) < ITERATION_PAR_FLOPS) mt_team = 1;
+    mt_team_used(mt_team);
+    return mt_team;
+}
+
+// gather, forward, loss and backward of one iteration: run by every thread of the team,
+// whose passes share the work; each thread computes the (cheap, serial) batch loss itself
+// from the row losses, in the same order, so all agree without a broadcast
+static void step_passes(mt_net *net, workspace *ws, const real *X, const void *y,
+                        const int64_t *idx, int64_t n, int64_t iteration, double *loss,
+                        double *batch_weight, int *bad_label) {
+    const real *x = gather(net, ws, X, idx, n);
+    const real *P = forward(net, ws, x, n, 1, iteration);
     const int last = net->nlayers - 1;
     const int64_t out = net->layers[last].out;
-    double batch_weight;
-    int status = FN(mt_loss_forward_backward)(net, P, y, idx, ws.d[0], n, out, ws.rowloss,
-                                              loss, &batch_weight);
-    if (status != MT_OK) return status;
-    if (!isfinite(*loss)) return MT_ERR_NONFINITE_LOSS;
+    double value, bw;
+    const int status = FN(mt_loss_forward_backward)(net, P, y, idx, ws->d[0], n, out,
+                                                    ws->rowloss, bad_label, &value, &bw);
+#pragma omp master
+    {
+        *loss = value;
+        *batch_weight = bw;
+    }
+    if (status != MT_OK || !isfinite(value)) return;
     // below the first layer with parameters no gradient is needed
     int first = 0;
     while (first < last && net->layers[first].kind != MT_LAYER_DENSE &&
@@ -162,15 +190,37 @@ int FN(mt_step)(mt_net *net, const real *X, const void *y, const int64_t *idx, i
         first++;
     int cur = 0;
     for (int l = last; l >= first; l--) {
-        real *dx = l > first ? ws.d[1 - cur] : NULL;
-        backward_layer(net, &ws, l, l > 0 ? ws.a[l - 1] : x, ws.d[cur], dx, n);
+        real *dx = l > first ? ws->d[1 - cur] : NULL;
+        backward_layer(net, ws, l, l > 0 ? ws->a[l - 1] : x, ws->d[cur], dx, n);
         cur = 1 - cur;
     }
+}
+
+int FN(mt_step)(mt_net *net, const real *X, const void *y, const int64_t *idx, int64_t n,
+                int64_t iteration, const mt_optim *opt, double *loss) {
+    if (n > net->max_batch) return MT_ERR_BATCH_TOO_LARGE;
+    net->l2_term = 0;
+    workspace ws;
+    layout(net, net->max_batch, net->work, &ws);
+    const int team = team_for(net, n, 1);
+    double batch_weight = 0;
+    int bad_label = 0; // shared by the team: see mt_loss_forward_backward
+    // one parallel region for the iteration's passes: its threads meet at the barriers
+    // the data flow needs, never fork or join in between (no region for one thread:
+    // entering one costs a fraction of a microsecond even when inactive)
+    if (team > 1) {
+#pragma omp parallel num_threads(team)
+        step_passes(net, &ws, X, y, idx, n, iteration, loss, &batch_weight, &bad_label);
+    } else {
+        step_passes(net, &ws, X, y, idx, n, iteration, loss, &batch_weight, &bad_label);
+    }
+    if (bad_label) return MT_ERR_BAD_LABEL;
+    if (!isfinite(*loss)) return MT_ERR_NONFINITE_LOSS;
     if (!opt) return MT_OK;
-    status = FN(mt_optim_update)(opt, net->params, net->grads, net->state, net->n_params,
-                                 batch_weight, &net->l2_term);
+    const int status = FN(mt_optim_update)(opt, net->params, net->grads, net->state,
+                                           net->n_params, batch_weight, &net->l2_term);
     if (status != MT_OK) return status; // the running statistics stay with the parameters
-    for (int l = 0; l <= last; l++)
+    for (int l = 0; l < net->nlayers; l++)
         if (net->layers[l].kind == MT_LAYER_BATCHNORM)
             FN(mt_batchnorm_update_running)(&net->layers[l], ws.stats[l], net->buffers, n);
     return MT_OK;
@@ -180,7 +230,18 @@ int FN(mt_forward)(mt_net *net, const real *X, const int64_t *idx, int64_t n, re
     if (n > net->max_batch) return MT_ERR_BATCH_TOO_LARGE;
     workspace ws;
     layout(net, net->max_batch, net->work, &ws);
-    const real *P = forward(net, &ws, gather(net, &ws, X, idx, n), n, 0, 0);
+    const int team = team_for(net, n, 0);
+    const real *P = NULL;
+    if (team > 1) {
+#pragma omp parallel num_threads(team)
+        {
+            const real *p = forward(net, &ws, gather(net, &ws, X, idx, n), n, 0, 0);
+#pragma omp master
+            P = p;
+        }
+    } else {
+        P = forward(net, &ws, gather(net, &ws, X, idx, n), n, 0, 0);
+    }
     memcpy(out, P, (size_t)(n * net->layers[net->nlayers - 1].out) * sizeof(real));
     return MT_OK;
 }

@@ -11,6 +11,7 @@ The API reference lists every public name; ``minitrain.sklearn`` holds the
 scikit-learn estimators (the ``sklearn`` extra).
 """
 
+from . import threads  # first: the OpenMP wait policy is read when the extension loads
 from . import evaluation, schedules
 from .backends import cpu_info, get_num_threads, set_num_threads
 from .callbacks import (Callback, CSVLogger, EarlyStopping, JSONLogger, ModelCheckpoint,

@@ -62,15 +62,20 @@ cdef extern from "minitrain.h":
         void *work
         int64_t max_batch
         double l2_term
+        int isa
+        int threads
     size_t mt_workspace_bytes(const mt_net *net, int64_t max_batch) nogil
     int mt_step(mt_net *net, const void *X, const void *y, const int64_t *idx, int64_t n,
                 int64_t iteration, const mt_optim *opt, double *loss) nogil
     int mt_forward(mt_net *net, const void *X, const int64_t *idx, int64_t n, void *out) nogil
-    int mt_gemm(int dtype, int trans_a, int trans_b, int64_t M, int64_t N, int64_t K,
-                const void *A, const void *B, void *C, int accumulate) nogil
+    int mt_gemm(int dtype, int isa, int trans_a, int trans_b, int64_t M, int64_t N,
+                int64_t K, const void *A, const void *B, void *C, int accumulate) nogil
     int mt_all_finite(int dtype, const void *x, int64_t n) nogil
     void mt_set_num_threads(int n)
     int mt_get_num_threads()
+    int mt_num_threads_fixed()
+    int mt_max_threads()
+    int mt_last_team()
     int mt_cpu_isa()
     int mt_get_isa()
     int mt_set_isa(int isa)
@@ -289,6 +294,8 @@ cdef class Net:
             self.net.sample_weight = NULL
             self._X = self._y = self._w = None
             self.net.l2_term = 0
+            self.net.isa = mt_get_isa()
+            self.net.threads = 0
             self.opt.kind = -1
         finally:
             self._release()
@@ -296,6 +303,31 @@ cdef class Net:
     @property
     def max_batch(self):
         return self.net.max_batch
+
+    @property
+    def isa(self):
+        """The instruction set of this net's GEMM micro-kernels: the default (isa()) when
+        it was made; fixed for the net, whatever other threads set."""
+        return ISAS[self.net.isa]
+
+    @isa.setter
+    def isa(self, name):
+        cdef int code = _isa_code(name)
+        self._acquire()  # never between two products of a call in another thread
+        self.net.isa = code
+        self._release()
+
+    @property
+    def threads(self):
+        """The team of this net's calls in "auto" thread mode (0: every core); ignored
+        when the count is fixed (set_num_threads(n), OMP_NUM_THREADS, threadpoolctl)."""
+        return self.net.threads
+
+    @threads.setter
+    def threads(self, int n):
+        if n < 0:
+            raise ValueError(f"threads must be >= 0, got {n}")
+        self.net.threads = n
 
     @property
     def l2_term(self):
@@ -493,9 +525,8 @@ cdef class Net:
 
 def gemm(A, B, bint trans_a=False, bint trans_b=False, C=None, isa=None):
     """C = op(A) · op(B) with the core's GEMM (C accumulated into when given), with the
-    micro-kernels of `isa` (default: the ones in use, see isa()). For tests and
-    benchmarks: `isa` switches the process-wide choice for the duration of the call, and
-    the packing buffer is allocated per call."""
+    micro-kernels of `isa` (default: isa()), for this call only. For tests and
+    benchmarks: the packing buffer is allocated per call."""
     dtype = A.dtype if isinstance(A, np.ndarray) else None
     if dtype not in (np.float32, np.float64):
         raise TypeError("A must be a float32 or float64 array")
@@ -514,21 +545,15 @@ def gemm(A, B, bint trans_a=False, bint trans_b=False, C=None, isa=None):
     _require_writeable(C, "C")
     if C.shape != (M, N):
         raise ValueError(f"C must have shape {(M, N)}")
-    cdef int previous = mt_get_isa()
-    if isa is not None:
-        mt_set_isa(_isa_code(isa))
+    cdef int code = mt_get_isa() if isa is None else _isa_code(isa)
     cdef int dt = MT_FLOAT64 if dtype == np.float64 else MT_FLOAT32
     cdef const void *a = ptr(A)
     cdef const void *b = ptr(B)
     cdef void *c = ptr(C)
     cdef int ta = trans_a, tb = trans_b, acc = accumulate, status
-    try:
-        with nogil:
-            status = mt_gemm(dt, ta, tb, M, N, K, a, b, c, acc)
-    finally:
-        mt_set_isa(previous)
-    if status == MT_ERR_NO_MEMORY:
-        raise MemoryError("gemm: no memory for the packing buffer")
+    with nogil:
+        status = mt_gemm(dt, code, ta, tb, M, N, K, a, b, c, acc)
+    _check_status(status)
     return C
 
 
@@ -564,12 +589,13 @@ def available_isas():
 
 
 def isa():
-    """The instruction set of the GEMM micro-kernels in use."""
+    """The instruction set of the GEMM micro-kernels that new nets (and gemm) use."""
     return next(name for name in ISAS if CODES["isa"][name] == mt_get_isa())
 
 
 def set_isa(name):
-    """Use the micro-kernels of `name` (one of available_isas()) from now on."""
+    """Nets made from now on (and gemm calls without `isa`) use the micro-kernels of
+    `name` (one of available_isas()); a net keeps the ones it was made with."""
     mt_set_isa(_isa_code(name))
 
 
@@ -593,10 +619,29 @@ _isa_from_environment()
 
 
 def set_num_threads(int n):
-    if n < 1:
-        raise ValueError("n must be >= 1")
+    """Process-wide: n >= 1 fixes every call's team, from any thread; 0 is "auto"."""
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
     mt_set_num_threads(n)
 
 
 def get_num_threads():
+    """The fixed count, or in auto mode the team of the last iteration (as lowered by a
+    threadpoolctl limit in the calling thread)."""
     return mt_get_num_threads()
+
+
+def last_team():
+    """The team of the last iteration (or gemm) called from this thread."""
+    return mt_last_team()
+
+
+def num_threads_fixed():
+    """Whether the count is fixed (set_num_threads(n >= 1), OMP_NUM_THREADS when the
+    module loaded, or a threadpoolctl limit in the calling thread)."""
+    return bool(mt_num_threads_fixed())
+
+
+def max_threads():
+    """The most threads "auto" mode uses: OMP_NUM_THREADS' count or the cores'."""
+    return mt_max_threads()

@@ -280,29 +280,38 @@ def make_net(backend, *args):
     return _core.Net(*args) if backend == "c" else NumpyNet(*args)
 
 
-def set_num_threads(n: int) -> None:
-    """Set the number of OpenMP threads of the C core.
+def set_num_threads(n: int | str) -> None:
+    """Set the threads of the C core, for every call from any Python thread.
 
     Results do not depend on it: the same seed gives bit-identical weights on any
     thread count. ``threadpoolctl`` sees and sets the same number.
 
     Parameters
     ----------
-    n : int >= 1
-        The thread count (default at import: ``OMP_NUM_THREADS``, or all cores).
+    n : int >= 1 or "auto"
+        ``"auto"`` (the default unless ``OMP_NUM_THREADS`` is set): each training loop
+        times its iterations and uses the team size that is faster now, re-checking
+        regularly. An integer fixes the count; so does ``OMP_NUM_THREADS``, and a
+        threadpoolctl limit (in the thread it is set in).
     """
-    n = check_int("n", n, 1)
+    if n == "auto":
+        code = 0
+    elif isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"n must be a positive integer or 'auto', got {n!r}")
+    else:
+        code = int(n)
     if _core is not None:
-        _core.set_num_threads(int(n))
+        _core.set_num_threads(code)
 
 
 def get_num_threads() -> int:
-    """The number of OpenMP threads of the C core.
+    """The threads of the C core.
 
     Returns
     -------
     int
-        1 when the extension is not built (the NumPy backend).
+        The fixed thread count, or in "auto" mode the team of the last iteration; 1
+        when the extension is not built (the NumPy backend).
     """
     return _core.get_num_threads() if _core is not None else 1
 

@@ -36,6 +36,9 @@ class History:
         The run's settings: ``epochs`` (the epoch number it trains up to, counted over
         fits), ``batch_size``, ``n_samples`` (training rows), ``iterations_per_epoch``.
         A resumed run continues the History saved in its checkpoint.
+    threads : list
+        The thread count most of each epoch's iterations ran on (``set_num_threads``;
+        in "auto" mode the one the loop found faster at the time).
     stop_reason : str
         Why training stopped: ``"completed"`` (all its epochs), ``"early_stopping"``,
         ``"converged"`` (``tol``), ``"max_time"``, or ``"callback"`` (a callback set
@@ -57,6 +60,7 @@ class History:
         self.history = {}
         self.epoch = []
         self._iteration_losses = []
+        self.threads = []
         self.stop_reason = "completed"
 
     @property

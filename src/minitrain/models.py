@@ -14,6 +14,7 @@ from numpy.typing import ArrayLike
 
 from . import checkpoint, evaluation, optimizers, training
 from . import functional as F
+from . import threads
 from ._validation import all_finite, check_int, check_targets, check_X
 from .backends import make_net
 from .callbacks import Callback
@@ -281,7 +282,11 @@ class Sequential:
         ``grads_flat``; nothing is updated."""
         with self._lock:
             self._net.reserve(X.shape[0])
-            return self._net.step(X, y, 0.0, 0, False, sample_weight=sample_weight)
+            ctl = threads.controller(self)
+            t0 = ctl.start()
+            loss = self._net.step(X, y, 0.0, 0, False, sample_weight=sample_weight)
+            ctl.stop(t0)
+            return loss
 
     def _use_optimizer(self, optimizer):
         """Make `optimizer` the one the backend updates with; a new optimizer starts
@@ -477,7 +482,10 @@ class Sequential:
                 self.build(X.shape[1])
             opt = self._use_optimizer(opt)
             self._net.reserve(X.shape[0])
+            ctl = threads.controller(self)
+            t0 = ctl.start()
             loss = self._net.step(X, y, lr, opt.iterations + 1, iteration=self.iteration)
+            ctl.stop(t0)
             opt.iterations += 1
             self.iteration += 1
         return loss

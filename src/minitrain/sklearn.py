@@ -58,7 +58,7 @@ from sklearn.utils.optimize import _check_optimize_result
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 
 from . import functional as F
-from . import training
+from . import threads, training
 from .layers import Dense
 from .models import Sequential
 from .optimizers import ADAM_KIND, SGD_KIND, STYLE_SKLEARN
@@ -348,10 +348,11 @@ class _BaseMLP(BaseEstimator):
         # scikit-learn's do
         diverged = False
         try:
-            if self.solver in _STOCHASTIC_SOLVERS:
-                self._fit_stochastic(model, X, y, sample_weight, incremental)
-            else:
-                self._fit_lbfgs(model, _dense(X), y, sample_weight)
+            with threads.blas_single_thread():  # SciPy's and scikit-learn's, inside our loop
+                if self.solver in _STOCHASTIC_SOLVERS:
+                    self._fit_stochastic(model, X, y, sample_weight, incremental)
+                else:
+                    self._fit_lbfgs(model, _dense(X), y, sample_weight)
         except FloatingPointError:
             diverged = True
         if diverged or not np.isfinite(model.params_flat).all():

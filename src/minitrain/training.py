@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from . import evaluation, optimizers
+from . import evaluation, optimizers, threads
 from ._validation import check_int, check_number, check_targets, check_X
 from .callbacks import CallbackList, ConvergenceCheck, EpochLine, ProgressBar
 from .history import History
@@ -132,6 +132,8 @@ class Runner:
         self.reduce = reduce
         # every call that uses the model's workspace holds its lock (see Sequential)
         self.lock = model._lock
+        # times the iterations to choose the thread count (set_num_threads("auto"))
+        self.controller = threads.controller(model)
         with self.lock:
             model._net.reserve(plan.batch_size)
             self.use_net(model._net)
@@ -168,17 +170,19 @@ class Runner:
         n, batch_size, steps = len(self.rows), plan.batch_size, plan.steps_per_epoch
         losses = np.empty(steps)
         done = 0
-        lock = self.lock
+        lock, ctl = self.lock, self.controller
         while done < steps and not policy.stop_training:
             start = done * batch_size
             stop = min(start + batch_size, n)
             with lock:
                 lr, t, iteration = policy.rate()
+                t0 = ctl.start()
                 try:
                     loss = self.step(order, start, stop, lr, t, iteration)
                 except FloatingPointError as err:
                     self._retry = (order, start, stop, lr, t, iteration)
                     loss = policy.diverged(self, err, epoch, done + 1)
+                ctl.stop(t0)
                 policy.updated()
             losses[done] = loss
             done += 1
@@ -257,6 +261,7 @@ class KerasPolicy(Policy):
         self.model.epoch = epoch
         logs = self.epoch_logs(losses)
         self.model.history.record_epoch(epoch, losses, logs)
+        self.model.history.threads.append(threads.controller(self.model).used())
         self.fit.callbacks.call("on_epoch_end", epoch, logs)
 
     def epoch_logs(self, losses):

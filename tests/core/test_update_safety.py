@@ -127,3 +127,28 @@ def test_fit_on_targets_near_the_float32_maximum_raises_before_any_update(backen
         model.fit(X, np.full((32, 1), 3e38, dtype=np.float32), epochs=1, batch_size=8,
                   verbose=0, metrics=None)
     np.testing.assert_array_equal(model.params_flat, before)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_a_bad_label_in_one_thread_s_rows_stops_every_thread(threads):
+    # an iteration large enough for one parallel region: the rows of the loss pass are
+    # split between the threads and the one bad label lies in one thread's share only;
+    # every thread must take the same exit, or the team would meet at different barriers
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(512, 256)).astype(np.float32)
+    y = rng.integers(0, 10, 512)
+    model = mt.Sequential([mt.Dense(512, activation="relu"), mt.Dense(10)], seed=0)
+
+    def corrupt(m):
+        y[137] = 10
+
+    cb = _AfterIteration(1, corrupt)
+    mt.set_num_threads(threads)
+    try:
+        with pytest.raises(ValueError, match=r"\by\b.*outside \[0, 10\)"):
+            model.fit(X, y, epochs=2, batch_size=512, verbose=0, callbacks=[cb])
+        _assert_kept(model, cb.saved)
+        y[137] = 3
+        model.fit(X, y, epochs=1, batch_size=512, verbose=0)  # the team is still whole
+    finally:
+        mt.set_num_threads("auto")
