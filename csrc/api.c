@@ -1,6 +1,16 @@
 // Public entry points: dispatch on the dtype.
 #include "mt_internal.h"
 
+// A dense layer's activation derivative is applied by the GEMM that makes its dA: the dX
+// GEMM of a dense layer directly above it, if there is one; else by the layer itself.
+void mt_prepare(mt_net *net) {
+    for (int l = 0; l < net->nlayers; l++) {
+        mt_layer *L = &net->layers[l];
+        L->dact_above = L->kind == MT_LAYER_DENSE && L->act != MT_ACT_IDENTITY &&
+                        l + 1 < net->nlayers && net->layers[l + 1].kind == MT_LAYER_DENSE;
+    }
+}
+
 size_t mt_workspace_bytes(const mt_net *net, int64_t max_batch) {
     return net->dtype == MT_FLOAT64 ? mt_workspace_bytes_f64(net, max_batch)
                                     : mt_workspace_bytes_f32(net, max_batch);

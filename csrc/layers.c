@@ -31,7 +31,8 @@ void FN(mt_act_backward)(const mt_layer *L, const real *Z, const real *A, real *
 
 // dZ (n, out) -> dW (in, out) = Xᵀ dZ; db (out) = Σ_rows dZ; unless dX is NULL,
 // dX (n, in) = (dZ Wᵀ) ⊙ act'(Zin): the dZ of the layer `below` whose output X = act(Zin)
-// is this layer's input (below == NULL: X is the data, or reached without activation)
+// is this layer's input and whose act' this GEMM applies (below->dact_above; below ==
+// NULL: dX = dZ Wᵀ)
 void FN(mt_dense_backward)(const mt_layer *L, const real *params, real *grads,
                            const real *X, const real *dZ, real *dX, int64_t n,
                            const mt_layer *below, const real *Zin, const mt_gemm_ws *g) {
@@ -39,7 +40,7 @@ void FN(mt_dense_backward)(const mt_layer *L, const real *params, real *grads,
     // the GEMM sums dZ's columns into db while it packs dZ: one pass over dZ for both
     const mt_epilogue sums = {.kind = MT_EP_NONE, .b_sums = grads + L->b_off};
     mt_epilogue ep = {.kind = MT_EP_NONE};
-    if (below && below->act != MT_ACT_IDENTITY)
+    if (below)
         ep = (mt_epilogue){.kind = MT_EP_DACT, .act = below->act, .alpha = below->act_param,
                            .z = Zin, .a = X};
     // dW and dX are independent: one packing phase and one tile phase for both

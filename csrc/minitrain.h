@@ -80,6 +80,8 @@ typedef struct {
     double momentum;   // batchnorm: running = momentum * running + (1 - momentum) * batch
     double eps;        // batchnorm: added to the variance
     int64_t s_off;     // batchnorm: running mean (out,), variance (out,) at buffers + s_off
+    int dact_above;    // set by mt_prepare: 1 when the dX GEMM of the dense layer above
+                       // applies this dense layer's activation derivative (fused)
 } mt_layer;
 
 typedef struct {
@@ -118,6 +120,9 @@ typedef struct {
     int threads;           // the team in "auto" thread mode (<= 0: every core), chosen by
                            // the caller's controller; ignored when the count is fixed
 } mt_net;
+
+// Decides, once the layers are described, what the description implies (dact_above).
+void mt_prepare(mt_net *net);
 
 // Bytes of workspace a net needs for batches of up to max_batch rows.
 size_t mt_workspace_bytes(const mt_net *net, int64_t max_batch);

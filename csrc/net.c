@@ -120,13 +120,13 @@ static void backward_layer(mt_net *net, workspace *ws, int l, const real *input,
     const mt_layer *L = &net->layers[l];
     switch (L->kind) {
     case MT_LAYER_DENSE: {
-        // dA -> dZ here unless a dense layer above applied act' while its GEMM made dA;
-        // likewise this layer's GEMM applies the act' of a dense layer below to dX
-        if (L->act != MT_ACT_IDENTITY &&
-            (l == net->nlayers - 1 || net->layers[l + 1].kind != MT_LAYER_DENSE))
+        // dA -> dZ here unless the dense layer above applied act' while its GEMM made dA;
+        // likewise this layer's GEMM applies the act' of the layer below to dX when fused
+        // (mt_prepare decided both)
+        if (L->act != MT_ACT_IDENTITY && !L->dact_above)
             FN(mt_act_backward)(L, ws->z[l], ws->a[l], dA, n);
-        const mt_layer *below = l > 0 && net->layers[l - 1].kind == MT_LAYER_DENSE
-                                    ? &net->layers[l - 1] : NULL;
+        const mt_layer *below = l > 0 && net->layers[l - 1].dact_above ? &net->layers[l - 1]
+                                                                        : NULL;
         FN(mt_dense_backward)(L, net->params, net->grads, input, dA, dX, n, below,
                               below ? ws->z[l - 1] : NULL, &ws->gemm);
         break;

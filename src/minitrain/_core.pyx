@@ -37,6 +37,7 @@ cdef extern from "minitrain.h":
         int64_t w_off, b_off
         double rate, momentum, eps
         int64_t s_off
+        int dact_above
     ctypedef struct mt_optim:
         int kind
         double lr, momentum
@@ -71,6 +72,7 @@ cdef extern from "minitrain.h":
     int mt_gemm(int dtype, int isa, int trans_a, int trans_b, int64_t M, int64_t N,
                 int64_t K, const void *A, const void *B, void *C, int accumulate) nogil
     int mt_all_finite(int dtype, const void *x, int64_t n) nogil
+    void mt_prepare(mt_net *net)
     void mt_set_num_threads(int n)
     int mt_get_num_threads()
     int mt_num_threads_fixed()
@@ -279,6 +281,7 @@ cdef class Net:
             self.net.reduction = MT_REDUCE_MEAN
             self.net.nlayers = len(layers)
             memcpy(self.net.layers, checked, len(layers) * sizeof(mt_layer))
+            mt_prepare(&self.net)
             self.n_out = self.net.layers[len(layers) - 1].out
             self.net.n_params = params.size
             self._params, self._grads, self._state = params, grads, state
