@@ -11,6 +11,13 @@ void mt_prepare(mt_net *net) {
     }
 }
 
+void mt_lay_out(mt_net *net) {
+    if (net->dtype == MT_FLOAT64)
+        mt_lay_out_f64(net);
+    else
+        mt_lay_out_f32(net);
+}
+
 size_t mt_workspace_bytes(const mt_net *net, int64_t max_batch) {
     return net->dtype == MT_FLOAT64 ? mt_workspace_bytes_f64(net, max_batch)
                                     : mt_workspace_bytes_f32(net, max_batch);

@@ -127,6 +127,10 @@ void mt_prepare(mt_net *net);
 // Bytes of workspace a net needs for batches of up to max_batch rows.
 size_t mt_workspace_bytes(const mt_net *net, int64_t max_batch);
 
+// Lays net->work out for net->max_batch rows (once per reserve, after setting both);
+// mt_step and mt_forward use that layout.
+void mt_lay_out(mt_net *net);
+
 // One iteration on the n rows X[idx[0..n)] (rows 0..n of X when idx is NULL).
 // X (rows, in0) row-major; y int64 (rows,) for cross-entropy, else (rows, out) in dtype.
 // `iteration` keys the dropout masks: the same iteration gives the same masks.

@@ -63,6 +63,7 @@ typedef struct {
                             int64_t K, const real *A, const real *B, real *C,              \
                             int accumulate);                                               \
     size_t mt_workspace_bytes_##sfx(const mt_net *net, int64_t max_batch);                 \
+    void mt_lay_out_##sfx(mt_net *net);                                                    \
     int mt_step_##sfx(mt_net *net, const real *X, const void *y, const int64_t *idx,       \
                       int64_t n, int64_t iteration, const mt_optim *opt, double *loss);    \
     int mt_forward_##sfx(mt_net *net, const real *X, const int64_t *idx, int64_t n,        \

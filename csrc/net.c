@@ -62,8 +62,23 @@ static size_t layout(const mt_net *net, int64_t rows, char *base, workspace *ws)
     return off;
 }
 
+// The laid-out workspace sits at the head of net->work, written once per reserve by
+// mt_lay_out: an iteration reads its pointers, it does not lay them out again.
+#define HEAD ((sizeof(workspace) + MT_ALIGN - 1) / MT_ALIGN * MT_ALIGN)
+
 size_t FN(mt_workspace_bytes)(const mt_net *net, int64_t max_batch) {
-    return layout(net, max_batch, NULL, NULL);
+    return HEAD + layout(net, max_batch, NULL, NULL);
+}
+
+void FN(mt_lay_out)(mt_net *net) {
+    layout(net, net->max_batch, (char *)net->work + HEAD, (workspace *)net->work);
+}
+
+// the workspace laid out for this net, with the micro-kernels it uses now
+static workspace *laid_out(mt_net *net) {
+    workspace *ws = net->work;
+    ws->gemm.isa = net->isa;
+    return ws;
 }
 
 // x (n, in) = rows idx of X (rows, in); threads split the rows
@@ -200,8 +215,7 @@ int FN(mt_step)(mt_net *net, const real *X, const void *y, const int64_t *idx, i
                 int64_t iteration, const mt_optim *opt, double *loss) {
     if (n > net->max_batch) return MT_ERR_BATCH_TOO_LARGE;
     net->l2_term = 0;
-    workspace ws;
-    layout(net, net->max_batch, net->work, &ws);
+    workspace *ws = laid_out(net);
     const int team = team_for(net, n, 1);
     double batch_weight = 0;
     int bad_label = 0; // shared by the team: see mt_loss_forward_backward
@@ -210,9 +224,9 @@ int FN(mt_step)(mt_net *net, const real *X, const void *y, const int64_t *idx, i
     // entering one costs a fraction of a microsecond even when inactive)
     if (team > 1) {
 #pragma omp parallel num_threads(team)
-        step_passes(net, &ws, X, y, idx, n, iteration, loss, &batch_weight, &bad_label);
+        step_passes(net, ws, X, y, idx, n, iteration, loss, &batch_weight, &bad_label);
     } else {
-        step_passes(net, &ws, X, y, idx, n, iteration, loss, &batch_weight, &bad_label);
+        step_passes(net, ws, X, y, idx, n, iteration, loss, &batch_weight, &bad_label);
     }
     if (bad_label) return MT_ERR_BAD_LABEL;
     if (!isfinite(*loss)) return MT_ERR_NONFINITE_LOSS;
@@ -222,25 +236,24 @@ int FN(mt_step)(mt_net *net, const real *X, const void *y, const int64_t *idx, i
     if (status != MT_OK) return status; // the running statistics stay with the parameters
     for (int l = 0; l < net->nlayers; l++)
         if (net->layers[l].kind == MT_LAYER_BATCHNORM)
-            FN(mt_batchnorm_update_running)(&net->layers[l], ws.stats[l], net->buffers, n);
+            FN(mt_batchnorm_update_running)(&net->layers[l], ws->stats[l], net->buffers, n);
     return MT_OK;
 }
 
 int FN(mt_forward)(mt_net *net, const real *X, const int64_t *idx, int64_t n, real *out) {
     if (n > net->max_batch) return MT_ERR_BATCH_TOO_LARGE;
-    workspace ws;
-    layout(net, net->max_batch, net->work, &ws);
+    workspace *ws = laid_out(net);
     const int team = team_for(net, n, 0);
     const real *P = NULL;
     if (team > 1) {
 #pragma omp parallel num_threads(team)
         {
-            const real *p = forward(net, &ws, gather(net, &ws, X, idx, n), n, 0, 0);
+            const real *p = forward(net, ws, gather(net, ws, X, idx, n), n, 0, 0);
 #pragma omp master
             P = p;
         }
     } else {
-        P = forward(net, &ws, gather(net, &ws, X, idx, n), n, 0, 0);
+        P = forward(net, ws, gather(net, ws, X, idx, n), n, 0, 0);
     }
     memcpy(out, P, (size_t)(n * net->layers[net->nlayers - 1].out) * sizeof(real));
     return MT_OK;

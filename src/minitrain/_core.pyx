@@ -73,6 +73,7 @@ cdef extern from "minitrain.h":
                 int64_t K, const void *A, const void *B, void *C, int accumulate) nogil
     int mt_all_finite(int dtype, const void *x, int64_t n) nogil
     void mt_prepare(mt_net *net)
+    void mt_lay_out(mt_net *net)
     void mt_set_num_threads(int n)
     int mt_get_num_threads()
     int mt_num_threads_fixed()
@@ -364,6 +365,7 @@ cdef class Net:
             self._work = raw[shift:shift + nbytes]
             self.net.work = ptr(self._work)
             self.net.max_batch = max_batch
+            mt_lay_out(&self.net)
         finally:
             self._release()
 
