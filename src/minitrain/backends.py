@@ -16,7 +16,6 @@ import warnings
 import numpy as np
 
 from . import functional as F
-from ._validation import check_int
 from .optimizers import SGD_KIND, STYLE_SKLEARN, STYLE_TORCH
 
 try:
