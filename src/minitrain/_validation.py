@@ -78,23 +78,29 @@ def check_X(X, dtype, n_features=None, name="X"):
         raise ValueError(f"{name} has {arr.shape[1]} features, the model expects {n_features}")
     if arr.dtype.kind == "f":
         _check_finite(name, arr)
-    with np.errstate(over="ignore"):  # an overflow is reported below, naming X
-        out = np.ascontiguousarray(arr, dtype=dtype)
+    out = _convert(name, arr, dtype)
     if isinstance(arr, np.memmap) and not np.may_share_memory(out, arr):
         warnings.warn(f"{name} is memory-mapped as {arr.dtype} (C-contiguous: "
                       f"{arr.flags.c_contiguous}); it was loaded whole to convert it to a "
                       f"C-contiguous {np.dtype(dtype).name} array. Store it that way to keep "
                       f"it on disk.", UserWarning, stacklevel=3)
-    if out.dtype.kind == "f" and arr.dtype.kind == "f" and arr.dtype.itemsize > out.dtype.itemsize:
-        _check_converted(name, out)
     return out
 
 
-def _check_converted(name, out):
-    """`out`, converted to a narrower float dtype from finite values, has not overflowed."""
+def _convert(name, arr, dtype):
+    """The finite numbers `arr` as a C-contiguous `dtype` array (copied only if needed);
+    a narrowing float conversion that overflows raises a ValueError naming `name`."""
+    size = dtype.itemsize if isinstance(dtype, np.dtype) else np.dtype(dtype).itemsize
+    if arr.dtype.kind != "f" or arr.dtype.itemsize <= size:
+        # no overflow possible (int64's range fits float32's); errstate costs a
+        # microsecond, and train_step checks every batch
+        return np.ascontiguousarray(arr, dtype=dtype)
+    with np.errstate(over="ignore"):  # an overflow is reported below, naming the array
+        out = np.ascontiguousarray(arr, dtype=dtype)
     if not all_finite(out):
         raise ValueError(f"{name} holds values too large for the model's dtype "
                          f"{out.dtype.name} (largest {np.finfo(out.dtype).max:.4g})")
+    return out
 
 
 def _labels_in_range(y, n_outputs):
@@ -148,8 +154,4 @@ def check_targets(y, loss, n_outputs, n_samples, dtype, name="y"):
         raise ValueError(f"{name} must lie in [0, 1] for the binary cross-entropy loss")
     if loss == "poisson" and (arr < 0).any():
         raise ValueError(f"{name} must hold counts >= 0 for the Poisson loss")
-    with np.errstate(over="ignore"):  # an overflow is reported below, naming y
-        out = np.ascontiguousarray(arr, dtype=dtype)
-    if arr.dtype.kind == "f" and arr.dtype.itemsize > out.dtype.itemsize:
-        _check_converted(name, out)
-    return out
+    return _convert(name, arr, dtype)

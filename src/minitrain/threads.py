@@ -83,6 +83,7 @@ class ThreadController:
     max_interval = 5000
     slowdown = 1.5       # check again when the chosen size gets this much slower
     give_up = 1.5        # drop a candidate this much slower than the best so far
+    serial_interval = 1000  # untimed iterations after a check in which only one thread ran
 
     def __init__(self, net):
         self.net = net
@@ -96,6 +97,8 @@ class ThreadController:
         self._recent = []      # times at the chosen size since it was chosen
         self._countdown = 0
         self._used = {}        # iterations per team size, since the last `used()`
+        self._ran = set()      # the teams the core ran since the last choice
+        self._serial = 0       # iterations left untimed: the core keeps them serial
         self._lock = threading.Lock()  # a model shared between threads shares this
 
     def _candidates(self):
@@ -117,6 +120,13 @@ class ThreadController:
 
     def stop(self, t0):
         """After the iteration started at t0."""
+        if self._serial:
+            # the core ran every candidate on one thread (an iteration too small for a
+            # team): nothing to choose, so nothing is timed for a while; this path costs
+            # a tenth of the timed one, which matters on iterations of 20 us
+            self._serial -= 1
+            self._used[1] = self._used.get(1, 0) + 1
+            return
         elapsed = time.perf_counter() - t0
         if self.enabled:
             team = _core.last_team()
@@ -128,6 +138,7 @@ class ThreadController:
         # "not a choice" below) and the one that does is timed: the next check after the
         # count is free again corrects what was learnt meanwhile
         self._used[team] = self._used.get(team, 0) + 1
+        self._ran.add(team)
         if self._plan:
             self._timing(elapsed, team)
             return
@@ -178,6 +189,9 @@ class ThreadController:
         self._spent = {}
         interval = extra / (self.budget * max(self.best_time, 1e-9))
         self._countdown = int(min(max(interval, self.min_interval), self.max_interval))
+        if self._ran <= {1}:  # the core ran everything on one thread: look again later
+            self._serial = self.serial_interval
+        self._ran = set()
 
     def used(self):
         """The team size most iterations used since the last call (None: none ran)."""

@@ -297,3 +297,29 @@ def test_blas_single_thread_limits_numpy_blas_and_restores_it():
     after = {i["filepath"]: i["num_threads"] for i in threadpoolctl.threadpool_info()
              if i["user_api"] == "blas"}
     assert after == before
+
+
+def test_iterations_the_core_keeps_serial_are_not_timed_until_the_next_look(fake):
+    ctl, state, run = fake
+    state["serial"] = True
+    run(20)  # one check: every candidate ran on one thread
+    assert ctl.team == 1 and ctl._serial > 0
+    calls = []
+    real = _core.last_team
+    _core.last_team = lambda: calls.append(1) or real()
+    try:
+        run(ctl.serial_interval - 100)
+    finally:
+        _core.last_team = real
+    assert calls == [] and ctl.used() == 1
+    # the iterations grow (a team now runs them): the next look finds the faster team
+    state["serial"], state["speed"] = False, {1: 1.0, 2: 0.5}
+    teams = run(300)
+    assert ctl.team == 2 and teams[-100:].count(2) >= 90
+
+
+def test_a_chosen_team_is_not_taken_for_a_serial_iteration_at_the_next_look(fake):
+    ctl, state, run = fake
+    state["speed"] = {1: 1.0, 2: 0.5}
+    run(400)  # chosen: 2, then looked at again at least once
+    assert ctl.team == 2 and ctl._serial == 0
