@@ -273,14 +273,6 @@ def _read_header(archive, members, fail, path):
     return header
 
 
-def _read(path):
-    """The header and arrays of a checkpoint file, fully read and checked for form."""
-    with _archive(path) as (archive, members, fail):
-        header = _read_header(archive, members, fail, path)
-        arrays = {name: m.read(archive) for name, m in members.items() if name != _HEADER}
-    return header, arrays
-
-
 def _layer(config):
     config = dict(config)
     cls = getattr(layers_module, str(config.pop("class", "")), None)
