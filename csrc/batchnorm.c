@@ -21,25 +21,42 @@ static void normalize_column(const real *X, real *Xhat, real *Y, int64_t n, int6
 }
 
 // X (n, c) -> Xhat (n, c) = (X - mean) / sqrt(var + eps), Y (n, c) = gamma Xhat + beta;
-// stats (3, c) = batch mean, biased batch variance, 1 / sqrt(var + eps)
-void FN(mt_batchnorm_forward)(const mt_layer *L, const real *params, const real *X,
-                              real *Xhat, real *stats, real *Y, int64_t n) {
+// stats (3, c) = batch mean, biased batch variance, 1 / sqrt(var + eps). The batch is the
+// `total` rows of which X holds n: with net->reduce, the column sums of every rank's part
+// (sums (2, c): Σ x, then Σ (x - mean)²) are summed before they are used, so the
+// statistics are the global batch's, with the two-pass variance of one process.
+void FN(mt_batchnorm_forward)(const mt_net *net, const mt_layer *L, const real *X,
+                              real *Xhat, real *stats, double *sums, real *Y, int64_t n,
+                              int64_t total, int *status) {
     const int64_t c = L->out;
-    const real *gamma = params + L->w_off, *beta = params + L->b_off;
+    const real *gamma = (const real *)net->params + L->w_off;
+    const real *beta = (const real *)net->params + L->b_off;
     real *mean = stats, *var = stats + c, *invstd = stats + 2 * c;
+    double *s = sums, *v = sums + c;
 #pragma omp for schedule(dynamic, 8)
     for (int64_t j = 0; j < c; j++) {
-        double s = 0, v = 0;
-        for (int64_t i = 0; i < n; i++) s += X[i * c + j];
-        const double mu = s / n;
+        double sj = 0;
+        for (int64_t i = 0; i < n; i++) sj += X[i * c + j];
+        s[j] = sj;
+    }
+    mt_allreduce(net, s, c, status);
+#pragma omp for schedule(dynamic, 8)
+    for (int64_t j = 0; j < c; j++) {
+        const double mu = s[j] / total;
+        double vj = 0;
         for (int64_t i = 0; i < n; i++) {
             const double d = X[i * c + j] - mu;
-            v += d * d;
+            vj += d * d;
         }
-        v /= n;
-        mean[j] = (real)mu;
-        var[j] = (real)v;
-        invstd[j] = (real)(1 / sqrt(v + L->eps));
+        v[j] = vj;
+    }
+    mt_allreduce(net, v, c, status);
+#pragma omp for schedule(dynamic, 8)
+    for (int64_t j = 0; j < c; j++) {
+        const double vj = v[j] / total;
+        mean[j] = (real)(s[j] / total);
+        var[j] = (real)vj;
+        invstd[j] = (real)(1 / sqrt(vj + L->eps));
         normalize_column(X, Xhat, Y, n, c, j, mean[j], invstd[j], gamma[j], beta[j]);
     }
 }
@@ -57,27 +74,37 @@ void FN(mt_batchnorm_inference)(const mt_layer *L, const real *params, const rea
     }
 }
 
-// dY (n, c) -> dgamma (c) = Σ_rows dY Xhat, dbeta (c) = Σ_rows dY;
-// dX (n, c) = gamma invstd / n (n dY - dbeta - Xhat dgamma) unless dX is NULL
-void FN(mt_batchnorm_backward)(const mt_layer *L, const real *params, real *grads,
-                               const real *Xhat, const real *stats, const real *dY,
-                               real *dX, int64_t n) {
+// dY (n, c) -> dgamma (c) = Σ_rows dY Xhat, dbeta (c) = Σ_rows dY over this part's rows
+// (the gradient's all-reduce sums the parts); unless dX is NULL, dX (n, c) = gamma invstd /
+// total (total dY - Σ dY - Xhat Σ dY Xhat) with the sums of the global batch's `total` rows:
+// sums (2, c) is summed over the ranks by net->reduce first
+void FN(mt_batchnorm_backward)(const mt_net *net, const mt_layer *L, const real *Xhat,
+                               const real *stats, double *sums, const real *dY, real *dX,
+                               int64_t n, int64_t total, int *status) {
     const int64_t c = L->out;
-    const real *gamma = params + L->w_off, *invstd = stats + 2 * c;
-    real *dgamma = grads + L->w_off, *dbeta = grads + L->b_off;
+    const real *gamma = (const real *)net->params + L->w_off, *invstd = stats + 2 * c;
+    real *dgamma = (real *)net->grads + L->w_off, *dbeta = (real *)net->grads + L->b_off;
+    double *sb = sums, *sg = sums + c;
 #pragma omp for schedule(dynamic, 8)
     for (int64_t j = 0; j < c; j++) {
-        double sb = 0, sg = 0;
+        double b = 0, g = 0;
         for (int64_t i = 0; i < n; i++) {
-            sb += dY[i * c + j];
-            sg += (double)dY[i * c + j] * Xhat[i * c + j];
+            b += dY[i * c + j];
+            g += (double)dY[i * c + j] * Xhat[i * c + j];
         }
-        dbeta[j] = (real)sb;
-        dgamma[j] = (real)sg;
-        if (!dX) continue;
-        const double k = (double)gamma[j] * invstd[j] / n;
+        dbeta[j] = (real)b;
+        dgamma[j] = (real)g;
+        sb[j] = b;
+        sg[j] = g;
+    }
+    if (!dX) return;
+    mt_allreduce(net, sums, 2 * c, status);
+#pragma omp for schedule(dynamic, 8)
+    for (int64_t j = 0; j < c; j++) {
+        const double k = (double)gamma[j] * invstd[j] / total;
         for (int64_t i = 0; i < n; i++)
-            dX[i * c + j] = (real)(k * ((double)n * dY[i * c + j] - sb - Xhat[i * c + j] * sg));
+            dX[i * c + j] =
+                (real)(k * ((double)total * dY[i * c + j] - sb[j] - Xhat[i * c + j] * sg[j]));
     }
 }
 
