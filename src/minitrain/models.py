@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
-from . import checkpoint, evaluation, optimizers, training
+from . import checkpoint, distributed, evaluation, optimizers, training
 from . import functional as F
 from . import threads
 from ._validation import all_finite, check_int, check_targets, check_X
@@ -227,7 +227,10 @@ class Sequential:
         n_weights = sum(l.n_weights for l in self.layers)
         n_params = sum(l.n_params for l in self.layers)
         self.params_flat = np.zeros(n_params, dtype=self.dtype)
-        self.grads_flat = np.zeros(n_params, dtype=self.dtype)
+        # trailing slots carry a distributed iteration's loss and flags in the gradient's
+        # one all-reduce (minitrain.distributed)
+        self._grads_ext = np.zeros(n_params + distributed.SLOTS, dtype=self.dtype)
+        self.grads_flat = self._grads_ext[:n_params]
         self.state_flat = np.zeros(2 * n_params, dtype=self.dtype)
         self.buffers_flat = np.zeros(sum(l.n_buffers for l in self.layers), dtype=self.dtype)
         self._n_decay = n_weights
@@ -318,7 +321,7 @@ class Sequential:
             metrics: str | Sequence[str] | None = "auto",
             callbacks: Sequence[Callback] | None = None, tol: float | None = None,
             n_iter_no_change: int = 10, max_time: float | None = None,
-            resume_from: str | os.PathLike | None = None) -> History:
+            resume_from: str | os.PathLike | None = None, comm: Any = None) -> History:
         """Train for `epochs` epochs of shuffled mini-batches.
 
         One epoch is ``ceil(N / batch_size)`` iterations (``floor`` with
@@ -397,6 +400,13 @@ class Sequential:
             optimizer's kind and hyper-parameters (pass ``optimizer=None`` to continue
             with the saved one), `batch_size`, `shuffle`, `drop_last`, and the number of
             training rows.
+        comm : mpi4py communicator, optional
+            Train data-parallel over its ranks (``MPI.COMM_WORLD`` under ``mpiexec``):
+            every rank calls ``fit`` with the same arguments and data; `batch_size` is the
+            global batch, each rank computes the gradient of a contiguous part of it, and
+            one all-reduce per iteration gives every rank the weights one process would
+            reach, to rounding. Only rank 0 prints and writes files; see
+            ``minitrain.distributed``.
 
         Returns
         -------
@@ -428,7 +438,7 @@ class Sequential:
                             seed=seed, verbose=verbose, validation_data=validation_data,
                             validation_split=validation_split, metrics=metrics,
                             callbacks=callbacks, tol=tol, n_iter_no_change=n_iter_no_change,
-                            max_time=max_time, resume_from=resume_from)
+                            max_time=max_time, resume_from=resume_from, comm=comm)
 
     def _resume(self, state, optimizer):
         """Become the model of the run `state` describes (on this model's backend), to

@@ -9,24 +9,24 @@ after an iteration, after an epoch or on a non-finite loss, when to stop — is 
 
 One iteration is "gradients are ready → (reduce) → update" in ``Runner.step``: with no
 reduction the core computes the gradient and updates in one pass (the fast path); with a
-``reduce`` (the all-reduce of a distributed fit) the gradient is computed, reduced in
-place, then applied by the backend's ``update(lr, t)``, which the NumPy twin has; the C
-core fuses its update into the step and has no such entry yet.
+``reduce`` (``minitrain.distributed.Reducer``, the all-reduce of a distributed fit) the
+rank computes the gradient of its part of the batch, the gradient is reduced in place,
+then applied by the backend's ``update(lr, t)``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import sys
 import time
 import warnings
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-from . import evaluation, optimizers, threads
+from . import distributed, evaluation, optimizers, threads
 from ._validation import check_int, check_number, check_targets, check_X
 from .callbacks import CallbackList, ConvergenceCheck, EpochLine, ProgressBar
 from .history import History
@@ -119,16 +119,15 @@ class Runner:
 
     def __init__(self, model: Any, plan: FitPlan, policy: Policy, X: Any, y: np.ndarray,
                  sample_weight: np.ndarray | None = None, rows: np.ndarray | None = None,
-                 reduce: Callable[[np.ndarray], None] | None = None) -> None:
+                 reduce: distributed.Reducer | None = None) -> None:
         self.model, self.plan, self.policy = model, plan, policy
         self.X, self.y, self.sample_weight = X, y, sample_weight
         self.rows = np.arange(plan.n_samples, dtype=np.int64) if rows is None else rows
         self.sparse = hasattr(X, "toarray")
-        # the seam of a distributed fit: reduce(grads_flat) all-reduces it in place, then
-        # the backend's update(lr, t) applies it
-        if reduce is not None and not hasattr(model._net, "update"):
-            raise NotImplementedError("this backend fuses the update into its step: it has "
-                                      "no separate update to apply a reduced gradient")
+        # the seam of a distributed fit: each rank's part of a batch, the all-reduce of the
+        # gradient, then the backend's update(lr, t)
+        if reduce is not None and (sample_weight is not None or self.sparse):
+            raise NotImplementedError("a distributed fit takes dense X without sample_weight")
         self.reduce = reduce
         # every call that uses the model's workspace holds its lock (see Sequential)
         self.lock = model._lock
@@ -158,8 +157,14 @@ class Runner:
         """One iteration on rows order[start:stop]: gradients → (reduce) → update."""
         if self.reduce is None:  # the core updates in the pass that computes the gradient
             return self._step_rows(order, start, stop, lr, t, iteration=iteration)
-        loss = self._step_rows(order, start, stop, 0.0, 0, False, iteration=iteration)
-        self.reduce(self.model.grads_flat)
+        lo, hi = self.reduce.part(start, stop)  # this rank's rows of the global batch
+        self.net.set_shard(lo - start, stop - start, stop - start, self.reduce.sums)
+        err, loss = None, 0.0
+        try:
+            loss = self._step_rows(order, lo, hi, 0.0, 0, False, iteration=iteration)
+        except (ValueError, FloatingPointError) as e:  # raised below, on every rank
+            err = e
+        loss = self.reduce(loss, err)  # sums grads_flat; raises a rank's error on every rank
         self.net.update(lr, t)
         return loss
 
@@ -206,6 +211,8 @@ class Runner:
                     break
         finally:
             self.model._net.clear_data()  # do not keep the training set alive
+            if self.reduce is not None:
+                self.net.set_shard()  # later steps are one process's
 
 
 # ------------------------------------------------------------- Sequential.fit
@@ -215,8 +222,8 @@ class KerasPolicy(Policy):
     epoch, the optimizer (and its schedule) gives each update's rate, callbacks run,
     History records, ``max_time`` and callbacks stop."""
 
-    def __init__(self, model, fit):
-        self.model, self.fit = model, fit
+    def __init__(self, model, fit, reducer=None):
+        self.model, self.fit, self.reducer = model, fit, reducer
         self.optimizer = fit.optimizer
         self.on_iteration = fit.callbacks.on_iteration_end
         self.sizes = fit.plan.batch_sizes()
@@ -247,7 +254,10 @@ class KerasPolicy(Policy):
             logs = {"loss": loss, "lr": lr, "epoch": epoch, "batch": batch}
             for fn in self.on_iteration:
                 fn(model.iteration, logs)
-        if self.deadline is not None and time.perf_counter() >= self.deadline:
+        # in a distributed fit every rank stops at the iteration where one rank's clock
+        # passed the deadline (the all-reduce carried it), or the ranks would part
+        if self.deadline is not None and (self.reducer.late if self.reducer is not None
+                                          else time.perf_counter() >= self.deadline):
             model.stop_training, model.stop_reason = True, "max_time"
 
     def diverged(self, runner, err, epoch, batch):
@@ -267,16 +277,21 @@ class KerasPolicy(Policy):
     def epoch_logs(self, losses):
         """loss (sample-weighted mean over the epoch's iterations), metrics on the
         training rows, validation loss and metrics, lr, time."""
-        fit, model = self.fit, self.model
+        fit, model, reducer = self.fit, self.model, self.reducer
         sizes = self.sizes[:len(losses)]
         logs = {"loss": float(np.dot(losses, sizes) / sizes.sum())}
+        # a distributed fit: each rank evaluates a part of the rows
+        evaluate = model._evaluate_rows if reducer is None else functools.partial(
+            reducer.evaluate_rows, model)
         if fit.metric_names:
-            logs.update(model._evaluate_rows(fit.X, fit.y, fit.metric_rows, fit.metric_names,
-                                             with_loss=False))
+            logs.update(evaluate(fit.X, fit.y, fit.metric_rows, fit.metric_names,
+                                 with_loss=False))
         if fit.validation is not None:
-            val = model._evaluate_rows(*fit.validation, fit.metric_names)
+            val = evaluate(*fit.validation, fit.metric_names)
             logs.update(("val_" + k, v) for k, v in val.items())
-        logs.update(lr=self.optimizer.lr, time=time.perf_counter() - self.start_time)
+        elapsed = time.perf_counter() - self.start_time
+        logs.update(lr=self.optimizer.lr,
+                    time=elapsed if reducer is None else reducer.maximum(elapsed))
         return logs
 
 
@@ -372,19 +387,44 @@ def plan_fit(model, X, y, epochs, batch_size, optimizer, shuffle, drop_last, see
                 callbacks=cbs, max_time=max_time)
 
 
-def fit(model: Any, X: Any, y: Any, *, resume_from: Any = None, **settings: Any) -> History:
-    """``Sequential.fit``: check, lay out, then train through the runner."""
+def fit(model: Any, X: Any, y: Any, *, resume_from: Any = None, comm: Any = None,
+        **settings: Any) -> History:
+    """``Sequential.fit``: check, lay out, then train through the runner (over the ranks
+    of `comm`, an mpi4py communicator, when given)."""
+    if comm is None:
+        return _fit(model, _checked_fit(model, X, y, resume_from, settings))
+    comm = distributed.check_comm(comm)
+    settings = distributed.rank_settings(comm, settings)
+    run, err = None, None
+    try:
+        run = _checked_fit(model, X, y, resume_from, settings)
+        distributed.check_plan(comm, model, run.plan)
+    except Exception as e:  # agreed on with the other ranks, which raise it too
+        err = e
+    distributed.agree(comm, err, None if run is None else distributed.fingerprint(run, model))
+    distributed.share_model(comm, model)
+    with distributed.quiet_logger(comm):
+        return _fit(model, run, comm)
+
+
+def _checked_fit(model, X, y, resume_from, settings):
     from . import checkpoint
     saved = checkpoint.read(resume_from) if resume_from is not None else None
-    run = plan_fit(model, X, y, saved=saved, resume_from=resume_from, **settings)
+    return plan_fit(model, X, y, saved=saved, resume_from=resume_from, **settings)
+
+
+def _fit(model, run, comm=None):
     # every argument is checked: from here on the model changes
     model._begin_fit(run)
-    policy = KerasPolicy(model, run)
+    reducer = None if comm is None else distributed.Reducer(comm, model)
+    policy = KerasPolicy(model, run, reducer)
     model.stop_training, model.stop_reason = False, None
     run.callbacks.call("on_train_begin")
-    run.callbacks.set_states(model._saved_callback_states if saved is not None else {})
+    run.callbacks.set_states(model._saved_callback_states if run.saved is not None else {})
     policy.deadline = None if run.max_time is None else time.perf_counter() + run.max_time
-    Runner(model, run.plan, policy, run.X, run.y, rows=run.rows).run()
+    if reducer is not None:
+        reducer.deadline = policy.deadline
+    Runner(model, run.plan, policy, run.X, run.y, rows=run.rows, reduce=reducer).run()
     model.history.stop_reason = (model.stop_reason or "callback") if model.stop_training \
         else "completed"
     run.callbacks.call("on_train_end")

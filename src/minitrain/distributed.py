@@ -1,0 +1,219 @@
+"""Data-parallel training over MPI: ``Sequential.fit(..., comm=MPI.COMM_WORLD)``.
+
+Every rank runs the same fit on the same data (the same array, or the same ``.npy``
+memory-mapped from shared storage). The epoch's permutation is the same on every rank;
+each global batch is split into k contiguous, near-equal parts (``np.array_split``'s
+sizes), and rank r gathers only the rows of part r. The core computes the gradient of
+that part's share of the batch loss (scaled by the global batch's size; dropout masks keyed
+by each row's place in the global batch; batch normalisation on the global batch's
+statistics, through the net's reduce hook); one ``Allreduce`` (a sum) of the flat gradient,
+which carries the part's loss and an error flag in trailing slots, makes every rank's
+gradient the batch's; then every rank applies the same update. k ranks thus give the
+weights of one process with the same global batch, to rounding.
+
+An error on a rank (bad input, a non-finite loss) is agreed on before any update: every
+rank takes part in every collective of the iteration, then all raise the same error with
+the parameters untouched. Only rank 0 prints, logs and writes files.
+
+The engine is MPI through mpi4py (the ``mpi`` extra: mpi4py and the ``mpich`` wheel, which
+brings ``mpiexec``); minitrain adds no transport of its own.
+"""
+
+from __future__ import annotations
+
+import builtins
+import logging
+import time
+from typing import Any
+
+import numpy as np
+
+from . import evaluation
+from ._validation import all_finite
+
+# trailing slots of the gradient's all-reduce: the part's loss, its error flag, and whether
+# the rank's clock passed the fit's max_time
+_LOSS, _FAILED, _LATE = 0, 1, 2
+SLOTS = 3
+
+
+def _mpi():
+    try:
+        from mpi4py import MPI
+    except ImportError:  # pragma: no cover - the extra is not installed
+        raise ImportError("comm: a distributed fit needs mpi4py (pip install "
+                          "'minitrain[mpi]')") from None
+    return MPI
+
+
+def check_comm(comm: Any) -> Any:
+    """`comm` if it is an mpi4py intra-communicator, else TypeError."""
+    MPI = _mpi()
+    if not isinstance(comm, MPI.Intracomm):
+        raise TypeError(f"comm must be an mpi4py communicator (e.g. MPI.COMM_WORLD) or "
+                        f"None, got {type(comm).__name__}")
+    return comm
+
+
+def part_bounds(n: int, k: int) -> np.ndarray:
+    """Bounds (k + 1,) of the k contiguous near-equal parts of n rows: the sizes of
+    ``np.array_split`` (the first ``n % k`` parts one row longer)."""
+    q, r = divmod(n, k)
+    sizes = np.full(k, q, dtype=np.int64)
+    sizes[:r] += 1
+    return np.concatenate(([0], np.cumsum(sizes)))
+
+
+def is_root(comm: Any = None) -> bool:
+    """Whether this process speaks for the run: rank 0 of `comm`, or any process without
+    one. Printing, logging and file writes of a distributed fit happen there only."""
+    return comm is None or comm.Get_rank() == 0
+
+
+def _exception(name: str, message: str) -> Exception:
+    cls = getattr(builtins, name, None)
+    if not (isinstance(cls, type) and issubclass(cls, Exception)):
+        cls = RuntimeError
+    try:
+        return cls(message)
+    except TypeError:  # an exception class whose constructor wants more
+        return RuntimeError(message)
+
+
+def agree(comm: Any, err: BaseException | None, fingerprint: Any = None) -> None:
+    """A collective: every rank raises the same exception, that of the lowest rank whose
+    `err` is not None (its type and message, naming the rank), or a ValueError when the
+    ranks' `fingerprint`s (what must be equal for the ranks to run one fit) differ."""
+    mine = None if err is None else (type(err).__name__, str(err))
+    gathered = comm.allgather((mine, fingerprint))
+    for rank, (failure, _) in enumerate(gathered):
+        if failure is not None:
+            name, message = failure
+            raise _exception(name, f"rank {rank} of {len(gathered)}: {message}") from err
+    for rank, (_, theirs) in enumerate(gathered):
+        if theirs != gathered[0][1]:
+            raise ValueError(f"comm: rank {rank} was given another fit than rank 0 ({theirs} "
+                             f"against {gathered[0][1]}): every rank must call fit with the "
+                             f"same model, data and arguments")
+
+
+def fingerprint(run: Any, model: Any) -> tuple:
+    """What the ranks of one fit must share: the plan, the data's shape, the model's
+    counters and, once built, its dropout seed."""
+    plan = run.plan
+    return (plan.n_samples, plan.batch_size, plan.epochs, plan.initial_epoch, plan.shuffle,
+            plan.drop_last, tuple(run.X.shape), model.built, model.epoch, model.iteration,
+            model.dropout_seed if model.built else None)
+
+
+def check_plan(comm: Any, model: Any, plan: Any) -> None:
+    """Refuse what a distributed fit cannot run, before anything changes."""
+    if model.backend != "c":
+        raise ValueError(f"comm: a distributed fit runs on backend='c', got "
+                         f"backend={model.backend!r}")
+    size = comm.Get_size()
+    smallest = int(plan.batch_sizes().min())
+    if smallest < size:
+        raise ValueError(f"comm: every batch must hold at least one row per rank; with "
+                         f"{size} ranks the batch of {smallest} rows cannot be split: use "
+                         f"drop_last=True or another batch_size")
+
+
+def share_model(comm: Any, model: Any) -> None:
+    """Make every rank's `model` rank 0's: its generator (which initialises an unbuilt
+    model and shuffles) and, once built, its flat buffers, so that ranks given models made
+    with ``seed=None`` start from one model."""
+    model.rng.bit_generator.state = comm.bcast(model.rng.bit_generator.state)
+    if model.built:
+        for buf in (model.params_flat, model.state_flat, model.buffers_flat):
+            comm.Bcast(buf, root=0)
+
+
+def rank_settings(comm: Any, settings: dict) -> dict:
+    """The fit's `settings` on this rank: unchanged on rank 0; elsewhere silent
+    (``verbose=0``) and without the callbacks whose job is output (checkpoints, logs,
+    progress), which run on rank 0 only."""
+    if is_root(comm):
+        return settings
+    from .callbacks import EpochLine, ModelCheckpoint, _FileLogger
+    callbacks = [cb for cb in settings.get("callbacks") or []
+                 if not isinstance(cb, (ModelCheckpoint, _FileLogger, EpochLine))]
+    return {**settings, "verbose": 0, "callbacks": callbacks}
+
+
+class Reducer:
+    """The reduction of a distributed fit over `comm`, for `model` (built): the part of
+    each global batch this rank trains on, the all-reduce of the gradient with the loss
+    and error flag, the batch-norm sums' all-reduce, and evaluation over the ranks."""
+
+    def __init__(self, comm: Any, model: Any) -> None:
+        self.MPI = _mpi()
+        self.comm = comm
+        self.size, self.rank = comm.Get_size(), comm.Get_rank()
+        # the gradient with its trailing slots: one buffer, so one all-reduce, no copy
+        self.buf = model._grads_ext
+        self.n = model.grads_flat.size
+        self.deadline = None  # max_time's, as time.perf_counter()
+        self.late = False  # a rank passed the deadline before the last all-reduce
+
+    def part(self, start: int, stop: int) -> tuple[int, int]:
+        """This rank's rows [lo, hi) of the global batch [start, stop)."""
+        bounds = part_bounds(stop - start, self.size)
+        return start + int(bounds[self.rank]), start + int(bounds[self.rank + 1])
+
+    def sums(self, buf: np.ndarray) -> None:
+        """The core's reduce hook: batch normalisation's per-feature sums, over the ranks."""
+        self.comm.Allreduce(self.MPI.IN_PLACE, buf)
+
+    def __call__(self, loss: float, err: BaseException | None) -> float:
+        """Sum the gradient and the parts' losses over the ranks, in place; raise on every
+        rank the error a rank met (`err`: this rank's), before anything is updated."""
+        buf, n = self.buf, self.n
+        buf[n + _LOSS] = 0 if err is not None else loss
+        buf[n + _FAILED] = err is not None
+        buf[n + _LATE] = self.deadline is not None and time.perf_counter() >= self.deadline
+        self.comm.Allreduce(self.MPI.IN_PLACE, buf)
+        if buf[n + _FAILED]:
+            agree(self.comm, err)
+        self.late = bool(buf[n + _LATE])
+        return float(buf[n + _LOSS])
+
+    def maximum(self, value: float) -> float:
+        """The largest `value` over the ranks (an epoch's time: the slowest rank's)."""
+        return self.comm.allreduce(value, op=self.MPI.MAX)
+
+    def evaluate_rows(self, model: Any, X: Any, y: Any, rows: Any, metric_names: Any,
+                      batch_size: Any = None, with_loss: bool = True) -> dict:
+        """``model._evaluate_rows`` over the ranks: each computes the outputs of its part
+        of the rows; the parts are gathered, so every rank computes the metrics of the
+        same outputs, those of one process."""
+        n = X.shape[0] if rows is None else len(rows)
+        bounds = part_bounds(n, self.size)
+        lo, hi = int(bounds[self.rank]), int(bounds[self.rank + 1])
+        chosen = np.arange(lo, hi, dtype=np.int64) if rows is None else rows[lo:hi]
+        width = model.n_outputs
+        mine = (model._forward_rows(X, chosen, batch_size, finite=False) if hi > lo
+                else np.empty((0, width), dtype=model.dtype))
+        out = np.empty((n, width), dtype=model.dtype)
+        self.comm.Allgatherv(mine, [out, np.diff(bounds) * width])
+        if not all_finite(out):
+            raise ValueError(f"X: the model's outputs overflow {model.dtype.name} on these "
+                             f"inputs; scale X")
+        return evaluation.compute(model.loss, metric_names, out,
+                                  y if rows is None else y[rows], with_loss)
+
+
+class quiet_logger:
+    """On the ranks other than 0, the ``minitrain`` logger stays silent for the fit."""
+
+    def __init__(self, comm: Any) -> None:
+        self.silence = not is_root(comm)
+        self.logger = logging.getLogger("minitrain")
+
+    def __enter__(self) -> None:
+        if self.silence:
+            self.was, self.logger.disabled = self.logger.disabled, True
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.silence:
+            self.logger.disabled = self.was
