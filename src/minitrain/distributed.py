@@ -22,6 +22,7 @@ brings ``mpiexec``); minitrain adds no transport of its own.
 from __future__ import annotations
 
 import builtins
+import dataclasses
 import logging
 import time
 from typing import Any
@@ -90,20 +91,22 @@ def agree(comm: Any, err: BaseException | None, fingerprint: Any = None) -> None
         if failure is not None:
             name, message = failure
             raise _exception(name, f"rank {rank} of {len(gathered)}: {message}") from err
+    first = gathered[0][1]
     for rank, (_, theirs) in enumerate(gathered):
-        if theirs != gathered[0][1]:
-            raise ValueError(f"comm: rank {rank} was given another fit than rank 0 ({theirs} "
-                             f"against {gathered[0][1]}): every rank must call fit with the "
-                             f"same model, data and arguments")
+        if theirs != first:
+            differ = ", ".join(f"{key} {theirs[key]!r}, not {first[key]!r}" for key in first
+                               if theirs[key] != first[key])
+            raise ValueError(f"comm: rank {rank} was given another fit than rank 0 ({differ}): "
+                             f"every rank must call fit with the same model, data and "
+                             f"arguments")
 
 
-def fingerprint(run: Any, model: Any) -> tuple:
+def fingerprint(run: Any, model: Any) -> dict:
     """What the ranks of one fit must share: the plan, the data's shape, the model's
     counters and, once built, its dropout seed."""
-    plan = run.plan
-    return (plan.n_samples, plan.batch_size, plan.epochs, plan.initial_epoch, plan.shuffle,
-            plan.drop_last, tuple(run.X.shape), model.built, model.epoch, model.iteration,
-            model.dropout_seed if model.built else None)
+    return {**dataclasses.asdict(run.plan), "X shape": tuple(run.X.shape),
+            "built": model.built, "epoch": model.epoch, "iteration": model.iteration,
+            "dropout seed": model.dropout_seed if model.built else None}
 
 
 def check_plan(comm: Any, model: Any, plan: Any) -> None:

@@ -1,0 +1,162 @@
+"""Data-parallel training over MPI: ``mpiexec -n 2`` and ``-n 3`` on worker.py, whose
+ranks each compare their fit with the one-process fit (float64) and report to rank 0."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import minitrain as mt
+
+WORKER = Path(__file__).with_name("worker.py")
+
+
+def _mpiexec():
+    # the mpich wheel puts mpiexec next to the interpreter of the environment it is in
+    for where in (Path(sys.executable).parent, Path(sys.base_prefix) / "bin"):
+        if (where / "mpiexec").exists():
+            return str(where / "mpiexec")
+    return shutil.which("mpiexec")
+
+
+MPIEXEC = _mpiexec()
+mpi4py = pytest.importorskip("mpi4py", reason="the distributed tests need mpi4py "
+                                              "(pip install 'minitrain[mpi]')")
+needs_mpiexec = pytest.mark.skipif(MPIEXEC is None, reason="no mpiexec found (pip install "
+                                                           "'minitrain[mpi]' brings mpich's)")
+
+
+def launch(k, case, out, timeout=60, env=None):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.run([MPIEXEC, "-n", str(k), sys.executable, str(WORKER), case, str(out)],
+                          capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def results(k, case, out, env=None):
+    proc = launch(k, case, out, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return json.loads((out / f"{case}-{k}.json").read_text()), proc
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Every case on 2 ranks, then on 3 (which resume the checkpoint of the 2)."""
+    if MPIEXEC is None:
+        pytest.skip("no mpiexec found (pip install 'minitrain[mpi]' brings mpich's)")
+    out = tmp_path_factory.mktemp("mpi")
+    found = {}
+    for k in (2, 3):
+        env = {"RESUME_FROM": str(out / "run-2-rank0.npz")} if k == 3 else None
+        for case in ("equivalence", "output", "faults"):
+            found[case, k] = results(k, case, out, env)
+    return found
+
+
+@needs_mpiexec
+@pytest.mark.parametrize("k", [2, 3])
+@pytest.mark.parametrize("name", ["plain", "dropout", "batchnorm"])
+def test_k_ranks_give_the_weights_of_one_process(runs, k, name):
+    ranks = [r[name] for r in runs["equivalence", k][0]]
+    assert len(ranks) == k
+    for r in ranks:
+        assert r["params"] <= 1e-12 and r["buffers"] <= 1e-12
+        assert r["history"] <= 1e-12 and r["iteration_loss"] <= 1e-12
+        assert r["epochs"] == 3 and "val_accuracy" in r["keys"]
+    # every rank ends with the same bits, History included; a second run repeats them
+    assert len({r["digest"] for r in ranks}) == 1
+    assert ranks[0]["again"] == ranks[0]["digest"]
+
+
+@needs_mpiexec
+@pytest.mark.parametrize("k", [2, 3])
+def test_only_rank_0_prints_and_writes_files(runs, k):
+    found, proc = runs["output", k]
+    lines = proc.stdout.splitlines()
+    assert sorted(l for l in lines if l.endswith("before")) == [f"rank {r} before"
+                                                                for r in range(k)]
+    assert [l.split(" · ")[0] for l in lines if l.startswith("Epoch")] == ["Epoch 1/2",
+                                                                          "Epoch 2/2"]
+    assert found[0]["written"] == [f"log-{k}-rank0.csv", f"run-{k}-rank0.npz"]
+
+
+@needs_mpiexec
+@pytest.mark.parametrize("k", [2, 3])
+def test_resume_with_the_same_or_another_number_of_ranks(runs, k):
+    for r in runs["output", k][0]:
+        assert r["same_k"] <= 1e-12
+        if k == 3:  # from the checkpoint the 2 ranks wrote
+            assert r["other_k"] <= 1e-12
+
+
+@needs_mpiexec
+@pytest.mark.parametrize("k", [2, 3])
+def test_an_error_on_one_rank_is_raised_by_every_rank(runs, k):
+    ranks = runs["faults", k][0]
+    assert len(ranks) == k
+    for r in ranks:
+        assert r == ranks[0]  # the same errors, word for word
+    r = ranks[0]
+    assert r["bad_input"] == ["ValueError", f"rank {k - 1} of {k}: y holds labels outside "
+                              f"[0, 10): the last layer has 10 units", False]
+    # the first iteration of the second fit overflowed on the last rank: nothing updated
+    assert r["diverged"] == ["FloatingPointError",
+                             "training diverged at epoch 2, iteration 1 (iteration 12 "
+                             "overall)", True]
+    assert r["different"].startswith("comm: rank 1 was given another fit than rank 0 "
+                                     "(epochs 2, not 1)")
+    assert "every batch must hold at least one row per rank" in r["small_batch"]
+
+
+@needs_mpiexec
+def test_a_killed_rank_ends_the_run_with_an_error_in_time(tmp_path):
+    start = time.monotonic()
+    proc = launch(2, "killed", tmp_path, timeout=30)
+    assert proc.returncode != 0
+    assert time.monotonic() - start < 30
+    assert not (tmp_path / "killed-2.json").exists()
+
+
+def test_one_rank_is_one_process_bit_for_bit(digits):
+    from mpi4py import MPI
+    X, _, y, _ = digits
+    layers = lambda: [mt.Dense(32), mt.BatchNorm(), mt.Activation("relu"), mt.Dropout(0.2),
+                      mt.Dense(10)]
+    models = []
+    for comm in (None, MPI.COMM_SELF):
+        m = mt.Sequential(layers(), seed=0)
+        m.fit(X, y, epochs=2, batch_size=64, verbose=0, comm=comm, validation_split=0.1)
+        models.append(m)
+    assert np.array_equal(models[0].params_flat, models[1].params_flat)
+    assert np.array_equal(models[0].buffers_flat, models[1].buffers_flat)
+    assert models[0].history.history["val_loss"] == models[1].history.history["val_loss"]
+    # the model trains on as one process's afterwards
+    a, b = (m.train_step(X[:32], y[:32]) for m in models)
+    assert a == b and np.array_equal(models[0].params_flat, models[1].params_flat)
+
+
+def test_comm_is_checked_before_anything_changes(digits):
+    X, _, y, _ = digits
+    m = mt.Sequential([mt.Dense(10)], seed=0)
+    with pytest.raises(TypeError, match="comm must be an mpi4py communicator"):
+        m.fit(X, y, comm="world", verbose=0)
+    assert not m.built
+    from mpi4py import MPI
+    numpy_model = mt.Sequential([mt.Dense(10)], seed=0, backend="numpy")
+    with pytest.raises(ValueError, match="rank 0 of 1: comm: a distributed fit runs on "
+                                         "backend='c'"):
+        numpy_model.fit(X, y, comm=MPI.COMM_SELF, verbose=0)
+    assert not numpy_model.built
+
+
+def test_parts_are_those_of_array_split():
+    from minitrain.distributed import part_bounds
+    for n in (3, 7, 32, 33):
+        for k in (1, 2, 3):
+            sizes = [len(p) for p in np.array_split(np.arange(n), k)]
+            assert np.diff(part_bounds(n, k)).tolist() == sizes
