@@ -3,6 +3,7 @@ ranks each compare their fit with the one-process fit (float64) and report to ra
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -77,11 +78,9 @@ def test_k_ranks_give_the_weights_of_one_process(runs, k, name):
 @pytest.mark.parametrize("k", [2, 3])
 def test_only_rank_0_prints_and_writes_files(runs, k):
     found, proc = runs["output", k]
-    lines = proc.stdout.splitlines()
-    assert sorted(l for l in lines if l.endswith("before")) == [f"rank {r} before"
-                                                                for r in range(k)]
-    assert [l.split(" · ")[0] for l in lines if l.startswith("Epoch")] == ["Epoch 1/2",
-                                                                          "Epoch 2/2"]
+    # the ranks' lines interleave: counted, not split
+    assert all(proc.stdout.count(f"rank {r} before") == 1 for r in range(k))
+    assert re.findall(r"Epoch \d/2", proc.stdout) == ["Epoch 1/2", "Epoch 2/2"]
     assert found[0]["written"] == [f"log-{k}-rank0.csv", f"run-{k}-rank0.npz"]
 
 
@@ -160,3 +159,27 @@ def test_parts_are_those_of_array_split():
         for k in (1, 2, 3):
             sizes = [len(p) for p in np.array_split(np.arange(n), k)]
             assert np.diff(part_bounds(n, k)).tolist() == sizes
+
+
+@needs_mpiexec
+def test_the_command_line_trains_over_the_ranks_and_only_rank_0_speaks(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [MPIEXEC, "-n", "2", sys.executable, "-m", "minitrain", "--distributed"]
+    proc = subprocess.run(command + ["--epochs", "2", "--checkpoint", str(tmp_path / "r.npz")],
+                          capture_output=True, text=True, timeout=60, env=env)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].endswith("× 2 ranks") and len(lines) == 6
+    assert [l for l in lines if l.startswith("test accuracy")] == [lines[-1]]
+    # the same run in one process: the same epochs, to the digits printed
+    one = subprocess.run([sys.executable, "-m", "minitrain", "--epochs", "2"],
+                         capture_output=True, text=True, timeout=60, env=env)
+    strip = lambda ls: [" ".join(l.split()[:4]) for l in ls[3:5]]  # epoch, it, loss, acc
+    assert strip(lines) == strip(one.stdout.splitlines())
+    assert (tmp_path / "r.npz").exists()
+    for bad, status in ((["--lr", "0"], 2), (["--epochs", "1", "--lr", "1e6"], 1)):
+        proc = subprocess.run(command + bad, capture_output=True, text=True, timeout=60,
+                              env=env)
+        assert proc.returncode == status
+        errors = [l for l in proc.stderr.splitlines() if l.startswith("minitrain: error:")]
+        assert len(errors) == 1, proc.stderr
