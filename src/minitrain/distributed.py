@@ -111,9 +111,6 @@ def fingerprint(run: Any, model: Any) -> dict:
 
 def check_plan(comm: Any, model: Any, plan: Any) -> None:
     """Refuse what a distributed fit cannot run, before anything changes."""
-    if model.backend != "c":
-        raise ValueError(f"comm: a distributed fit runs on backend='c', got "
-                         f"backend={model.backend!r}")
     size = comm.Get_size()
     smallest = int(plan.batch_sizes().min())
     if smallest < size:

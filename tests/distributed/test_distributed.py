@@ -61,7 +61,7 @@ def runs(tmp_path_factory):
 
 @needs_mpiexec
 @pytest.mark.parametrize("k", [2, 3])
-@pytest.mark.parametrize("name", ["plain", "dropout", "batchnorm"])
+@pytest.mark.parametrize("name", ["plain", "dropout", "batchnorm", "batchnorm-numpy"])
 def test_k_ranks_give_the_weights_of_one_process(runs, k, name):
     ranks = [r[name] for r in runs["equivalence", k][0]]
     assert len(ranks) == k
@@ -145,12 +145,6 @@ def test_comm_is_checked_before_anything_changes(digits):
     with pytest.raises(TypeError, match="comm must be an mpi4py communicator"):
         m.fit(X, y, comm="world", verbose=0)
     assert not m.built
-    from mpi4py import MPI
-    numpy_model = mt.Sequential([mt.Dense(10)], seed=0, backend="numpy")
-    with pytest.raises(ValueError, match="rank 0 of 1: comm: a distributed fit runs on "
-                                         "backend='c'"):
-        numpy_model.fit(X, y, comm=MPI.COMM_SELF, verbose=0)
-    assert not numpy_model.built
 
 
 def test_parts_are_those_of_array_split():
