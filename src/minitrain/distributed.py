@@ -158,8 +158,10 @@ class Reducer:
 
     def part(self, start: int, stop: int) -> tuple[int, int]:
         """This rank's rows [lo, hi) of the global batch [start, stop)."""
-        bounds = part_bounds(stop - start, self.size)
-        return start + int(bounds[self.rank]), start + int(bounds[self.rank + 1])
+        # part_bounds' parts, in integers: this runs every iteration
+        q, r = divmod(stop - start, self.size)
+        lo = start + self.rank * q + min(self.rank, r)
+        return lo, lo + q + (self.rank < r)
 
     def sums(self, buf: np.ndarray) -> None:
         """The core's reduce hook: batch normalisation's per-feature sums, over the ranks."""
