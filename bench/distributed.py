@@ -177,6 +177,48 @@ def table(results):
     return "\n".join(lines)
 
 
+# the digits model of task 1: its iteration at 1 thread (README: 15.2 us for batch 32)
+DIGITS = {"shape": "64-128-10", "params": 64 * 128 + 128 + 128 * 10 + 10, "row_s": 15.2e-6 / 32}
+NODES = (2, 4, 8, 16, 32, 64)
+BATCHES = (512, 1024, 2048, 4096, 8192)
+NETWORKS = {"10 Gb/s": 10e9 / 8, "25 Gb/s": 25e9 / 8, "100 Gb/s": 100e9 / 8}
+LATENCY_S = 10e-6  # per step of the ring: a message between two nodes
+
+
+def ring_allreduce_s(k, nbytes, bandwidth):
+    """A ring all-reduce of nbytes over k nodes: 2(k-1)/k of the bytes through each
+    link, in 2(k-1) steps."""
+    return 2 * (k - 1) / k * nbytes / bandwidth + 2 * (k - 1) * LATENCY_S
+
+
+def cost_model(results):
+    """Markdown: per model shape and network, the efficiency T_c / (T_c + T_ar) of k nodes
+    on global batches 512-8192, T_c the measured compute of a node's B/k rows (one core of
+    this machine per node), T_ar the ring all-reduce of the float32 gradient, without
+    overlap."""
+    shapes = [DIGITS] + [{"shape": r["shape"], "params": r["params"],
+                          "row_s": r["T1_s"] / r["rows"]} for r in results["models"].values()]
+    out = []
+    for m in shapes:
+        nbytes = 4 * m["params"]
+        out.append(f"\n**{m['shape']}** ({m['params']:,} parameters, {nbytes / 1e6:.2f} MB of "
+                   f"gradient; {1e6 * m['row_s']:.2f} us of compute per row on one core)\n")
+        out.append("| network | k | " + " | ".join(f"B={b}" for b in BATCHES) +
+                   " | smallest B for 90 % |")
+        out.append("|---|---|" + "---|" * (len(BATCHES) + 1))
+        for net, bw in NETWORKS.items():
+            for k in NODES:
+                t_ar = ring_allreduce_s(k, nbytes, bw)
+                cells = []
+                for b in BATCHES:
+                    t_c = b / k * m["row_s"]
+                    cells.append(f"{100 * t_c / (t_c + t_ar):.0f} %")
+                # efficiency >= 0.9 when B/k row_s >= 9 t_ar
+                need = 9 * t_ar * k / m["row_s"]
+                out.append(f"| {net} | {k} | " + " | ".join(cells) + f" | {need:,.0f} |")
+    return "\n".join(out)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -186,7 +228,12 @@ def main():
     p.add_argument("--reps", type=int, default=3, help="runs per model and rank count")
     p.add_argument("--quick", action="store_true", help="tiny sizes, one repetition")
     p.add_argument("--out", type=Path, default=HERE / "results")
+    p.add_argument("--cost-model", action="store_true",
+                   help="print the cost model's tables from results/distributed.json")
     args = p.parse_args()
+    if args.cost_model:
+        print(cost_model(json.loads((args.out / "distributed.json").read_text())))
+        return None
     if args.worker:
         return overlap_worker(args) if args.overlap else worker(args)
     if args.quick:

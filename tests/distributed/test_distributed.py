@@ -177,3 +177,33 @@ def test_the_command_line_trains_over_the_ranks_and_only_rank_0_speaks(tmp_path)
         assert proc.returncode == status
         errors = [l for l in proc.stderr.splitlines() if l.startswith("minitrain: error:")]
         assert len(errors) == 1, proc.stderr
+
+
+@needs_mpiexec
+def test_the_readme_example_runs_under_mpiexec(tmp_path):
+    readme = Path(__file__).resolve().parents[2] / "README.md"
+    if not readme.exists():
+        pytest.skip("README.md is not next to the tests (installed tests)")
+    blocks = re.findall(r"^```python\n(.*?)^```$", readme.read_text(encoding="utf-8"),
+                        re.S | re.M)
+    (code,) = [b for b in blocks if "mpiexec -n 4 python train.py" in b]
+    (tmp_path / "train.py").write_text(code)
+    proc = subprocess.run([MPIEXEC, "-n", "2", sys.executable, "train.py"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr
+    assert len(proc.stdout.split()) == 1 and 0.8 < float(proc.stdout) <= 1  # rank 0 only
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.npz", "train.py"]
+
+
+@needs_mpiexec
+def test_the_benchmark_runs_on_tiny_sizes():
+    bench = Path(__file__).resolve().parents[2] / "bench" / "distributed.py"
+    if not bench.exists():
+        pytest.skip("bench/ is not next to the tests (installed tests)")
+    proc = subprocess.run([sys.executable, str(bench), "--quick", "--epochs", "1"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    rows = [l for l in proc.stdout.splitlines() if l.startswith("| 784") or
+            l.startswith("| 1024")]
+    assert len(rows) == 2 and all(l.count("%") == 1 for l in rows)
