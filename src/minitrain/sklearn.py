@@ -58,7 +58,7 @@ from sklearn.utils.optimize import _check_optimize_result
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 
 from . import functional as F
-from . import threads, training
+from . import evaluation, threads, training
 from .layers import Dense
 from .models import Sequential
 from .optimizers import ADAM_KIND, SGD_KIND, STYLE_SKLEARN
@@ -501,7 +501,7 @@ class _BaseMLP(BaseEstimator):
         if sp.issparse(X):  # made dense chunk of rows by chunk, a few MB at a time
             X = X.tocsr()
             rows = max(1, min(rows, _DENSE_CHUNK_ELEMENTS // X.shape[1]))
-        out = model._forward_rows(X, None, batch_size=rows, step=rows, finite=False)
+        out = evaluation.forward_rows(model, X, None, batch_size=rows, step=rows, finite=False)
         return F.output_transform(model.loss, out)
 
     def _score_with_function(self, X, y, sample_weight, score_function):
