@@ -414,15 +414,17 @@ class Trainer:
         return net
 
     def _gradient(self, X, y, sample_weight=None):
-        """The batch loss of the core-ready X, y (unchecked), its gradient left in
-        ``grads_flat``; nothing is updated."""
+        """(batch loss, L2 term of its loss) of the core-ready X, y (unchecked), the
+        gradient with the L2 penalty left in ``grads_flat``; nothing is updated. The
+        penalty is the weight decay bound by ``_bind_update(GRADIENT_KIND, ...)``."""
         with self._lock:
             self._net.reserve(X.shape[0])
             ctl = threads.controller(self)
             t0 = ctl.start()
-            loss = self._net.step(X, y, 0.0, 0, False, sample_weight=sample_weight)
+            # the "update" of the gradient kind only adds the penalty to the gradient
+            loss = self._net.step(X, y, 0.0, 0, True, sample_weight=sample_weight)
             ctl.stop(t0)
-            return loss
+            return loss, self._net.l2_term
 
     def _use_optimizer(self, optimizer):
         """Make `optimizer` the one the backend updates with; a new optimizer starts
