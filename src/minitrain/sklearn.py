@@ -61,7 +61,7 @@ from . import functional as F
 from . import evaluation, threads, training
 from .layers import Dense
 from .models import Sequential
-from .optimizers import ADAM_KIND, GRADIENT_KIND, SGD_KIND, STYLE_SKLEARN
+from .optimizers import ADAM_KIND, SGD_KIND, STYLE_SKLEARN
 
 __all__ = ["MLPClassifier", "MLPRegressor"]
 
@@ -353,12 +353,11 @@ class _BaseMLP(BaseEstimator):
         targets = self._targets(y, model.dtype)
         sw = None if sample_weight is None else sample_weight.astype(model.dtype)
         scale = self._data_loss_scale()
-        # the core adds the L2 penalty to the gradient and the loss, as its updates do
-        model._bind_update(GRADIENT_KIND, weight_decay=self.alpha, style=STYLE_SKLEARN)
 
         def loss_grad(packed):
             params[...] = packed
-            loss, l2_term = model._gradient(X, targets, sw)
+            # the core adds the L2 penalty to the gradient and the loss, as its updates do
+            loss, l2_term = model._gradient(X, targets, sw, self.alpha)
             return loss * scale + l2_term, model.grads_flat.astype(np.float64)
 
         iprint = 1 if self.verbose is True or self.verbose >= 1 else -1

@@ -413,11 +413,13 @@ class Trainer:
         net.set_optimizer(kind, **core_args)
         return net
 
-    def _gradient(self, X, y, sample_weight=None):
+    def _gradient(self, X, y, sample_weight=None, weight_decay=0.0):
         """(batch loss, L2 term of its loss) of the core-ready X, y (unchecked), the
-        gradient with the L2 penalty left in ``grads_flat``; nothing is updated. The
-        penalty is the weight decay bound by ``_bind_update(GRADIENT_KIND, ...)``."""
+        gradient with scikit-learn's L2 penalty `weight_decay` left in ``grads_flat``;
+        nothing is updated."""
         with self._lock:
+            self._bind_update(optimizers.GRADIENT_KIND, weight_decay=weight_decay,
+                              style=optimizers.STYLE_SKLEARN)
             self._net.reserve(X.shape[0])
             ctl = threads.controller(self)
             t0 = ctl.start()

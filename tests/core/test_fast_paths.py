@@ -164,9 +164,8 @@ def test_gradient_kind_leaves_the_running_statistics(backend):
     model = mt.Sequential([mt.Dense(6, activation="relu"), mt.BatchNorm(), mt.Dense(3)],
                           seed=0, dtype="float64", backend=backend).build(4)
     X, y = np.random.default_rng(0).normal(size=(10, 4)), np.arange(10) % 3
-    model._bind_update(GRADIENT_KIND, weight_decay=0.1, style=STYLE_SKLEARN)
     running = model.buffers_flat.copy()
-    loss, l2_term = model._gradient(X, y)
+    loss, l2_term = model._gradient(X, y, weight_decay=0.1)
     np.testing.assert_array_equal(model.buffers_flat, running)
     weights = model.params_flat[:model._n_decay]
     assert l2_term == pytest.approx(0.5 * 0.1 / 10 * np.dot(weights, weights), rel=1e-12)
