@@ -232,7 +232,8 @@ static void step_passes(mt_net *net, workspace *ws, const real *X, const void *y
 static int apply_update(mt_net *net, workspace *ws, const mt_optim *opt) {
     const int status = FN(mt_optim_update)(opt, net->params, net->grads, net->state,
                                            net->n_params, ws->weight, &net->l2_term);
-    if (status != MT_OK) return status; // the running statistics stay with the parameters
+    if (status != MT_OK || opt->kind == MT_OPT_GRADIENT)
+        return status; // the running statistics stay with the parameters
     for (int l = 0; l < net->nlayers; l++)
         if (net->layers[l].kind == MT_LAYER_BATCHNORM)
             FN(mt_batchnorm_update_running)(&net->layers[l], ws->stats[l], net->buffers,

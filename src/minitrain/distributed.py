@@ -119,6 +119,21 @@ def check_plan(comm: Any, model: Any, plan: Any) -> None:
                          f"drop_last=True or another batch_size")
 
 
+def start(comm: Any, model: Any, plan: Any, settings: dict) -> Any:
+    """The fit this rank runs, `plan(settings)` with this rank's `settings`, once every
+    rank has checked its own: all go on, or all raise the same error."""
+    comm = check_comm(comm)
+    run, err = None, None
+    try:
+        run = plan(rank_settings(comm, settings))
+        check_plan(comm, model, run.plan)
+    except Exception as e:  # agreed on with the other ranks, which raise it too
+        err = e
+    agree(comm, err, None if run is None else fingerprint(run, model))
+    share_model(comm, model)
+    return run
+
+
 def share_model(comm: Any, model: Any) -> None:
     """Make every rank's `model` rank 0's: its generator (which initialises an unbuilt
     model and shuffles) and, once built, its flat buffers, so that ranks given models made
@@ -146,15 +161,20 @@ class Reducer:
     each global batch this rank trains on, the all-reduce of the gradient with the loss
     and error flag, the batch-norm sums' all-reduce, and evaluation over the ranks."""
 
-    def __init__(self, comm: Any, model: Any) -> None:
+    def __init__(self, comm: Any, model: Any = None) -> None:
         self.MPI = _mpi()
         self.comm = comm
         self.size, self.rank = comm.Get_size(), comm.Get_rank()
+        self.deadline = None  # max_time's, as time.perf_counter()
+        self.late = False  # a rank passed the deadline before the last all-reduce
+        if model is not None:
+            self.bind(model)
+
+    def bind(self, model: Any) -> None:
+        """Reduce the gradient of `model` (built)."""
         # the gradient with its trailing slots: one buffer, so one all-reduce, no copy
         self.buf = model._grads_ext
         self.n = model.grads_flat.size
-        self.deadline = None  # max_time's, as time.perf_counter()
-        self.late = False  # a rank passed the deadline before the last all-reduce
 
     def part(self, start: int, stop: int) -> tuple[int, int]:
         """This rank's rows [lo, hi) of the global batch [start, stop)."""
@@ -194,7 +214,7 @@ class Reducer:
         lo, hi = int(bounds[self.rank]), int(bounds[self.rank + 1])
         chosen = np.arange(lo, hi, dtype=np.int64) if rows is None else rows[lo:hi]
         width = model.n_outputs
-        mine = (model._forward_rows(X, chosen, batch_size, finite=False) if hi > lo
+        mine = (evaluation.forward_rows(model, X, chosen, batch_size, finite=False) if hi > lo
                 else np.empty((0, width), dtype=model.dtype))
         out = np.empty((n, width), dtype=model.dtype)
         self.comm.Allgatherv(mine, [out, np.diff(bounds) * width])
