@@ -57,8 +57,21 @@ def check_comm(comm: Any) -> Any:
 
 
 def part_bounds(n: int, k: int) -> np.ndarray:
-    """Bounds (k + 1,) of the k contiguous near-equal parts of n rows: the sizes of
-    ``np.array_split`` (the first ``n % k`` parts one row longer)."""
+    """Where the k ranks' parts of a batch of n rows begin and end.
+
+    Parameters
+    ----------
+    n : int
+        Rows of the global batch.
+    k : int
+        Ranks.
+
+    Returns
+    -------
+    numpy.ndarray of shape (k + 1,)
+        Rank r trains on rows ``[bounds[r], bounds[r + 1])``: contiguous parts of the
+        sizes ``np.array_split`` gives (the first ``n % k`` one row longer).
+    """
     q, r = divmod(n, k)
     sizes = np.full(k, q, dtype=np.int64)
     sizes[:r] += 1
@@ -66,8 +79,25 @@ def part_bounds(n: int, k: int) -> np.ndarray:
 
 
 def is_root(comm: Any = None) -> bool:
-    """Whether this process speaks for the run: rank 0 of `comm`, or any process without
-    one. Printing, logging and file writes of a distributed fit happen there only."""
+    """Whether this process speaks for the run: printing, logging and file writes of a
+    distributed fit happen there only.
+
+    Parameters
+    ----------
+    comm : mpi4py communicator, optional
+        The fit's communicator; None for one process.
+
+    Returns
+    -------
+    bool
+        True on rank 0 of `comm`, and for any process without one.
+
+    Examples
+    --------
+    >>> from minitrain.distributed import is_root
+    >>> if is_root(comm):                 # doctest: +SKIP
+    ...     model.save("model.npz")
+    """
     return comm is None or comm.Get_rank() == 0
 
 
