@@ -138,20 +138,24 @@ def launch(k, extra, env=None):
 def run(args):
     flags = (["--quick"] if args.quick else []) + ["--epochs", str(args.epochs)]
     rows = {}
+    # (ranks, threads per rank): 1 process on 1 core, 2 ranks on 2, 1 process on 2 threads
+    settings = ((1, 1), (2, 1), (1, 2))
     for rep in range(args.reps):
         for name in MODELS:
-            for k in ((1, 2) if rep % 2 == 0 else (2, 1)):  # alternate the order
-                rows.setdefault((name, k), []).append(launch(k, ["--model", name, *flags]))
+            for k, threads in settings[rep % 3:] + settings[:rep % 3]:  # rotate the order
+                rows.setdefault((name, k, threads), []).append(
+                    launch(k, ["--model", name, *flags], {"OMP_NUM_THREADS": str(threads)}))
     results = {"models": {}, "overlap": []}
     for name in MODELS:
-        one, two = rows[name, 1], rows[name, 2]
+        one, two, threaded = rows[name, 1, 1], rows[name, 2, 1], rows[name, 1, 2]
         t1 = statistics.median(r["epoch_s"] for r in one)
         t2 = statistics.median(r["epoch_s"] for r in two)
+        t1_2 = statistics.median(r["epoch_s"] for r in threaded)
         results["models"][name] = {
             "shape": "-".join(map(str, (MODELS[name][1], *MODELS[name][0], MODELS[name][2]))),
             "batch": MODELS[name][3], "rows": MODELS[name][4],
             "iterations": two[0]["iterations"], "params": two[0]["params"],
-            "T1_s": t1, "T2_s": t2, "efficiency": t1 / (2 * t2),
+            "T1_s": t1, "T2_s": t2, "efficiency": t1 / (2 * t2), "T1_2threads_s": t1_2,
             "compute_per_iteration_1_rank_s": t1 / two[0]["iterations"],
             "reduce_in_fit_s": statistics.median(r["reduce_in_fit_s"] for r in two),
             "allreduce_alone_s": statistics.median(r["allreduce_alone_s"] for r in two)}
@@ -165,11 +169,12 @@ def run(args):
 def table(results):
     lines = ["| model | global batch | iterations/epoch | T1 (1 process × 1 thread) | "
              "T2 (2 ranks × 1 thread) | efficiency T1/(2·T2) | all-reduce per iteration "
-             "(in the fit / alone) |", "|---|---|---|---|---|---|---|"]
+             "(in the fit / alone) | 1 process × 2 threads |", "|---|---|---|---|---|---|---|---|"]
     for r in results["models"].values():
         lines.append(f"| {r['shape']} | {r['batch']} | {r['iterations']} | {r['T1_s']:.3f} s "
                      f"| {r['T2_s']:.3f} s | {100 * r['efficiency']:.0f} % | "
-                     f"{1e3 * r['reduce_in_fit_s']:.2f} / {1e3 * r['allreduce_alone_s']:.2f} ms |")
+                     f"{1e3 * r['reduce_in_fit_s']:.2f} / {1e3 * r['allreduce_alone_s']:.2f} ms | "
+                     f"{r['T1_2threads_s']:.3f} s |")
     for o in results["overlap"]:
         lines.append(f"\noverlap probe (MPIR_CVAR_ASYNC_PROGRESS={o['async_progress']}): dW GEMM "
                      f"then Allreduce {1e3 * o['sequential_s']:.2f} ms, Iallreduce around the "
@@ -177,8 +182,11 @@ def table(results):
     return "\n".join(lines)
 
 
-# the digits model of task 1: its iteration at 1 thread (README: 15.2 us for batch 32)
-DIGITS = {"shape": "64-128-10", "params": 64 * 128 + 128 + 128 * 10 + 10, "row_s": 15.2e-6 / 32}
+# The three model shapes of tasks 1-3 with their iteration at 1 thread on a quiet machine
+# (bench/results/report.md, 2026-11-21): the compute the cost model divides over k nodes
+SHAPES = (("64-128-10", (64, 128, 10), 15.2e-6 / 32),
+          ("784-256-128-10", (784, 256, 128, 10), 703e-6 / 128),
+          ("1024-2048-2048-10", (1024, 2048, 2048, 10), 91e-3 / 512))
 NODES = (2, 4, 8, 16, 32, 64)
 BATCHES = (512, 1024, 2048, 4096, 8192)
 NETWORKS = {"10 Gb/s": 10e9 / 8, "25 Gb/s": 25e9 / 8, "100 Gb/s": 100e9 / 8}
@@ -191,32 +199,37 @@ def ring_allreduce_s(k, nbytes, bandwidth):
     return 2 * (k - 1) / k * nbytes / bandwidth + 2 * (k - 1) * LATENCY_S
 
 
-def cost_model(results):
-    """Markdown: per model shape and network, the efficiency T_c / (T_c + T_ar) of k nodes
-    on global batches 512-8192, T_c the measured compute of a node's B/k rows (one core of
-    this machine per node), T_ar the ring all-reduce of the float32 gradient, without
-    overlap."""
-    shapes = [DIGITS] + [{"shape": r["shape"], "params": r["params"],
-                          "row_s": r["T1_s"] / r["rows"]} for r in results["models"].values()]
-    out = []
-    for m in shapes:
-        nbytes = 4 * m["params"]
-        out.append(f"\n**{m['shape']}** ({m['params']:,} parameters, {nbytes / 1e6:.2f} MB of "
-                   f"gradient; {1e6 * m['row_s']:.2f} us of compute per row on one core)\n")
-        out.append("| network | k | " + " | ".join(f"B={b}" for b in BATCHES) +
-                   " | smallest B for 90 % |")
-        out.append("|---|---|" + "---|" * (len(BATCHES) + 1))
+def efficiency(k, batch, row_s, nbytes, bandwidth):
+    """T_c / (T_c + T_ar): T_c the compute of a node's batch / k rows, T_ar the ring
+    all-reduce of the gradient, not overlapped."""
+    t_c = batch / k * row_s
+    return t_c / (t_c + ring_allreduce_s(k, nbytes, bandwidth))
+
+
+def cost_model():
+    """Markdown tables of the cost model: for each shape and network, the smallest global
+    batch that keeps k nodes at >= 90 % efficiency, and the most nodes (of 2-64) that
+    keep >= 50 % (a speed-up of k/2) at each global batch."""
+    lines = ["| model (gradient) | network | " + " | ".join(f"k={k}" for k in NODES) + " |",
+             "|---|---|" + "---|" * len(NODES)]
+    scaling = ["| model | network | " + " | ".join(f"B={b}" for b in BATCHES) + " |",
+               "|---|---|" + "---|" * len(BATCHES)]
+    for name, widths, row_s in SHAPES:
+        params = sum(a * b + b for a, b in zip(widths, widths[1:]))
+        nbytes = 4 * params  # float32
+        label = f"{name} ({nbytes / 1e6:.2f} MB)"
         for net, bw in NETWORKS.items():
-            for k in NODES:
-                t_ar = ring_allreduce_s(k, nbytes, bw)
-                cells = []
-                for b in BATCHES:
-                    t_c = b / k * m["row_s"]
-                    cells.append(f"{100 * t_c / (t_c + t_ar):.0f} %")
-                # efficiency >= 0.9 when B/k row_s >= 9 t_ar
-                need = 9 * t_ar * k / m["row_s"]
-                out.append(f"| {net} | {k} | " + " | ".join(cells) + f" | {need:,.0f} |")
-    return "\n".join(out)
+            # efficiency >= 0.9 when batch / k * row_s >= 9 * T_ar
+            need = [9 * ring_allreduce_s(k, nbytes, bw) * k / row_s for k in NODES]
+            lines.append(f"| {label} | {net} | " + " | ".join(f"{b:,.0f}" for b in need) + " |")
+            most = []
+            for b in BATCHES:
+                ok = [k for k in NODES if efficiency(k, b, row_s, nbytes, bw) >= 0.5]
+                most.append(str(max(ok)) if ok else "< 2")
+            scaling.append(f"| {name} | {net} | " + " | ".join(most) + " |")
+    return "\n".join(["Smallest global batch for >= 90 % efficiency on k nodes:", "",
+                      *lines, "", "Most nodes at >= 50 % efficiency (speed-up >= k/2), by "
+                      "global batch:", "", *scaling])
 
 
 def main():
@@ -229,10 +242,10 @@ def main():
     p.add_argument("--quick", action="store_true", help="tiny sizes, one repetition")
     p.add_argument("--out", type=Path, default=HERE / "results")
     p.add_argument("--cost-model", action="store_true",
-                   help="print the cost model's tables from results/distributed.json")
+                   help="print the cost model's tables (bench/README.md)")
     args = p.parse_args()
     if args.cost_model:
-        print(cost_model(json.loads((args.out / "distributed.json").read_text())))
+        print(cost_model())
         return None
     if args.worker:
         return overlap_worker(args) if args.overlap else worker(args)
