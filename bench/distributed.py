@@ -137,6 +137,7 @@ def launch(k, extra, env=None):
 
 def run(args):
     flags = (["--quick"] if args.quick else []) + ["--epochs", str(args.epochs)]
+    load_before = os.getloadavg()[0]
     rows = {}
     # (ranks, threads per rank): 1 process on 1 core, 2 ranks on 2, 1 process on 2 threads
     settings = ((1, 1), (2, 1), (1, 2))
@@ -145,7 +146,10 @@ def run(args):
             for k, threads in settings[rep % 3:] + settings[:rep % 3]:  # rotate the order
                 rows.setdefault((name, k, threads), []).append(
                     launch(k, ["--model", name, *flags], {"OMP_NUM_THREADS": str(threads)}))
-    results = {"models": {}, "overlap": []}
+    # the machine's load average (1 minute) before and after: the 2-core settings need
+    # both cores free
+    results = {"models": {}, "overlap": [], "load": [load_before, os.getloadavg()[0]],
+               "date": time.strftime("%Y-%m-%d %H:%M")}
     for name in MODELS:
         one, two, threaded = rows[name, 1, 1], rows[name, 2, 1], rows[name, 1, 2]
         t1 = statistics.median(r["epoch_s"] for r in one)
@@ -175,6 +179,8 @@ def table(results):
                      f"| {r['T2_s']:.3f} s | {100 * r['efficiency']:.0f} % | "
                      f"{1e3 * r['reduce_in_fit_s']:.2f} / {1e3 * r['allreduce_alone_s']:.2f} ms | "
                      f"{r['T1_2threads_s']:.3f} s |")
+    lines.append(f"\n{results['date']}, load average {results['load'][0]:.1f} before and "
+                 f"{results['load'][1]:.1f} after the runs, on {os.cpu_count()} cores")
     for o in results["overlap"]:
         lines.append(f"\noverlap probe (MPIR_CVAR_ASYNC_PROGRESS={o['async_progress']}): dW GEMM "
                      f"then Allreduce {1e3 * o['sequential_s']:.2f} ms, Iallreduce around the "
