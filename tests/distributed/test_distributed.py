@@ -110,6 +110,7 @@ def test_an_error_on_one_rank_is_raised_by_every_rank(runs, k):
     assert r["different"].startswith("comm: rank 1 was given another fit than rank 0 "
                                      "(epochs 2, not 1)")
     assert "every batch must hold at least one row per rank" in r["small_batch"]
+    assert r["max_time"] == ["max_time", 2]
 
 
 @needs_mpiexec

@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import sys
+import time
 
 import numpy as np
 from mpi4py import MPI
@@ -130,6 +131,15 @@ def faults():
     except FloatingPointError as err:
         result["diverged"] = [type(err).__name__, str(err).split(": ")[0],
                               bool(np.array_equal(m.params_flat, before))]
+    # max_time: every rank stops after the same iteration, the first that ends with one
+    # rank's clock past the deadline (rank 0's, slowed down after iteration 1)
+    class Slow(mt.Callback):
+        def on_iteration_end(self, iteration, logs=None):
+            if rank == 0 and iteration == 1:
+                time.sleep(0.5)
+    h = model("plain").fit(X, y, epochs=5, max_time=0.3, verbose=0, comm=comm,
+                           callbacks=[Slow()])
+    result["max_time"] = [h.stop_reason, len(h.iteration_loss)]
     # ranks given different fits
     try:
         model("plain").fit(X, y, epochs=1 + (rank == 1), verbose=0, comm=comm)
