@@ -58,6 +58,14 @@ typedef struct {
     void *pack;  // mt_gemm_pack_elems of its products, 64-byte aligned
 } mt_gemm_ws;
 
+// What the threads of an update share (optim.c): per chunk of the gradient, whether it
+// holds a non-finite value, clipping's Σ g² and the update's Σ p² (scikit-learn's L2 term)
+enum { MT_UPDATE_CHUNKS = 256 };
+typedef struct {
+    int bad[MT_UPDATE_CHUNKS];
+    double norm_part[MT_UPDATE_CHUNKS], part[MT_UPDATE_CHUNKS];
+} mt_update_scratch;
+
 #define MT_DECLARE_TYPED(real, sfx)                                                        \
     int mt_gemm_alloc_##sfx(int isa, int trans_a, int trans_b, int64_t M, int64_t N,       \
                             int64_t K, const real *A, const real *B, real *C,              \
@@ -117,6 +125,14 @@ int FN(mt_loss_forward_backward)(const mt_net *net, const real *P, const void *y
 // optim.c (returns MT_OK or MT_ERR_NONFINITE_GRADIENT, then with nothing written)
 int FN(mt_optim_update)(const mt_optim *o, real *params, real *grads, real *state,
                         int64_t n, double batch_weight, double *l2_term);
+// The same update in two parts, for the parallel region of an iteration: every thread of
+// the team runs mt_optim_update_team on one scratch (shared); once the team is done,
+// mt_optim_result gives mt_optim_update's status and *l2_term.
+void FN(mt_optim_update_team)(const mt_optim *o, real *params, const real *grads,
+                              real *state, int64_t n, double batch_weight,
+                              mt_update_scratch *s);
+int FN(mt_optim_result)(const mt_optim *o, int64_t n, double batch_weight,
+                        const mt_update_scratch *s, double *l2_term);
 #endif
 
 #endif

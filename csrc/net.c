@@ -179,12 +179,14 @@ static int team_for(const mt_net *net, int64_t n, int training) {
     return mt_team;
 }
 
-// gather, forward, loss and backward of one iteration: run by every thread of the team,
-// whose passes share the work; each thread computes the (cheap, serial) batch loss itself
-// from the row losses, in the same order, so all agree without a broadcast
+// gather, forward, loss, backward and (with opt) the update's checks and pass of one
+// iteration: run by every thread of the team, whose passes share the work; each thread
+// computes the (cheap, serial) batch loss itself from the row losses, in the same order,
+// so all agree without a broadcast
 static void step_passes(mt_net *net, workspace *ws, const real *X, const void *y,
-                        const int64_t *idx, int64_t n, int64_t iteration, double *loss,
-                        double *batch_weight, int *bad_label) {
+                        const int64_t *idx, int64_t n, int64_t iteration, const mt_optim *opt,
+                        mt_update_scratch *update, double *loss, double *batch_weight,
+                        int *bad_label) {
     const real *x = gather(net, ws, X, idx, n);
     const real *P = forward(net, ws, x, n, 1, iteration);
     const int last = net->nlayers - 1;
@@ -209,6 +211,11 @@ static void step_passes(mt_net *net, workspace *ws, const real *X, const void *y
         backward_layer(net, ws, l, l > 0 ? ws->a[l - 1] : x, ws->d[cur], dx, n);
         cur = 1 - cur;
     }
+    // in the same region: the last backward pass ended at a barrier, so the whole
+    // gradient is there for the checks
+    if (opt)
+        FN(mt_optim_update_team)(opt, net->params, net->grads, net->state, net->n_params, bw,
+                                 update);
 }
 
 int FN(mt_step)(mt_net *net, const real *X, const void *y, const int64_t *idx, int64_t n,
@@ -219,20 +226,23 @@ int FN(mt_step)(mt_net *net, const real *X, const void *y, const int64_t *idx, i
     const int team = team_for(net, n, 1);
     double batch_weight = 0;
     int bad_label = 0; // shared by the team: see mt_loss_forward_backward
-    // one parallel region for the iteration's passes: its threads meet at the barriers
-    // the data flow needs, never fork or join in between (no region for one thread:
-    // entering one costs a fraction of a microsecond even when inactive)
+    mt_update_scratch update; // shared by the team
+    // one parallel region for the iteration's passes, the update's included: its threads
+    // meet at the barriers the data flow needs, never fork or join in between (no region
+    // for one thread: entering one costs a fraction of a microsecond even when inactive)
     if (team > 1) {
 #pragma omp parallel num_threads(team)
-        step_passes(net, ws, X, y, idx, n, iteration, loss, &batch_weight, &bad_label);
+        step_passes(net, ws, X, y, idx, n, iteration, opt, &update, loss, &batch_weight,
+                    &bad_label);
     } else {
-        step_passes(net, ws, X, y, idx, n, iteration, loss, &batch_weight, &bad_label);
+        step_passes(net, ws, X, y, idx, n, iteration, opt, &update, loss, &batch_weight,
+                    &bad_label);
     }
     if (bad_label) return MT_ERR_BAD_LABEL;
     if (!isfinite(*loss)) return MT_ERR_NONFINITE_LOSS;
     if (!opt) return MT_OK;
-    const int status = FN(mt_optim_update)(opt, net->params, net->grads, net->state,
-                                           net->n_params, batch_weight, &net->l2_term);
+    const int status = FN(mt_optim_result)(opt, net->n_params, batch_weight, &update,
+                                           &net->l2_term);
     if (status != MT_OK) return status; // the running statistics stay with the parameters
     for (int l = 0; l < net->nlayers; l++)
         if (net->layers[l].kind == MT_LAYER_BATCHNORM)
