@@ -296,13 +296,21 @@ static void run_tile(const plan *P, int64_t tile) {
 
 enum { MAX_OPS = 2 };
 
-// packing job j of the products P (in order), and their tile (or column-sums) job j
-static void pack_job_of(const plan *P, int64_t j) {
+// packing job j of the n products P: their B jobs first, then their A panels. A B job (up
+// to PACK_B_COLUMNS columns over every k, and their sums) is many A panels' work: taken
+// last, it would leave the other threads waiting at the barrier for one thread.
+static void pack_job_of(const plan *P, int n, int64_t j) {
+    for (int o = 0; o < n; j -= P[o].b_jobs, o++)
+        if (j < P[o].b_jobs) {
+            pack_job(&P[o], P[o].a_jobs + j);
+            return;
+        }
     int o = 0;
-    while (j >= P[o].a_jobs + P[o].b_jobs) j -= P[o].a_jobs + P[o].b_jobs, o++;
+    while (j >= P[o].a_jobs) j -= P[o].a_jobs, o++;
     pack_job(&P[o], j);
 }
 
+// tile (or column-sums) job j of the products P (in order)
 static void tile_job_of(const plan *P, int64_t j) {
     int o = 0;
     while (j >= P[o].tiles + P[o].sum_jobs) j -= P[o].tiles + P[o].sum_jobs, o++;
@@ -327,13 +335,13 @@ void FN(mt_gemm_run)(const FN(mt_gemm_op) *ops, int n, const mt_gemm_ws *ws) {
     const int serial = team == 1;
     for (int o = 0; o < n; o++) tiles += P[o].sum_jobs;
     if (serial) {
-        for (int64_t j = 0; j < jobs; j++) pack_job_of(P, j);
+        for (int64_t j = 0; j < jobs; j++) pack_job_of(P, n, j);
         for (int64_t j = 0; j < tiles; j++) tile_job_of(P, j);
         return;
     }
     if (jobs > 0) {
 #pragma omp for schedule(dynamic, 1)
-        for (int64_t j = 0; j < jobs; j++) pack_job_of(P, j);
+        for (int64_t j = 0; j < jobs; j++) pack_job_of(P, n, j);
     }
 #pragma omp for schedule(dynamic, 1)
     for (int64_t j = 0; j < tiles; j++) tile_job_of(P, j);
