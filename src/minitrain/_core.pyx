@@ -203,8 +203,14 @@ def checked_as_is(a, dtype, int64_t rows, int64_t cols, int64_t n_labels=0):
     cdef int num = cnp.PyArray_TYPE(arr)
     cdef const void *p = ptr(arr)
     cdef int64_t n = cnp.PyArray_SIZE(arr)
+    cdef int dt = MT_FLOAT64 if num == cnp.NPY_FLOAT64 else MT_FLOAT32
+    cdef int ok
     if num == cnp.NPY_FLOAT32 or num == cnp.NPY_FLOAT64:
-        return bool(mt_all_finite(MT_FLOAT64 if num == cnp.NPY_FLOAT64 else MT_FLOAT32, p, n))
+        if n < 1 << 16:  # a batch: releasing the GIL would cost more than the pass
+            return bool(mt_all_finite(dt, p, n))
+        with nogil:  # a training set: other Python threads run meanwhile
+            ok = mt_all_finite(dt, p, n)
+        return bool(ok)
     if num == cnp.NPY_INT64 and n_labels > 0:
         return _labels_below(arr, n_labels)
     return False

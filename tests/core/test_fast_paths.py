@@ -31,6 +31,23 @@ def test_all_finite_matches_numpy(dtype, size):
     assert _core.all_finite(np.zeros(0, dtype))
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n_threads", [1, 2, 3])
+def test_all_finite_on_a_training_set(threads, dtype, n_threads):
+    # from 2**21 elements the team shares the pass in chunks of 2**18
+    threads(n_threads)
+    size = (1 << 21) + 5
+    a = np.zeros(size, dtype)
+    assert _core.all_finite(a)
+    assert _core.checked_as_is(a.reshape(-1, 1), np.dtype(dtype), -1, 1)
+    for pos in (0, (1 << 18) - 1, 1 << 18, size // 2, size - 1):
+        for value in (np.nan, np.inf, -np.inf):
+            a[pos] = value
+            assert not _core.all_finite(a), (pos, value)
+            assert not _core.checked_as_is(a.reshape(-1, 1), np.dtype(dtype), -1, 1)
+            a[pos] = 0
+
+
 def test_all_finite_rejects_other_arrays():
     with pytest.raises(TypeError):
         _core.all_finite(np.ones(4, np.int64))
