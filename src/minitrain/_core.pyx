@@ -269,7 +269,8 @@ cdef class Net:
     cdef mt_optim opt
     cdef readonly object dtype
     cdef object _params, _grads, _state, _buffers, _work
-    cdef object _X, _y, _w
+    cdef cnp.ndarray _X, _y  # typed: step_rows reads their shape and data from the structs
+    cdef object _w
     cdef int64_t n_out
     cdef PyThread_type_lock _lock
 
@@ -521,7 +522,7 @@ cdef class Net:
         """One iteration on the rows idx[start:stop] of the data given to set_data;
         `iteration` keys the dropout masks."""
         _require(idx, INT64, 1, "idx")
-        if not 0 <= start < stop <= idx.shape[0]:
+        if not 0 <= start < stop <= cnp.PyArray_DIMS(<cnp.ndarray>idx)[0]:
             raise ValueError("start:stop outside idx")
         # the pointer, not a typed memoryview: no Python object made per iteration
         cdef const int64_t *chosen = <const int64_t *>ptr(idx) + start
@@ -530,7 +531,7 @@ cdef class Net:
         try:  # the data are read under the lock: set_data may run in another thread
             if self._X is None:
                 raise ValueError("set_data() was not called")
-            rows = self._X.shape[0]
+            rows = cnp.PyArray_DIMS(self._X)[0]
             for i in range(stop - start):
                 if chosen[i] < 0 or chosen[i] >= rows:
                     raise ValueError(f"idx holds row {chosen[i]} outside [0, {rows})")
