@@ -128,7 +128,7 @@ int FN(mt_optim_update)(const mt_optim *o, real *params, real *grads, real *stat
 // The same update in two parts, for the parallel region of an iteration: every thread of
 // the team runs mt_optim_update_team on one scratch (shared); once the team is done,
 // mt_optim_result gives mt_optim_update's status and *l2_term.
-void FN(mt_optim_update_team)(const mt_optim *o, real *params, const real *grads,
+void FN(mt_optim_update_team)(const mt_optim *o, real *params, real *grads,
                               real *state, int64_t n, double batch_weight,
                               mt_update_scratch *s);
 int FN(mt_optim_result)(const mt_optim *o, int64_t n, double batch_weight,
