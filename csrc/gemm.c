@@ -18,6 +18,7 @@
 #include "gemm.h"
 #include "activation.h"
 #include <omp.h>
+#include <stdint.h>
 #include <stdlib.h>
 
 static inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
@@ -136,6 +137,31 @@ static real *plan_op(plan *P, const FN(mt_kernel) *ker, const FN(mt_gemm_op) *op
     return pack;
 }
 
+// Sets *flag when x (h rows of w, row stride ld) holds an infinity or a NaN: on a tile just
+// stored, in this core's caches, rather than a pass over the whole gradient after it. The
+// exponent test of mt_all_finite, in integers: it vectorises where a float sum may not.
+#if MT_DOUBLE
+typedef uint64_t real_bits;
+#define EXP_BITS 0x7ff0000000000000u
+#define EXP_ONE 0x0010000000000000u
+#else
+typedef uint32_t real_bits;
+#define EXP_BITS 0x7f800000u
+#define EXP_ONE 0x00800000u
+#endif
+MT_TARGET_CLONES
+static void flag_nonfinite(const real *x, int64_t h, int64_t w, int64_t ld, int *flag) {
+    real_bits bad = 0;
+    for (int64_t i = 0; i < h; i++) {
+        const real_bits *u = (const real_bits *)(const void *)(x + i * ld);
+        for (int64_t j = 0; j < w; j++) bad |= (u[j] & EXP_BITS) + EXP_ONE;
+    }
+    if (bad >> (8 * sizeof(real_bits) - 1)) {
+#pragma omp atomic write
+        *flag = 1;
+    }
+}
+
 // NR-column panels [q0, q1) of op(B), every k block. With ep->b_sums, adds their column
 // sums to it, in k order, from the packed copy.
 static void pack_b(const plan *P, int64_t q0, int64_t q1) {
@@ -167,6 +193,7 @@ static void pack_b(const plan *P, int64_t q0, int64_t q1) {
             for (int64_t k = 0; k < kc; k++)
                 for (int64_t c = 0; c < w; c++) sums[c] += panel[k * nr + c];
         }
+        if (op->ep->nonfinite) flag_nonfinite(sums, 1, w, w, op->ep->nonfinite);
     }
 }
 
@@ -213,8 +240,11 @@ static void pack_job(const plan *P, int64_t j) {
     }
     j -= P->b_jobs;
     const int64_t j0 = j * SUM_COLUMNS;
-    column_sums_range(P->op.B, P->op.K, P->op.N, j0, min64(P->op.N, j0 + SUM_COLUMNS),
-                      P->op.ep->b_sums);
+    const int64_t j1 = min64(P->op.N, j0 + SUM_COLUMNS);
+    column_sums_range(P->op.B, P->op.K, P->op.N, j0, j1, P->op.ep->b_sums);
+    if (P->op.ep->nonfinite)
+        flag_nonfinite((const real *)P->op.ep->b_sums + j0, 1, j1 - j0, j1 - j0,
+                       P->op.ep->nonfinite);
 }
 
 // The epilogues no micro-kernel keeps in registers, on the tile the kernel just stored.
@@ -291,6 +321,12 @@ static void run_tile(const plan *P, int64_t tile) {
                 if (t.ep != MT_EP_NONE && !fused) tile_epilogue(&t);
             }
         }
+    }
+    // the finished macro-tile, still in this core's caches: one check per tile
+    if (ep && ep->nonfinite) {
+        const int64_t i0 = p0 * mr, j0 = q0 * nr;
+        flag_nonfinite(op->C + i0 * N + j0, min64(M, p1 * mr) - i0, min64(N, q1 * nr) - j0, N,
+                       ep->nonfinite);
     }
 }
 

@@ -56,6 +56,8 @@ void mt_team_used(int team);
 typedef struct {
     int isa;     // mt_isa
     void *pack;  // mt_gemm_pack_elems of its products, 64-byte aligned
+    int *nonfinite; // set to 1 (never cleared here) when a parameter gradient the layers
+                    // compute holds an infinity or a NaN: checked as each tile is stored
 } mt_gemm_ws;
 
 // What the threads of an update share (optim.c): per chunk of the gradient, whether it
@@ -128,10 +130,12 @@ int FN(mt_optim_update)(const mt_optim *o, real *params, real *grads, real *stat
 // The same update in two parts, for the parallel region of an iteration: every thread of
 // the team runs mt_optim_update_team on one scratch (shared); once the team is done,
 // mt_optim_result gives mt_optim_update's status and *l2_term.
+// checked: the caller found every gradient element finite, so the update skips its own
+// check (unless it clips: the norm takes a pass anyway).
 void FN(mt_optim_update_team)(const mt_optim *o, real *params, real *grads,
-                              real *state, int64_t n, double batch_weight,
+                              real *state, int64_t n, double batch_weight, int checked,
                               mt_update_scratch *s);
-int FN(mt_optim_result)(const mt_optim *o, int64_t n, double batch_weight,
+int FN(mt_optim_result)(const mt_optim *o, int64_t n, double batch_weight, int checked,
                         const mt_update_scratch *s, double *l2_term);
 #endif
 

@@ -1,5 +1,6 @@
-// Optimizers: a check of the flat gradient (which also takes clipping's norm), then one fused
-// pass over the flat parameter, gradient and state buffers.
+// Optimizers: a check of the flat gradient (which also takes clipping's norm; skipped when the
+// iteration checked each gradient tile as it was stored), then one fused pass over the flat
+// parameter, gradient and state buffers.
 #define MT_REAL_SOURCE
 #include "mt_internal.h"
 #include <math.h>
@@ -120,17 +121,19 @@ static void update_chunks(const update_args *u, real *p, real *g, real *state, i
     }
 }
 
-// The gradient's checks (and clipping's norm, on its fixed chunks), then the update unless a
-// check failed: every thread reads the checks' results and takes the same branch.
-static void check_and_update(const update_args *args, double clip_norm, real *p,
-                             real *g, real *state, int64_t n, int64_t chunk, int chunks,
-                             mt_update_scratch *s) {
+// The gradient's checks (and clipping's norm, on its fixed chunks) unless the caller checked
+// it, then the update unless a check failed: every thread reads the checks' results and
+// takes the same branch.
+static void check_and_update(const update_args *args, double clip_norm, int checked,
+                             real *p, real *g, real *state, int64_t n, int64_t chunk,
+                             int chunks, mt_update_scratch *s) {
     const int clip = clip_norm > 0;
     const int64_t norm_chunk = (n + NORM_CHUNKS - 1) / NORM_CHUNKS;
     if (clip)
         check_chunks(g, n, norm_chunk, NORM_CHUNKS, 1, s->bad, s->norm_part);
-    else
+    else if (!checked) // else mt_optim_result reads no flag either
         check_chunks(g, n, chunk, chunks, 0, s->bad, s->norm_part);
+    for (int c = 0; c < (clip ? NORM_CHUNKS : checked ? 0 : chunks); c++)
     for (int c = 0; c < (clip ? NORM_CHUNKS : chunks); c++)
         if (s->bad[c]) return;
     update_args u = *args;
@@ -179,19 +182,21 @@ static int64_t chunk_of(int64_t n) {
 }
 
 void FN(mt_optim_update_team)(const mt_optim *o, real *p, real *g, real *state,
-                              int64_t n, double batch_weight, mt_update_scratch *s) {
+                              int64_t n, double batch_weight, int checked,
+                              mt_update_scratch *s) {
     double wd;
     const update_args u = args_of(o, batch_weight, &wd);
     const int64_t chunk = chunk_of(n);
-    check_and_update(&u, o->clip_norm, p, g, state, n, chunk, (int)((n + chunk - 1) / chunk), s);
+    check_and_update(&u, o->clip_norm, checked, p, g, state, n, chunk,
+                     (int)((n + chunk - 1) / chunk), s);
 }
 
-int FN(mt_optim_result)(const mt_optim *o, int64_t n, double batch_weight,
+int FN(mt_optim_result)(const mt_optim *o, int64_t n, double batch_weight, int checked,
                         const mt_update_scratch *s, double *l2_term) {
     const int64_t chunk = chunk_of(n);
     const int chunks = (int)((n + chunk - 1) / chunk);
     *l2_term = 0;
-    for (int c = 0; c < (o->clip_norm > 0 ? NORM_CHUNKS : chunks); c++)
+    for (int c = 0; c < (o->clip_norm > 0 ? NORM_CHUNKS : checked ? 0 : chunks); c++)
         if (s->bad[c]) return MT_ERR_NONFINITE_GRADIENT;
     if (o->style != MT_OPT_STYLE_SKLEARN) return MT_OK;
     double wd, sq = 0;
@@ -212,6 +217,6 @@ int FN(mt_optim_update)(const mt_optim *o, real *p, real *g, real *state, int64_
                         double batch_weight, double *l2_term) {
     mt_update_scratch s;
     MT_PARALLEL_IF(n >= MT_PAR_ELEMS,
-                   FN(mt_optim_update_team)(o, p, g, state, n, batch_weight, &s));
-    return FN(mt_optim_result)(o, n, batch_weight, &s, l2_term);
+                   FN(mt_optim_update_team)(o, p, g, state, n, batch_weight, 0, &s));
+    return FN(mt_optim_result)(o, n, batch_weight, 0, &s, l2_term);
 }
