@@ -21,6 +21,7 @@ typedef struct {
     const void *z, *a; // DACT: (M, N) like C
     void *b_sums;      // or NULL: (N,) = Σ_k op(B)(k, :) in k order (the bias gradient
                        // when B = dZ), summed while op(B) is packed
+    int *nonfinite;    // or NULL: set to 1 when an element of C or b_sums is not finite
 } mt_epilogue;
 
 // The epilogues a micro-kernel applies in vector registers; the others (transcendental
