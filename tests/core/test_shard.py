@@ -119,3 +119,20 @@ def test_with_a_reduce_hook_a_failed_part_still_calls_it():
     assert calls == [4, 4, 8]  # forward's two sums, backward's one
     with pytest.raises(ValueError, match="there is none"):
         model._net.update(0.1, 1)
+
+
+def test_with_a_reduce_hook_a_failed_fused_step_updates_nothing():
+    model = mt.Sequential([mt.Dense(4), mt.BatchNorm(), mt.Dense(2)], seed=0,
+                          dtype="float64").build(3)
+    model._use_optimizer(mt.SGD(0.1, momentum=0.9))
+    model._net.reserve(4)
+    model._net.set_shard(0, 4, 4.0, lambda buf: None)
+    before = {k: v.copy() for k, v in model.get_weights().items()}
+    X, y = np.ones((4, 3)), np.array([0, 1, 0, 1])
+    model._net.set_data(X, y)
+    y[3] = 5  # changed after it was checked: the core finds it in the batch
+    with pytest.raises(ValueError, match="outside"):
+        model._net.step_rows(np.arange(4), 0, 4, 0.1, 1)
+    for k, v in model.get_weights().items():
+        np.testing.assert_array_equal(v, before[k])
+    assert not model.state_flat.any()
