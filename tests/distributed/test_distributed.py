@@ -64,6 +64,8 @@ def runs(tmp_path_factory):
 @pytest.mark.parametrize("name", ["plain", "dropout", "batchnorm", "batchnorm-numpy"])
 def test_k_ranks_give_the_weights_of_one_process(runs, k, name):
     ranks = [r[name] for r in runs["equivalence", k][0]]
+    # a memory-mapped X trains as the array it holds
+    assert all(r["memmap_same"] for r in runs["equivalence", k][0])
     assert len(ranks) == k
     for r in ranks:
         assert r["params"] <= 1e-12 and r["buffers"] <= 1e-12

@@ -85,6 +85,15 @@ def equivalence():
             "iteration_loss": float(np.abs(hist.iteration_loss - ref_hist.iteration_loss).max()),
             "digest": digest(m), "again": digest(again),
             "keys": sorted(hist.history), "epochs": len(hist.history["loss"])}
+    # the same .npy memory-mapped by every rank (each gathers only its parts' rows)
+    path = os.path.join(out_dir, f"X-{k}.npy")
+    if rank == 0:
+        np.save(path, X)
+    comm.Barrier()
+    m = model("dropout")
+    m.fit(np.load(path, mmap_mode="r"), y, epochs=3, batch_size=32, verbose=0,
+          validation_split=0.2, optimizer=OPTIMIZERS["dropout"](), comm=comm)
+    result["memmap_same"] = digest(m) == result["dropout"]["digest"]
     return result
 
 
