@@ -32,10 +32,11 @@ import numpy as np
 from . import evaluation
 from ._validation import all_finite
 
-# trailing slots of the gradient's all-reduce: the part's loss, its error flag, and whether
-# the rank's clock passed the fit's max_time
-_LOSS, _FAILED, _LATE = 0, 1, 2
-SLOTS = 3
+# trailing slots of the gradient's all-reduce: the part's loss (in two, a float32
+# gradient's slots then carry it to about 1e-14), its error flag, and whether the rank's
+# clock passed the fit's max_time
+_LOSS, _LOSS_LOW, _FAILED, _LATE = 0, 1, 2, 3
+SLOTS = 4
 
 
 def _mpi():
@@ -221,14 +222,16 @@ class Reducer:
         """Sum the gradient and the parts' losses over the ranks, in place; raise on every
         rank the error a rank met (`err`: this rank's), before anything is updated."""
         buf, n = self.buf, self.n
-        buf[n + _LOSS] = 0 if err is not None else loss
+        loss = 0.0 if err is not None else loss
+        buf[n + _LOSS] = loss
+        buf[n + _LOSS_LOW] = loss - float(buf[n + _LOSS])  # what the dtype rounded away
         buf[n + _FAILED] = err is not None
         buf[n + _LATE] = self.deadline is not None and time.perf_counter() >= self.deadline
         self.comm.Allreduce(self.MPI.IN_PLACE, buf)
         if buf[n + _FAILED]:
             agree(self.comm, err)
         self.late = bool(buf[n + _LATE])
-        return float(buf[n + _LOSS])
+        return float(buf[n + _LOSS]) + float(buf[n + _LOSS_LOW])
 
     def maximum(self, value: float) -> float:
         """The largest `value` over the ranks (an epoch's time: the slowest rank's)."""

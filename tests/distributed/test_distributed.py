@@ -137,6 +137,9 @@ def test_one_rank_is_one_process_bit_for_bit(digits):
     assert np.array_equal(models[0].params_flat, models[1].params_flat)
     assert np.array_equal(models[0].buffers_flat, models[1].buffers_flat)
     assert models[0].history.history["val_loss"] == models[1].history.history["val_loss"]
+    # the losses travel in float32 slots of the gradient's all-reduce, split in two
+    np.testing.assert_allclose(models[1].history.iteration_loss,
+                               models[0].history.iteration_loss, rtol=1e-13)
     # the model trains on as one process's afterwards
     a, b = (m.train_step(X[:32], y[:32]) for m in models)
     assert a == b and np.array_equal(models[0].params_flat, models[1].params_flat)
