@@ -22,9 +22,12 @@ brings ``mpiexec``); minitrain adds no transport of its own.
 from __future__ import annotations
 
 import builtins
+import contextlib
 import dataclasses
 import logging
+import sys
 import time
+import traceback
 from typing import Any
 
 import numpy as np
@@ -198,6 +201,7 @@ class Reducer:
         self.size, self.rank = comm.Get_size(), comm.Get_rank()
         self.deadline = None  # max_time's, as time.perf_counter()
         self.late = False  # a rank passed the deadline before the last all-reduce
+        self.agreed = False  # an error being raised is raised by every rank
         if model is not None:
             self.bind(model)
 
@@ -229,9 +233,28 @@ class Reducer:
         buf[n + _LATE] = self.deadline is not None and time.perf_counter() >= self.deadline
         self.comm.Allreduce(self.MPI.IN_PLACE, buf)
         if buf[n + _FAILED]:
+            self.agreed = True
             agree(self.comm, err)
         self.late = bool(buf[n + _LATE])
         return float(buf[n + _LOSS]) + float(buf[n + _LOSS_LOW])
+
+    @contextlib.contextmanager
+    def guard(self) -> Any:
+        """Around the batch loop: an exception this rank alone meets (in a callback, a file
+        write) would leave the other ranks waiting in a collective for ever, so it ends
+        the job (MPI_Abort), after saying why on stderr; an error every rank raises (an
+        agreed one) is raised."""
+        try:
+            yield
+        except BaseException as err:
+            if not self.agreed:
+                sys.stderr.write(f"minitrain: rank {self.rank} of {self.size}: "
+                                 f"{type(err).__name__}: {err}; the other ranks cannot go on "
+                                 f"without this one: ending the job (MPI_Abort)\n")
+                traceback.print_exception(type(err), err, err.__traceback__)
+                sys.stderr.flush()
+                self.comm.Abort(1)
+            raise
 
     def maximum(self, value: float) -> float:
         """The largest `value` over the ranks (an epoch's time: the slowest rank's)."""
@@ -251,7 +274,8 @@ class Reducer:
                 else np.empty((0, width), dtype=model.dtype))
         out = np.empty((n, width), dtype=model.dtype)
         self.comm.Allgatherv(mine, [out, np.diff(bounds) * width])
-        if not all_finite(out):
+        if not all_finite(out):  # the same outputs on every rank: all raise
+            self.agreed = True
             raise ValueError(f"X: the model's outputs overflow {model.dtype.name} on these "
                              f"inputs; scale X")
         return evaluation.compute(model.loss, metric_names, out,

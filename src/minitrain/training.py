@@ -20,6 +20,7 @@ inherits its own from a trainer.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -172,7 +173,11 @@ class Runner:
         except (ValueError, FloatingPointError) as e:  # raised below, on every rank
             err = e
         loss = self.reduce(loss, err)  # sums grads_flat; raises a rank's error on every rank
-        self.net.update(lr, t)
+        try:
+            self.net.update(lr, t)
+        except FloatingPointError:  # the same summed gradient on every rank: all raise it
+            self.reduce.agreed = True
+            raise
         return loss
 
     def run_epoch(self, epoch: int) -> np.ndarray:
@@ -604,7 +609,8 @@ class Trainer:
         policy.deadline = None if run.max_time is None else time.perf_counter() + run.max_time
         if reducer is not None:
             reducer.deadline = policy.deadline
-        Runner(self, run.plan, policy, run.X, run.y, rows=run.rows, reduce=reducer).run()
+        with contextlib.nullcontext() if reducer is None else reducer.guard():
+            Runner(self, run.plan, policy, run.X, run.y, rows=run.rows, reduce=reducer).run()
         self.history.stop_reason = (self.stop_reason or "callback") if self.stop_training \
             else "completed"
         run.callbacks.call("on_train_end")

@@ -124,6 +124,16 @@ def test_a_killed_rank_ends_the_run_with_an_error_in_time(tmp_path):
     assert not (tmp_path / "killed-2.json").exists()
 
 
+@needs_mpiexec
+def test_an_error_on_one_rank_alone_ends_the_job_in_time(tmp_path):
+    start = time.monotonic()
+    proc = launch(2, "raises", tmp_path, timeout=30)
+    assert proc.returncode != 0
+    assert time.monotonic() - start < 30
+    assert "minitrain: rank 0 of 2: OSError: disk full; the other ranks cannot go on" \
+        in proc.stderr
+
+
 def test_one_rank_is_one_process_bit_for_bit(digits):
     from mpi4py import MPI
     X, _, y, _ = digits

@@ -172,5 +172,16 @@ def killed():
     return {"finished": True}
 
 
+def raises():
+    """Rank 0 alone raises mid-fit (a disk full in a callback): the others would wait for
+    it for ever; the job must end, non-zero."""
+    class Full(mt.Callback):
+        def on_iteration_end(self, iteration, logs=None):
+            if iteration == 3 and rank == 0:
+                raise OSError("disk full")
+    model("plain").fit(X, y, epochs=50, verbose=0, callbacks=[Full()], comm=comm)
+    return {"finished": True}
+
+
 report({"equivalence": equivalence, "output": output, "faults": faults,
-        "killed": killed}[case]())
+        "killed": killed, "raises": raises}[case]())
