@@ -262,7 +262,7 @@ class Reducer:
 
     def evaluate_rows(self, model: Any, X: Any, y: Any, rows: Any, metric_names: Any,
                       batch_size: Any = None, with_loss: bool = True) -> dict:
-        """``model._evaluate_rows`` over the ranks: each computes the outputs of its part
+        """``evaluation.evaluate_rows`` over the ranks: each computes the outputs of its part
         of the rows; the parts are gathered, so every rank computes the metrics of the
         same outputs, those of one process."""
         n = X.shape[0] if rows is None else len(rows)
