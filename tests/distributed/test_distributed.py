@@ -84,6 +84,10 @@ def test_only_rank_0_prints_and_writes_files(runs, k):
     assert all(proc.stdout.count(f"rank {r} before") == 1 for r in range(k))
     assert re.findall(r"Epoch \d/2", proc.stdout) == ["Epoch 1/2", "Epoch 2/2"]
     assert found[0]["written"] == [f"log-{k}-rank0.csv", f"run-{k}-rank0.npz"]
+    # every rank stops at the same epoch; only rank 0 logs it
+    assert all(r["stopped"] == ["early_stopping", 2] for r in found)
+    assert [len(r["log_records"]) for r in found] == [1] + [0] * (k - 1)
+    assert found[0]["log_records"][0].startswith("early stopping at epoch 2")
 
 
 @needs_mpiexec

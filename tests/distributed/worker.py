@@ -4,6 +4,7 @@ gathered there); every rank compares itself with a one-process fit it runs too."
 
 import hashlib
 import json
+import logging
 import os
 import signal
 import sys
@@ -112,6 +113,18 @@ def output():
     saved = os.path.join(out_dir, f"run-{k}-rank0.npz")
     resumed, _ = fit("batchnorm", epochs=4, resume_from=saved, optimizer=None)
     result["same_k"] = relative(resumed.params_flat, straight.params_flat)
+    # the minitrain logger's events: rank 0's only
+    records = []
+    handler = logging.Handler(logging.DEBUG)
+    handler.emit = records.append
+    logger = logging.getLogger("minitrain")
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    h = model("plain").fit(X, y, epochs=5, verbose=0, comm=comm, callbacks=[
+        mt.EarlyStopping(monitor="loss", patience=0, min_delta=100)])
+    logger.removeHandler(handler)
+    result["stopped"] = [h.stop_reason, len(h.history["loss"])]
+    result["log_records"] = [r.getMessage() for r in records]
     other = os.environ.get("RESUME_FROM")
     if other:
         resumed, _ = fit("batchnorm", epochs=4, resume_from=other, optimizer=None)
