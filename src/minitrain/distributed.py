@@ -256,6 +256,18 @@ class Reducer:
                 self.comm.Abort(1)
             raise
 
+    def stop(self, model: Any) -> None:
+        """Agree on `model`'s ``stop_training`` over the ranks: a callback may stop one rank
+        alone (its clock, its files), and a rank that stops while the others go on would
+        leave them waiting in the next all-reduce. Every rank stops if one does, with the
+        reason of the first rank that stopped."""
+        asked = self.comm.allgather((model.stop_training, model.stop_reason))
+        stopped = [reason for stop, reason in asked if stop]
+        if stopped and not model.stop_training:
+            model.stop_training, model.stop_reason = True, stopped[0]
+        elif stopped:
+            model.stop_reason = stopped[0]
+
     def maximum(self, value: float) -> float:
         """The largest `value` over the ranks (an epoch's time: the slowest rank's)."""
         return self.comm.allreduce(value, op=self.MPI.MAX)

@@ -254,6 +254,8 @@ class KerasPolicy(Policy):
 
     def epoch_begin(self, epoch):
         self.fit.callbacks.call("on_epoch_begin", epoch)
+        if self.reducer is not None:  # a callback may stop one rank alone
+            self.reducer.stop(self.model)
         self.start_time = time.perf_counter()
 
     def updated(self):
@@ -266,6 +268,8 @@ class KerasPolicy(Policy):
             logs = {"loss": loss, "lr": lr, "epoch": epoch, "batch": batch}
             for fn in self.on_iteration:
                 fn(model.iteration, logs)
+            if self.reducer is not None:  # so may an iteration callback
+                self.reducer.stop(model)
         # in a distributed fit every rank stops at the iteration where one rank's clock
         # passed the deadline (the all-reduce carried it), or the ranks would part
         if self.deadline is not None and (self.reducer.late if self.reducer is not None
@@ -285,6 +289,8 @@ class KerasPolicy(Policy):
         self.model.history.record_epoch(epoch, losses, logs)
         self.model.history.threads.append(threads.controller(self.model).used())
         self.fit.callbacks.call("on_epoch_end", epoch, logs)
+        if self.reducer is not None:  # so may an epoch callback
+            self.reducer.stop(self.model)
 
     def epoch_logs(self, losses):
         """loss (sample-weighted mean over the epoch's iterations), metrics on the

@@ -117,6 +117,10 @@ def test_an_error_on_one_rank_is_raised_by_every_rank(runs, k):
                                      "(epochs 2, not 1)")
     assert "every batch must hold at least one row per rank" in r["small_batch"]
     assert r["max_time"] == ["max_time", 2]
+    # a callback stopped one rank alone (6 iterations an epoch): every rank stopped there
+    assert r["stop_iteration"] == ["one_rank", 3, 1]
+    assert r["stop_epoch"] == ["one_rank", 6, 1]
+    assert r["stop_epoch_begin"] == ["one_rank", 6, 1]
 
 
 @needs_mpiexec

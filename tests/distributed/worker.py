@@ -162,6 +162,27 @@ def faults():
     h = model("plain").fit(X, y, epochs=5, max_time=0.3, verbose=0, comm=comm,
                            callbacks=[Slow()])
     result["max_time"] = [h.stop_reason, len(h.iteration_loss)]
+    # a callback that stops one rank alone stops every rank at the same place, with its
+    # reason (one rank going on alone would wait for the others for ever)
+    class StopOne(mt.Callback):
+        def __init__(self, hook, when):
+            self.hook, self.when = hook, when
+
+        def on_iteration_end(self, iteration, logs=None):
+            if self.hook == "iteration" and rank == k - 1 and iteration == self.when:
+                self.stop("one_rank")
+
+        def on_epoch_end(self, epoch, logs=None):
+            if self.hook == "epoch" and rank == 0 and epoch == self.when:
+                self.stop("one_rank")
+
+        def on_epoch_begin(self, epoch, logs=None):
+            if self.hook == "epoch_begin" and rank == 1 and epoch == self.when:
+                self.stop("one_rank")
+    for hook, when in (("iteration", 3), ("epoch", 1), ("epoch_begin", 2)):
+        h = model("plain").fit(X, y, epochs=3, batch_size=64, verbose=0, comm=comm,
+                               callbacks=[StopOne(hook, when)])
+        result["stop_" + hook] = [h.stop_reason, len(h.iteration_loss), len(h.epoch)]
     # ranks given different fits
     try:
         model("plain").fit(X, y, epochs=1 + (rank == 1), verbose=0, comm=comm)
