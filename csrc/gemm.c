@@ -25,7 +25,7 @@ static inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * 
 
 static const FN(mt_kernel) *kernel_for(int isa) {
 #if defined(__x86_64__) || defined(_M_X64)
-    if (isa == MT_ISA_AVX512) return &FN(mt_kernel_avx512);
+    if (isa >= MT_ISA_AVX512) return &FN(mt_kernel_avx512);
     if (isa == MT_ISA_AVX2) return &FN(mt_kernel_avx2);
 #endif
     (void)isa;
@@ -61,6 +61,10 @@ size_t FN(mt_gemm_pack_elems)(int64_t M, int64_t N, int64_t K) {
                       aligned_elems(K * round_up(N, ker->nr));
         most = need > most ? need : most;
     }
+#if !MT_DOUBLE
+    const size_t bf16 = mt_gemm_pack_elems_bf16(M, N, K);
+    most = bf16 > most ? bf16 : most;
+#endif
     return most;
 }
 
@@ -218,7 +222,7 @@ static void pack_job(const plan *P, int64_t j) {
 }
 
 // The epilogues no micro-kernel keeps in registers, on the tile the kernel just stored.
-static void tile_epilogue(const FN(mt_tile) *t) {
+void FN(mt_tile_epilogue)(const FN(mt_tile) *t) {
     for (int64_t i = 0; i < t->m; i++) {
         real *c = t->c + i * t->ldc;
         if (t->ep == MT_EP_FORWARD) {
@@ -288,7 +292,7 @@ static void run_tile(const plan *P, int64_t tile) {
                     t.za = (const real *)ep->a + off;
                 }
                 run(&t);
-                if (t.ep != MT_EP_NONE && !fused) tile_epilogue(&t);
+                if (t.ep != MT_EP_NONE && !fused) FN(mt_tile_epilogue)(&t);
             }
         }
     }
@@ -311,6 +315,12 @@ static void tile_job_of(const plan *P, int64_t j) {
 }
 
 void FN(mt_gemm_run)(const FN(mt_gemm_op) *ops, int n, const mt_gemm_ws *ws) {
+#if !MT_DOUBLE
+    if (ws->bf16) {
+        mt_gemm_run_bf16(ops, n, ws);
+        return;
+    }
+#endif
     const FN(mt_kernel) *ker = kernel_for(ws->isa);
     const int team = omp_get_num_threads();
     plan P[MAX_OPS];
@@ -345,7 +355,7 @@ int FN(mt_gemm_alloc)(int isa, int trans_a, int trans_b, int64_t M, int64_t N, i
     real *pack = aligned_alloc(MT_ALIGN, (bytes + MT_ALIGN) / MT_ALIGN * MT_ALIGN);
     if (!pack) return MT_ERR_NO_MEMORY;
     const FN(mt_gemm_op) op = {trans_a, trans_b, M, N, K, A, B, C, accumulate, NULL};
-    const mt_gemm_ws ws = {isa, pack};
+    const mt_gemm_ws ws = {isa, pack, 0};
     mt_team = mt_team_size(0);
     const int parallel = mt_team > 1 && (double)M * N * K >= GEMM_SPLIT_FLOPS;
 #pragma omp parallel num_threads(mt_team) if (parallel)

@@ -42,6 +42,12 @@ typedef __mmask16 vmask;
 #define V_GT0(x) _mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_GT_OQ)
 #define V_SELECT(c, t, f) _mm512_mask_blend_ps(c, f, t)
 #define V_TRANSPOSE transpose16
+// bfloat16 products; only called when the CPU reports AVX512_BF16
+typedef __m512i vint;
+#define VI_LOAD(p) _mm512_loadu_si512(p)
+#define VI_SET1 _mm512_set1_epi32
+#define V_DPBF16(acc, a, b) _mm512_dpbf16_ps(acc, (__m512bh)(a), (__m512bh)(b))
+#define BF16_TARGET __attribute__((target("avx512bf16")))
 
 // r[i][j] -> r[j][i] for 16 x 16 floats: pairs, then quadruples within 128-bit lanes,
 // then the 128-bit lanes themselves
@@ -75,4 +81,10 @@ static inline void transpose16(__m512 r[16]) {
 
 // KC: fewer passes over C pay more than keeping the whole KC x NR micro-panel of B in L1
 KERNEL_DESCRIPTOR(avx512, 512, 144, MT_DOUBLE ? 512 : 1024);
+
+#if !MT_DOUBLE
+const mt_kernel_f32 mt_kernel_avx512_bf16 = {
+    .mr = MR, .nr = NR, .vl = VL, .kc = MT_BF16_KC, .mc = 144, .nc = 1024,
+    .packed = kernel_packed_bf16};
+#endif
 #endif

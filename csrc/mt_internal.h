@@ -56,6 +56,7 @@ void mt_team_used(int team);
 typedef struct {
     int isa;     // mt_isa
     void *pack;  // mt_gemm_pack_elems of its products, 64-byte aligned
+    int bf16;    // float32 products with bfloat16 inputs (mt_net.bf16)
 } mt_gemm_ws;
 
 #define MT_DECLARE_TYPED(real, sfx)                                                        \
@@ -70,6 +71,8 @@ typedef struct {
                          real *out);
 
 MT_DECLARE_TYPED(float, f32)
+int mt_gemm_alloc_bf16(int isa, int trans_a, int trans_b, int64_t M, int64_t N, int64_t K,
+                       const float *A, const float *B, float *C, int accumulate);
 MT_DECLARE_TYPED(double, f64)
 
 #ifdef MT_REAL_SOURCE

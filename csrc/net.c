@@ -58,7 +58,7 @@ static size_t layout(const mt_net *net, int64_t rows, char *base, workspace *ws)
             pack = need > pack ? need : pack;
         }
     at = carve(&off, pack * es);
-    if (base) ws->gemm = (mt_gemm_ws){net->isa, base + at};
+    if (base) ws->gemm = (mt_gemm_ws){net->isa, base + at, !MT_DOUBLE && net->bf16};
     return off;
 }
 
@@ -78,6 +78,7 @@ void FN(mt_lay_out)(mt_net *net) {
 static workspace *laid_out(mt_net *net) {
     workspace *ws = net->work;
     ws->gemm.isa = net->isa;
+    ws->gemm.bf16 = !MT_DOUBLE && net->bf16;
     return ws;
 }
 

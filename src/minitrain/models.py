@@ -24,7 +24,6 @@ from .layers import Dense, Layer, summary_lines
 logger = logging.getLogger("minitrain")
 
 _PREDICT_BATCH = 1024
-_FLOAT_DTYPES = (np.float32, np.float64)
 _FUSED_OUTPUT = {"cross_entropy": "softmax", "binary_cross_entropy": "sigmoid"}
 
 
@@ -86,8 +85,11 @@ class Sequential:
         (counts; the prediction is exp of the last layer's output).
     seed : int or None, default None
         Seeds the one ``numpy.random.Generator`` behind initialisation and shuffling.
-    dtype : {"float32", "float64"}, default "float32"
-        The dtype of the parameters and of the computation.
+    dtype : {"float32", "float64", "mixed_bfloat16"}, default "float32"
+        The dtype of the parameters and of the computation; ``"mixed_bfloat16"`` (Keras'
+        policy name) keeps float32 parameters, gradients, optimizer state, activations
+        and loss, and rounds the inputs of the dense layers' products to bfloat16
+        (accumulated in float32; ``vdpbf16ps`` where the CPU has AVX512_BF16).
     backend : {"c", "numpy"}, default "c"
         The C core, or the pure-NumPy reference (same maths and random streams).
     optimizer : Optimizer or str, optional
@@ -109,6 +111,9 @@ class Sequential:
         The record of the current (or last) fit; checkpoints keep it.
     n_features_in_ : int or None
         The input width, once built.
+    dtype_policy : str
+        The `dtype` given: ``dtype`` is that of the buffers (float32 for
+        ``"mixed_bfloat16"``).
 
     Notes
     -----
@@ -139,11 +144,18 @@ class Sequential:
         name = F.LOSS_ALIASES.get(loss, loss)
         if name not in F.LOSSES:
             raise ValueError(f"loss must be one of {sorted(F.LOSSES)}, got {loss!r}")
-        if np.dtype(dtype) not in _FLOAT_DTYPES:
-            raise TypeError(f"dtype must be float32 or float64, got {dtype!r}")
+        policy = dtype if isinstance(dtype, str) and dtype in F.DTYPES else None
+        if policy is None:
+            try:
+                policy = np.dtype(dtype).name
+            except TypeError:
+                pass
+        if policy not in F.DTYPES:
+            raise TypeError(f"dtype must be one of {sorted(F.DTYPES)}, got {dtype!r}")
         self.loss = name
         self.seed = seed
-        self.dtype = np.dtype(dtype)
+        self.dtype = F.DTYPES[policy]
+        self.dtype_policy = policy
         self.backend = backend
         self.optimizer = optimizers.get(optimizer or optimizers.SGD())
         self.rng = np.random.default_rng(seed)
@@ -245,7 +257,7 @@ class Sequential:
             self.dropout_seed = int(self.rng.integers(2**63))
         self.n_features_in_ = n_features
         self._layer_spec = spec  # what another backend's net over these buffers needs
-        self._net = make_net(self.backend, self.dtype, self.loss, spec,
+        self._net = make_net(self.backend, self.dtype_policy, self.loss, spec,
                              self.params_flat, self.grads_flat, self.state_flat,
                              self.buffers_flat, self.dropout_seed)
         self._net_optimizer = None
@@ -267,7 +279,7 @@ class Sequential:
     def _twin(self, finite_only=True):
         """The NumPy backend's network over this model's buffers, set up as its own is;
         `finite_only=False` makes it update through a non-finite loss."""
-        net = make_net("numpy", self.dtype, self.loss, self._layer_spec,
+        net = make_net("numpy", self.dtype_policy, self.loss, self._layer_spec,
                        self.params_flat, self.grads_flat, self.state_flat,
                        self.buffers_flat, self.dropout_seed)
         net.set_reduction(self._reduction)
@@ -698,7 +710,7 @@ class Sequential:
 
     def _config(self):
         """The architecture and settings that define the model, as JSON values."""
-        return {"class": type(self).__name__, "loss": self.loss, "dtype": self.dtype.name,
+        return {"class": type(self).__name__, "loss": self.loss, "dtype": self.dtype_policy,
                 "backend": self.backend, "seed": self.seed, "dropout_seed": self.dropout_seed,
                 "n_features_in": self.n_features_in_,
                 "layers": [layer.get_config() for layer in self.layers]}
