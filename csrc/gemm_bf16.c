@@ -232,7 +232,13 @@ static void run_tile(const plan *P, int64_t tile) {
             t.act = ep->act;
             t.alpha = (float)ep->alpha;
         }
-        const int fused = mt_ep_in_registers(t.ep, t.act);
+        // tanh' and sigmoid' (1 - a², a(1 - a)) are contracted into FMAs by the kernels
+        // that have them: applied after the kernel by the one function that every ISA
+        // shares, so that they round alike
+        const int after = t.ep == MT_EP_DACT && (t.act == MT_ACT_TANH || t.act == MT_ACT_SIGMOID);
+        const int ep_kind = t.ep;
+        if (after) t.ep = MT_EP_NONE;
+        const int fused = !after && mt_ep_in_registers(t.ep, t.act);
         for (int64_t q = q0; q < q1; q++) {
             const int64_t j = q * nr;
             t.n = min64(nr, N - j);
@@ -246,12 +252,18 @@ static void run_tile(const plan *P, int64_t tile) {
                 if (t.ep == MT_EP_FORWARD) {
                     t.bias = ep->bias ? (const float *)ep->bias + j : NULL;
                     t.out = (float *)ep->out + off;
-                } else if (t.ep == MT_EP_DACT) {
+                } else if (ep_kind == MT_EP_DACT) {
                     t.z = (const float *)ep->z + off;
                     t.za = (const float *)ep->a + off;
                 }
                 ker->packed(&t);
-                if (t.ep != MT_EP_NONE && !fused) mt_tile_epilogue_f32(&t);
+                if (after) {
+                    t.ep = ep_kind;
+                    mt_tile_epilogue_f32(&t);
+                    t.ep = MT_EP_NONE;
+                } else if (t.ep != MT_EP_NONE && !fused) {
+                    mt_tile_epilogue_f32(&t);
+                }
             }
         }
     }

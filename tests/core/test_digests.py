@@ -201,9 +201,14 @@ BF16_CASES = {
     "bf16_sgd_momentum": _sequential("mixed_bfloat16", lambda: mt.SGD(lr=0.05, momentum=0.9)),
     "bf16_adam_batchnorm_dropout": _sequential(
         "mixed_bfloat16", lambda: mt.Adam(lr=0.01), (mt.BatchNorm(), mt.Dropout(0.1))),
+    "bf16_tanh_sigmoid_gelu": _sequential(
+        "mixed_bfloat16", lambda: mt.Adam(lr=0.01),
+        (mt.Dense(16, activation="tanh"), mt.Dense(16, activation="sigmoid"),
+         mt.Dense(16, activation="gelu"), mt.Dense(16, activation="leaky_relu"))),
 }
 BF16_DIGESTS = {'bf16_adam_batchnorm_dropout': '5cec7d2c2c3e926fd2be45ebdee6aeef',
-                'bf16_sgd_momentum': '1444a5d62aef16ff2461ebdd6d09daca'}
+                'bf16_sgd_momentum': '1444a5d62aef16ff2461ebdd6d09daca',
+                'bf16_tanh_sigmoid_gelu': 'cc85b84ad885efe20cedbf9de05787d2'}
 
 
 @pytest.fixture(params=_core.available_isas())
