@@ -92,26 +92,31 @@ static void pack_pairs(const float *src, int64_t ls, int64_t ks, int64_t h, int 
                 }
         }
     } else {
-        for (int x = 0; x < h; x++) {
-            const uint32_t *sx = s + x * ls;
-            if (hw)
-                for (int64_t q = 0; q < pairs; q++)
-                    dst[q * R + x] = bf16_bits(sx[2 * q * ks]) | bf16_bits(sx[(2 * q + 1) * ks]) << 16;
-            else
-                for (int64_t q = 0; q < pairs; q++) {
-                    dst[2 * q * R + x] = bf16_bits(sx[(2 * q + 1) * ks]) << 16;
-                    dst[(2 * q + 1) * R + x] = bf16_bits(sx[2 * q * ks]) << 16;
-                }
-        }
-        for (int x = (int)h; x < R; x++)
-            for (int64_t q = 0; q < pairs; q++) {
+        // lanes strided: each lane's pairs into words of a small block (contiguous, so
+        // the rounding vectorises), then the block transposed into the panel
+        enum { QB = 64 };
+        uint32_t block[32 * QB]; // R <= 32 lanes x QB pairs
+        for (int64_t q0 = 0; q0 < pairs; q0 += QB) {
+            const int qb = (int)(pairs - q0 < QB ? pairs - q0 : QB);
+            for (int x = 0; x < h; x++) {
+                const uint32_t *sx = s + x * ls + 2 * q0 * ks;
+                uint32_t *b = block + x * QB;
+                for (int q = 0; q < qb; q++)
+                    b[q] = bf16_bits(sx[2 * q * ks]) | bf16_bits(sx[(2 * q + 1) * ks]) << 16;
+            }
+            for (int q = 0; q < qb; q++) {
+                uint32_t *d = dst + (hw ? q0 + q : 2 * (q0 + q)) * R;
                 if (hw) {
-                    dst[q * R + x] = 0;
+                    for (int x = 0; x < R; x++) d[x] = x < h ? block[x * QB + q] : 0;
                 } else {
-                    dst[2 * q * R + x] = 0;
-                    dst[(2 * q + 1) * R + x] = 0;
+                    for (int x = 0; x < R; x++) {
+                        const uint32_t w = x < h ? block[x * QB + q] : 0;
+                        d[x] = w & 0xffff0000u;
+                        d[R + x] = w << 16;
+                    }
                 }
             }
+        }
     }
     if (kc % 2) { // the last pair: k = kc - 1 and a zero
         const int64_t q = pairs, k = kc - 1;
