@@ -323,9 +323,9 @@ def cpu_info() -> dict:
     Returns
     -------
     dict
-        ``isa``: the instruction set of its GEMM micro-kernels (``"avx512"``,
-        ``"avx2"`` or ``"generic"``; the best the CPU supports unless lowered with the
-        environment variable ``MINITRAIN_ISA``), or None without the extension;
+        ``isa``: the instruction set of its GEMM micro-kernels (``"avx512_bf16"``,
+        ``"avx512"``, ``"avx2"`` or ``"generic"``; the best the CPU supports unless
+        lowered with the environment variable ``MINITRAIN_ISA``), or None without the extension;
         ``available_isas``: those this CPU can run; ``num_threads``.
     """
     if _core is None:
