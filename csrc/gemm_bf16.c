@@ -276,6 +276,19 @@ static void run_tile(const plan *P, int64_t tile) {
 
 enum { MAX_OPS = 2 };
 
+// packing job j of the products P (in order), and their tile job j
+static void pack_job_of(const plan *P, int64_t j) {
+    int o = 0;
+    while (j >= P[o].rp + P[o].cp) j -= P[o].rp + P[o].cp, o++;
+    pack_job(&P[o], j);
+}
+
+static void tile_job_of(const plan *P, int64_t j) {
+    int o = 0;
+    while (j >= P[o].tiles) j -= P[o].tiles, o++;
+    run_tile(&P[o], j);
+}
+
 void mt_gemm_run_bf16(const mt_gemm_op_f32 *ops, int n, const mt_gemm_ws *ws) {
     int hw;
     const mt_kernel_f32 *ker = kernel_for(ws->isa, &hw);
@@ -294,19 +307,16 @@ void mt_gemm_run_bf16(const mt_gemm_op_f32 *ops, int n, const mt_gemm_ws *ws) {
     const unsigned csr = _mm_getcsr();
     _mm_setcsr(csr | 0x8040u);
 #endif
+    // one thread runs the same loops without worksharing (its set-up shows on small
+    // products), a team shares them: packing, a barrier, then the tiles
+    if (team == 1) {
+        for (int64_t j = 0; j < jobs; j++) pack_job_of(P, j);
+        for (int64_t j = 0; j < tiles; j++) tile_job_of(P, j);
+    } else {
 #pragma omp for schedule(dynamic, 1)
-    for (int64_t j = 0; j < jobs; j++) {
-        int o = 0;
-        int64_t r = j;
-        while (r >= P[o].rp + P[o].cp) r -= P[o].rp + P[o].cp, o++;
-        pack_job(&P[o], r);
-    }
+        for (int64_t j = 0; j < jobs; j++) pack_job_of(P, j);
 #pragma omp for schedule(dynamic, 1)
-    for (int64_t j = 0; j < tiles; j++) {
-        int o = 0;
-        int64_t r = j;
-        while (r >= P[o].tiles) r -= P[o].tiles, o++;
-        run_tile(&P[o], r);
+        for (int64_t j = 0; j < tiles; j++) tile_job_of(P, j);
     }
 #if defined(__x86_64__) || defined(_M_X64)
     _mm_setcsr(csr);
