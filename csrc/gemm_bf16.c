@@ -34,6 +34,10 @@ static inline uint32_t bf16_bits(uint32_t u) {
     return (u & 0x7f800000u) == 0 ? (u >> 16) & 0x8000u : r;
 }
 
+// lanes one packing job takes when they are contiguous in the source: rows read a
+// kilobyte at a time (as gemm.c's PACK_B_COLUMNS)
+#define GROUP_LANES 256
+
 // Below this many multiply-adds a product is one macro-tile (as in gemm.c).
 #define BF16_SPLIT_FLOPS (1 << 18)
 
@@ -70,59 +74,86 @@ size_t mt_gemm_pack_elems_bf16(int64_t M, int64_t N, int64_t K) {
     return most;
 }
 
-// R lanes x of op(X)(x, k) = src[x*ls + k*ks] for k in [0, kc) (lanes >= h and k >= kc are
-// zeros), in k pairs q: hw: dst[q*R + x] = bf16(k = 2q) | bf16(2q + 1) << 16; emulation:
-// dst[2q*R + x] = the float32 of bf16(2q + 1), dst[(2q+1)*R + x] = that of bf16(2q).
-// Lanes contiguous (ls == 1): lane loops over two rows; k contiguous: pair loops per lane.
+// Packed layouts, R lanes x (rows of op(A), columns of op(B)) by k pairs q, lanes past
+// the operand's and k past kc zeros: hw: dst[q*R + x] = bf16(k = 2q) | bf16(2q + 1) << 16;
+// emulation: dst[2q*R + x] = the float32 of bf16(2q + 1), dst[(2q+1)*R + x] = bf16(2q)'s.
+
+// The panels of w lanes contiguous in the source (op(X)(x, k) = src[x + k*ks]), k in
+// [0, kc): panel g at dst + g*stride. Row by row across the panels, so that each source
+// row is read in one sweep rather than R lanes at a time, rows pages apart.
 MT_TARGET_CLONES
-static void pack_pairs(const float *src, int64_t ls, int64_t ks, int64_t h, int R,
-                       int64_t kc, int hw, uint32_t *restrict dst) {
+static void pack_pairs_rows(const float *src, int64_t ks, int64_t w, int R, int64_t kc,
+                            int hw, uint32_t *restrict dst, int64_t stride) {
+    const uint32_t *s = (const uint32_t *)src;
+    const int64_t panels = (w + R - 1) / R;
+    for (int64_t q = 0; q < (kc + 1) / 2; q++) {
+        const int pad = 2 * q + 1 >= kc; // k = 2q + 1 is the zero of an odd kc
+        const uint32_t *s0 = s + 2 * q * ks, *s1 = pad ? s0 : s0 + ks;
+        for (int64_t g = 0; g < panels; g++) {
+            const int64_t h = min64(R, w - g * R);
+            const uint32_t *a0 = s0 + g * R, *a1 = s1 + g * R;
+            uint32_t *d = dst + g * stride + (hw ? q : 2 * q) * R;
+            if (h == R && !pad) {
+                if (hw)
+                    for (int x = 0; x < R; x++) d[x] = bf16_bits(a0[x]) | bf16_bits(a1[x]) << 16;
+                else
+                    for (int x = 0; x < R; x++) {
+                        d[x] = bf16_bits(a1[x]) << 16;
+                        d[R + x] = bf16_bits(a0[x]) << 16;
+                    }
+                continue;
+            }
+            for (int x = 0; x < R; x++) {
+                const uint32_t lo = x < h ? bf16_bits(a0[x]) : 0;
+                const uint32_t hi = x < h && !pad ? bf16_bits(a1[x]) : 0;
+                if (hw) {
+                    d[x] = lo | hi << 16;
+                } else {
+                    d[x] = hi << 16;
+                    d[R + x] = lo << 16;
+                }
+            }
+        }
+    }
+}
+
+// One panel of h <= R lanes strided in the source (op(X)(x, k) = src[x*ls + k], k
+// contiguous), k in [0, kc).
+MT_TARGET_CLONES
+static void pack_pairs(const float *src, int64_t ls, int64_t h, int R, int64_t kc, int hw,
+                       uint32_t *restrict dst) {
     const uint32_t *s = (const uint32_t *)src;
     const int64_t pairs = kc / 2;
-    if (ls == 1 && h == R) {
-        for (int64_t q = 0; q < pairs; q++) {
-            const uint32_t *s0 = s + 2 * q * ks, *s1 = s0 + ks;
-            uint32_t *d = dst + (hw ? q : 2 * q) * R;
-            if (hw)
-                for (int x = 0; x < R; x++) d[x] = bf16_bits(s0[x]) | bf16_bits(s1[x]) << 16;
-            else
-                for (int x = 0; x < R; x++) {
-                    d[x] = bf16_bits(s1[x]) << 16;
-                    d[R + x] = bf16_bits(s0[x]) << 16;
-                }
+    // each lane's pairs into words of a small block (contiguous, so the rounding
+    // vectorises), then the block transposed into the panel
+    enum { QB = 64 };
+    uint32_t block[32 * QB]; // R <= 32 lanes x QB pairs
+    for (int64_t q0 = 0; q0 < pairs; q0 += QB) {
+        const int qb = (int)(pairs - q0 < QB ? pairs - q0 : QB);
+        for (int x = 0; x < h; x++) {
+            const uint32_t *sx = s + x * ls + 2 * q0;
+            uint32_t *b = block + x * QB;
+            for (int q = 0; q < qb; q++)
+                b[q] = bf16_bits(sx[2 * q]) | bf16_bits(sx[2 * q + 1]) << 16;
         }
-    } else {
-        // lanes strided: each lane's pairs into words of a small block (contiguous, so
-        // the rounding vectorises), then the block transposed into the panel
-        enum { QB = 64 };
-        uint32_t block[32 * QB]; // R <= 32 lanes x QB pairs
-        for (int64_t q0 = 0; q0 < pairs; q0 += QB) {
-            const int qb = (int)(pairs - q0 < QB ? pairs - q0 : QB);
-            for (int x = 0; x < h; x++) {
-                const uint32_t *sx = s + x * ls + 2 * q0 * ks;
-                uint32_t *b = block + x * QB;
-                for (int q = 0; q < qb; q++)
-                    b[q] = bf16_bits(sx[2 * q * ks]) | bf16_bits(sx[(2 * q + 1) * ks]) << 16;
-            }
-            for (int q = 0; q < qb; q++) {
-                uint32_t *d = dst + (hw ? q0 + q : 2 * (q0 + q)) * R;
+        for (int q = 0; q < qb; q++) {
+            uint32_t *d = dst + (hw ? q0 + q : 2 * (q0 + q)) * R;
+            for (int x = 0; x < R; x++) {
+                const uint32_t w = x < h ? block[x * QB + q] : 0;
                 if (hw) {
-                    for (int x = 0; x < R; x++) d[x] = x < h ? block[x * QB + q] : 0;
+                    d[x] = w;
                 } else {
-                    for (int x = 0; x < R; x++) {
-                        const uint32_t w = x < h ? block[x * QB + q] : 0;
-                        d[x] = w & 0xffff0000u;
-                        d[R + x] = w << 16;
-                    }
+                    d[x] = w & 0xffff0000u;
+                    d[R + x] = w << 16;
                 }
             }
         }
     }
     if (kc % 2) { // the last pair: k = kc - 1 and a zero
-        const int64_t q = pairs, k = kc - 1;
+        const int64_t q = pairs;
         uint32_t *d = dst + (hw ? q : 2 * q) * R;
         for (int x = 0; x < R; x++) {
-            const uint32_t v = x < h ? bf16_bits(s[x * ls + k * ks]) : 0;
+            const uint32_t v = x < h ? bf16_bits(s[x * ls + kc - 1]) : 0;
             if (hw) {
                 d[x] = v;
             } else {
@@ -151,6 +182,7 @@ typedef struct {
     mt_gemm_op_f32 op;
     uint32_t *Ap, *Bp;
     int64_t Mp, Np, rp, cp, tr, tc, tiles_n, tiles;
+    int64_t a_jobs, b_jobs;
 } plan;
 
 static inline int64_t kw(const plan *P, int64_t k) { return P->hw ? k / 2 : k; }
@@ -184,38 +216,43 @@ static uint32_t *plan_op(plan *P, const mt_kernel_f32 *ker, int hw, const mt_gem
     }
     P->tr = tr;
     P->tc = tc;
+    const int64_t ga = op->trans_a ? GROUP_LANES / ker->mr : 1;
+    const int64_t gb = op->trans_b ? 1 : GROUP_LANES / ker->nr;
+    P->a_jobs = K > 0 ? (P->rp + ga - 1) / ga : 0;
+    P->b_jobs = K > 0 || (op->ep && op->ep->b_sums) ? (P->cp + gb - 1) / gb : 0;
     P->tiles_n = (P->cp + tc - 1) / tc;
     P->tiles = (P->rp + tr - 1) / tr * P->tiles_n;
     return pack;
 }
 
-// Packing job j of P: row panel j of op(A), then column panel j - rp of op(B) (and its
-// column sums), every k block.
+// Packing job j of P: row panels of op(A) (a group of them when its rows are contiguous
+// in k: Aᵀ), then column panels of op(B) (a group when row-major), with their column sums;
+// every k block.
 static void pack_job(const plan *P, int64_t j) {
     const mt_kernel_f32 *ker = P->ker;
     const mt_gemm_op_f32 *op = &P->op;
     const int64_t M = op->M, N = op->N, K = op->K, KC = MT_BF16_KC;
-    if (j < P->rp) { // op(A)(i, k) = A[i*rs + k*cs]
-        const int mr = ker->mr;
-        const int64_t i = j * mr, rs = op->trans_a ? 1 : K, cs = op->trans_a ? M : 1;
-        for (int64_t pc = 0; pc < K; pc += KC) {
-            const int64_t kc = min64(KC, K - pc);
-            pack_pairs(op->A + i * rs + pc * cs, rs, cs, min64(mr, M - i), mr, kc, P->hw,
-                       P->Ap + kw(P, pc) * P->Mp + j * kw(P, round_up(kc, 2)) * mr);
-        }
-        return;
-    }
-    j -= P->rp;
-    const int nr = ker->nr;
-    const int64_t c = j * nr, w = min64(nr, N - c);
-    const int64_t ls = op->trans_b ? K : 1, ks = op->trans_b ? 1 : N; // op(B)(k, c)
+    const int trans = j < P->a_jobs ? op->trans_a : !op->trans_b; // lanes contiguous
+    const int R = j < P->a_jobs ? ker->mr : ker->nr;
+    const int64_t L = j < P->a_jobs ? M : N;                        // lanes in all
+    const float *src = j < P->a_jobs ? op->A : op->B;
+    uint32_t *packed = j < P->a_jobs ? P->Ap : P->Bp;
+    const int64_t Lp = j < P->a_jobs ? P->Mp : P->Np;
+    if (j >= P->a_jobs) j -= P->a_jobs;
+    const int64_t per = trans ? GROUP_LANES / R : 1;                // panels of the job
+    const int64_t x0 = j * per * R, w = min64(per * R, L - x0);
     for (int64_t pc = 0; pc < K; pc += KC) {
-        const int64_t kc = min64(KC, K - pc);
-        pack_pairs(op->B + c * ls + pc * ks, ls, ks, w, nr, kc, P->hw,
-                   P->Bp + kw(P, pc) * P->Np + j * kw(P, round_up(kc, 2)) * nr);
+        const int64_t kc = min64(KC, K - pc), panel = kw(P, round_up(kc, 2)) * R;
+        uint32_t *dst = packed + kw(P, pc) * Lp + j * per * panel;
+        if (trans) // op(X)(x, k) = src[x + k*L]
+            pack_pairs_rows(src + x0 + pc * L, L, w, R, kc, P->hw, dst, panel);
+        else // op(X)(x, k) = src[x*K + k]
+            pack_pairs(src + x0 * K + pc, K, w, R, kc, P->hw, dst);
     }
-    if (op->ep && op->ep->b_sums)
-        column_sums(op->B + c * ls, ls, ks, w, K, (float *)op->ep->b_sums + c);
+    if (packed == P->Bp && op->ep && op->ep->b_sums) {
+        const int64_t ls = op->trans_b ? K : 1, ks = op->trans_b ? 1 : N;
+        column_sums(op->B + x0 * ls, ls, ks, w, K, (float *)op->ep->b_sums + x0);
+    }
 }
 
 // Macro-tile `tile` of P, every k block in order (as gemm.c's run_tile, always packed)
@@ -279,7 +316,7 @@ enum { MAX_OPS = 2 };
 // packing job j of the products P (in order), and their tile job j
 static void pack_job_of(const plan *P, int64_t j) {
     int o = 0;
-    while (j >= P[o].rp + P[o].cp) j -= P[o].rp + P[o].cp, o++;
+    while (j >= P[o].a_jobs + P[o].b_jobs) j -= P[o].a_jobs + P[o].b_jobs, o++;
     pack_job(&P[o], j);
 }
 
@@ -298,7 +335,7 @@ void mt_gemm_run_bf16(const mt_gemm_op_f32 *ops, int n, const mt_gemm_ws *ws) {
     int64_t jobs = 0, tiles = 0;
     for (int o = 0; o < n; o++) {
         pack = plan_op(&P[o], ker, hw, &ops[o], pack, team);
-        jobs += P[o].rp + P[o].cp;
+        jobs += P[o].a_jobs + P[o].b_jobs;
         tiles += P[o].tiles;
     }
 #if defined(__x86_64__) || defined(_M_X64)
