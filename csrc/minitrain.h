@@ -45,7 +45,12 @@ typedef enum {
     MT_LAYER_ACTIVATION,  // act(X)
 } mt_layer_kind;
 
-typedef enum { MT_OPT_SGD = 0, MT_OPT_ADAM } mt_opt_kind;
+typedef enum {
+    MT_OPT_SGD = 0,
+    MT_OPT_ADAM,
+    MT_OPT_GRADIENT, // no update: the gradient with weight decay's L2 penalty added is left
+                     // in grads (and l2_term set), for an optimizer outside the core (L-BFGS)
+} mt_opt_kind;
 
 typedef enum {
     MT_OPT_STYLE_TORCH = 0,  // PyTorch's forms (below); weight_decay added to the gradient
@@ -144,7 +149,8 @@ void mt_lay_out(mt_net *net);
 // X (rows, in0) row-major; y int64 (rows,) for cross-entropy, else (rows, out) in dtype.
 // `iteration` keys the dropout masks: the same iteration gives the same masks.
 // With opt == NULL the gradient is left in net->grads and nothing is updated (neither
-// the parameters nor the batchnorm running statistics).
+// the parameters nor the batchnorm running statistics); an opt of kind MT_OPT_GRADIENT
+// adds its L2 penalty to that gradient and updates nothing either.
 // *loss receives the batch loss (see mt_reduction). Returns an mt_status: with opt, the
 // update is applied only when the loss and the whole gradient are finite.
 int mt_step(mt_net *net, const void *X, const void *y, const int64_t *idx, int64_t n,

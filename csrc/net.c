@@ -234,7 +234,8 @@ int FN(mt_step)(mt_net *net, const real *X, const void *y, const int64_t *idx, i
     if (!opt) return MT_OK;
     const int status = FN(mt_optim_update)(opt, net->params, net->grads, net->state,
                                            net->n_params, batch_weight, &net->l2_term);
-    if (status != MT_OK) return status; // the running statistics stay with the parameters
+    if (status != MT_OK || opt->kind == MT_OPT_GRADIENT)
+        return status; // the running statistics stay with the parameters
     for (int l = 0; l < net->nlayers; l++)
         if (net->layers[l].kind == MT_LAYER_BATCHNORM)
             FN(mt_batchnorm_update_running)(&net->layers[l], ws->stats[l], net->buffers, n);

@@ -37,19 +37,27 @@ typedef struct {
 } update_args;
 
 // The update of p[lo, hi), g, state m (SGD momentum or velocity, Adam first moment) and v
-// (Adam second moment). Returns Σ p[lo:min(hi, nd)]² before the update for the
-// scikit-learn style (its loss's L2 term), else 0.
+// (Adam second moment); for MT_OPT_GRADIENT, no update: g becomes the gradient every update
+// below takes, the L2 penalty's added. Returns Σ p[lo:min(hi, nd)]² before the update for
+// the scikit-learn style (its loss's L2 term) and MT_OPT_GRADIENT, else 0.
 // Element-wise, so the same bits from every clone (this file is compiled without
 // contraction into fused multiply-adds) and every split of [0, n) into ranges; only the
 // sum of squares depends on the vector width.
 MT_TARGET_CLONES
-static double update_range(const update_args *u, real *restrict p, const real *restrict g,
+static double update_range(const update_args *u, real *restrict p, real *restrict g,
                            real *restrict m, real *restrict v, int64_t lo, int64_t hi) {
     const int64_t nd = u->nd;
     const real lr = u->lr, gscale = u->gscale, mu = u->mu, wd = u->wd;
     const real b1 = u->b1, b2 = u->b2, c1 = u->c1, c2 = u->c2, eps = u->eps;
     double sq = 0;
-    if (u->style == MT_OPT_STYLE_SKLEARN) {
+    if (u->kind == MT_OPT_GRADIENT) { // for an optimizer outside the core (L-BFGS)
+#pragma omp simd reduction(+ : sq)
+        for (int64_t i = lo; i < hi; i++) {
+            const real pi = p[i];
+            sq += i < nd ? (double)pi * pi : 0;
+            g[i] = g[i] * gscale + (i < nd ? wd * pi : 0);
+        }
+    } else if (u->style == MT_OPT_STYLE_SKLEARN) {
         // in scikit-learn's order of operations: velocity m = mu*m - lr*g, p += m
         // (nesterov: p += mu*m - lr*g); Adam p += -lr_t*m/(sqrt(v)+eps)
         if (u->kind == MT_OPT_SGD) {
@@ -103,7 +111,7 @@ static double update_range(const update_args *u, real *restrict p, const real *r
 }
 
 // part[c] = update_range of chunk c, for the chunks of the n parameters; threads split them
-static void update_chunks(const update_args *u, real *p, const real *g, real *state, int64_t n,
+static void update_chunks(const update_args *u, real *p, real *g, real *state, int64_t n,
                           int64_t chunk, int chunks, double *part) {
 #pragma omp for schedule(static) nowait
     for (int c = 0; c < chunks; c++) {
@@ -115,7 +123,7 @@ static void update_chunks(const update_args *u, real *p, const real *g, real *st
 // The gradient's checks (and clipping's norm, on its fixed chunks), then the update unless a
 // check failed: every thread reads the checks' results and takes the same branch.
 static void check_and_update(const update_args *args, double clip_norm, real *p,
-                             const real *g, real *state, int64_t n, int64_t chunk, int chunks,
+                             real *g, real *state, int64_t n, int64_t chunk, int chunks,
                              int *bad, double *norm_part, double *part) {
     const int clip = clip_norm > 0;
     const int64_t norm_chunk = (n + NORM_CHUNKS - 1) / NORM_CHUNKS;
@@ -140,6 +148,8 @@ static void check_and_update(const update_args *args, double clip_norm, real *p,
 // Nothing is written unless every gradient element is finite (MT_ERR_NONFINITE_GRADIENT).
 // *l2_term = the L2 term of scikit-learn's loss for the scikit-learn style, from the
 // parameters before the update (0 without weight decay, and for the other style).
+// MT_OPT_GRADIENT updates nothing: g gets the L2 penalty's gradient added, as the updates
+// add it, and *l2_term is its loss term, as above.
 int FN(mt_optim_update)(const mt_optim *o, real *p, real *g, real *state, int64_t n,
                         double batch_weight, double *l2_term) {
     update_args u = {.kind = o->kind, .style = o->style, .nesterov = o->nesterov,

@@ -23,7 +23,7 @@ cdef extern from "minitrain.h":
     int MT_LOSS_CROSS_ENTROPY, MT_LOSS_MSE, MT_LOSS_BINARY_CROSS_ENTROPY, MT_LOSS_POISSON
     int MT_REDUCE_MEAN, MT_REDUCE_SKLEARN
     int MT_LAYER_DENSE, MT_LAYER_DROPOUT, MT_LAYER_BATCHNORM, MT_LAYER_ACTIVATION
-    int MT_OPT_SGD, MT_OPT_ADAM
+    int MT_OPT_SGD, MT_OPT_ADAM, MT_OPT_GRADIENT
     int MT_OPT_STYLE_TORCH, MT_OPT_STYLE_SKLEARN
     int MT_OK, MT_ERR_NONFINITE_LOSS, MT_ERR_BATCH_TOO_LARGE, MT_ERR_NO_MEMORY
     int MT_ERR_BAD_LABEL, MT_ERR_NONFINITE_GRADIENT
@@ -100,7 +100,7 @@ CODES = {
     "reduction": {"mean": MT_REDUCE_MEAN, "sklearn": MT_REDUCE_SKLEARN},
     "layer": {"dense": MT_LAYER_DENSE, "dropout": MT_LAYER_DROPOUT,
               "batchnorm": MT_LAYER_BATCHNORM, "activation": MT_LAYER_ACTIVATION},
-    "optimizer": {"sgd": MT_OPT_SGD, "adam": MT_OPT_ADAM},
+    "optimizer": {"sgd": MT_OPT_SGD, "adam": MT_OPT_ADAM, "gradient": MT_OPT_GRADIENT},
     "style": {"torch": MT_OPT_STYLE_TORCH, "sklearn": MT_OPT_STYLE_SKLEARN},
     "status": {"ok": MT_OK, "nonfinite_loss": MT_ERR_NONFINITE_LOSS,
                "batch_too_large": MT_ERR_BATCH_TOO_LARGE, "no_memory": MT_ERR_NO_MEMORY,
@@ -345,9 +345,9 @@ cdef class Net:
 
     @property
     def l2_term(self):
-        """After an update in scikit-learn's style: the L2 term of its batch loss,
-        0.5 weight_decay ||params[:n_decay]||² / batch weight, from the parameters before
-        the update (read in the update's pass); else 0."""
+        """After an update (or a step of the "gradient" kind) in scikit-learn's style: the
+        L2 term of its batch loss, 0.5 weight_decay ||params[:n_decay]||² / batch weight,
+        from the parameters before the update (read in the update's pass); else 0."""
         return self.net.l2_term
 
     def _workspace_bound(self, max_batch):

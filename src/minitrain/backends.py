@@ -16,7 +16,7 @@ import warnings
 import numpy as np
 
 from . import functional as F
-from .optimizers import SGD_KIND, STYLE_SKLEARN, STYLE_TORCH
+from .optimizers import GRADIENT_KIND, SGD_KIND, STYLE_SKLEARN, STYLE_TORCH
 
 try:
     from . import _core
@@ -178,6 +178,8 @@ class NumpyNet:
             raise FloatingPointError(f"the gradient is not finite{why}; the parameters were "
                                      f"not updated")
         self._update(lr, t, batch_weight)
+        if self.opt["kind"] == GRADIENT_KIND:
+            return  # the running statistics stay with the parameters
         for L, keep in zip(self.layers, kept):
             if L["kind"] == "batchnorm":
                 F.batchnorm_update_running(*self._running(L), keep[1], L["momentum"], n)
@@ -222,6 +224,11 @@ class NumpyNet:
             norm = np.sqrt(np.dot(g.astype(np.float64), g.astype(np.float64)))
             if norm > o["clip_norm"]:
                 g = g * t_(o["clip_norm"] / norm)
+        if o["kind"] == GRADIENT_KIND:  # no update: the gradient the updates below take
+            wd = o["weight_decay"]
+            self.grads[...] = self._with_l2(g, wd / batch_weight if o["style"] == STYLE_SKLEARN
+                                            else wd)
+            return
         if o["style"] == STYLE_SKLEARN:
             self._sklearn_update(lr, t, g, o["weight_decay"] / batch_weight)
             return

@@ -1,4 +1,5 @@
-"""Metrics computed from network outputs, and the validation hold-out of ``fit``."""
+"""Metrics computed from network outputs, the batched inference pass that computes those
+outputs, and the validation hold-out of ``fit``."""
 
 from __future__ import annotations
 
@@ -7,9 +8,10 @@ from collections.abc import Sequence
 import numpy as np
 
 from . import functional as F
-from ._validation import check_number
+from ._validation import all_finite, check_int, check_number
 
 _CLASSIFICATION = ("cross_entropy", "binary_cross_entropy")
+_PREDICT_BATCH = 1024
 
 
 def accuracy(loss: str, out: np.ndarray, y: np.ndarray) -> float:
@@ -156,6 +158,38 @@ def compute(loss: str, names: Sequence[str], out: np.ndarray, y: np.ndarray,
     for name in names:
         logs[name] = METRICS[name][0](loss, out, y)
     return logs
+
+
+
+def forward_rows(model, X, rows, batch_size=None, step=None, finite=True):
+    """`model`'s output for the rows `rows` of the checked X (all rows when None),
+    computed in batches of `step` rows (default: the workspace's); only one batch of rows
+    is gathered (made dense, for a sparse X) at a time. `finite`: refuse an overflow."""
+    net = model._net
+    n = X.shape[0] if rows is None else len(rows)
+    if batch_size is None:
+        batch_size = max(net.max_batch, min(n, _PREDICT_BATCH))
+    batch_size = check_int("batch_size", batch_size, 1)
+    net.reserve(min(batch_size, n))
+    step = step or net.max_batch
+    out = np.empty((n, model.n_outputs), dtype=model.dtype)
+    for start in range(0, n, step):
+        stop = min(start + step, n)
+        batch = X[start:stop] if rows is None else X[rows[start:stop]]
+        if not isinstance(batch, np.ndarray):  # sparse
+            batch = batch.toarray()
+        batch = np.ascontiguousarray(batch, dtype=model.dtype)
+        net.forward(batch, out[start:stop])
+    if finite and not all_finite(out):  # finite weights: only inputs too large get here
+        raise ValueError(f"X: the model's outputs overflow {model.dtype.name} on these "
+                         f"inputs; scale X")
+    return out
+
+
+def evaluate_rows(model, X, y, rows, metric_names, batch_size=None, with_loss=True):
+    """``compute`` on `model`'s outputs for the rows `rows` of the checked X, y."""
+    out = forward_rows(model, X, rows, batch_size)
+    return compute(model.loss, metric_names, out, y if rows is None else y[rows], with_loss)
 
 
 def holdout(y: np.ndarray, fraction: float, stratify: bool) -> tuple[np.ndarray, np.ndarray]:

@@ -8,9 +8,10 @@ import numpy as np
 from . import schedules
 from ._validation import check_number
 
-# the core's optimizer kinds (mt_opt_kind) and update forms (mt_opt_style: PyTorch's, or
+# the core's optimizer kinds (mt_opt_kind; "gradient" updates nothing: it adds the L2
+# penalty to the gradient, for L-BFGS) and update forms (mt_opt_style: PyTorch's, or
 # scikit-learn's MLP), by name: the binding reads their codes from minitrain.h
-SGD_KIND, ADAM_KIND = "sgd", "adam"
+SGD_KIND, ADAM_KIND, GRADIENT_KIND = "sgd", "adam", "gradient"
 STYLE_TORCH, STYLE_SKLEARN = "torch", "sklearn"
 
 

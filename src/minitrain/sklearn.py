@@ -58,7 +58,7 @@ from sklearn.utils.optimize import _check_optimize_result
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 
 from . import functional as F
-from . import threads, training
+from . import evaluation, threads, training
 from .layers import Dense
 from .models import Sequential
 from .optimizers import ADAM_KIND, SGD_KIND, STYLE_SKLEARN
@@ -299,19 +299,6 @@ class _BaseMLP(BaseEstimator):
         # gradient is that of the sum over outputs, which the core computes
         return 1.0 / self.n_outputs_ if self.out_activation_ == "identity" else 1.0
 
-    def _with_l2(self, loss, grad, coefs, weights, weight_sum):
-        """L-BFGS' loss and float64 gradient with scikit-learn's L2 penalty added:
-        0.5 alpha ||W||² / weight_sum, summed layer by layer as scikit-learn does. The
-        stochastic solvers get it from the core's update pass; L-BFGS takes gradients
-        without an update, and scikit-learn's float64 sum of SciPy's vector, which this is."""
-        if self.alpha != 0:
-            values = 0.0  # a Python float: the loss is accumulated in float64 for float32 too
-            for c in coefs:
-                values += float(np.dot(c, c))
-            loss += (0.5 * self.alpha) * values / weight_sum
-        grad[:weights.size] += (self.alpha / weight_sum) * weights
-        return loss, grad
-
     # -------------------------------------------------------------------- fit
     def _fit(self, X, y, sample_weight=None, incremental=False):
         hidden_layer_sizes = self.hidden_layer_sizes
@@ -343,9 +330,9 @@ class _BaseMLP(BaseEstimator):
         model = self._synced_model(dtype)
         X = X.astype(dtype, copy=False)
 
-        # L-BFGS: the core refuses a non-finite loss, where scikit-learn's weights would end
-        # non-finite and be refused just the same; sgd and adam train on through one, as
-        # scikit-learn's do
+        # L-BFGS: the core refuses a non-finite loss or gradient, where scikit-learn's
+        # weights would end non-finite and be refused just the same; sgd and adam train on
+        # through one, as scikit-learn's do
         diverged = False
         try:
             with threads.blas_single_thread():  # SciPy's and scikit-learn's, inside our loop
@@ -362,19 +349,16 @@ class _BaseMLP(BaseEstimator):
         return self
 
     def _fit_lbfgs(self, model, X, y, sample_weight):
-        # Sequential lays all weights out before all biases: L2 covers params_flat[:n]
-        params, n_decay = model.params_flat, model._n_decay
-        weight_sum = X.shape[0] if sample_weight is None else float(sample_weight.sum())
+        params = model.params_flat
         targets = self._targets(y, model.dtype)
         sw = None if sample_weight is None else sample_weight.astype(model.dtype)
-        coefs = [c.reshape(-1) for c in self.coefs_]
         scale = self._data_loss_scale()
 
         def loss_grad(packed):
             params[...] = packed
-            loss = model._gradient(X, targets, sw) * scale
-            return self._with_l2(loss, model.grads_flat.astype(np.float64), coefs,
-                                 params[:n_decay], weight_sum)
+            # the core adds the L2 penalty to the gradient and the loss, as its updates do
+            loss, l2_term = model._gradient(X, targets, sw, self.alpha)
+            return loss * scale + l2_term, model.grads_flat.astype(np.float64)
 
         iprint = 1 if self.verbose is True or self.verbose >= 1 else -1
         opt_res = scipy.optimize.minimize(
@@ -501,7 +485,7 @@ class _BaseMLP(BaseEstimator):
         if sp.issparse(X):  # made dense chunk of rows by chunk, a few MB at a time
             X = X.tocsr()
             rows = max(1, min(rows, _DENSE_CHUNK_ELEMENTS // X.shape[1]))
-        out = model._forward_rows(X, None, batch_size=rows, step=rows, finite=False)
+        out = evaluation.forward_rows(model, X, None, batch_size=rows, step=rows, finite=False)
         return F.output_transform(model.loss, out)
 
     def _score_with_function(self, X, y, sample_weight, score_function):

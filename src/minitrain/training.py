@@ -12,23 +12,30 @@ reduction the core computes the gradient and updates in one pass (the fast path)
 ``reduce`` (the all-reduce of a distributed fit) the gradient is computed, reduced in
 place, then applied by the backend's ``update(lr, t)``, which the NumPy twin has; the C
 core fuses its update into the step and has no such entry yet.
+
+``Trainer`` is the training surface ``Sequential`` inherits (``fit``, ``train_step``,
+``loss_and_gradient``, the optimizer's binding to the backend), as Keras' ``Model``
+inherits its own from a trainer.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import sys
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
-from . import evaluation, optimizers, threads
+from . import checkpoint, evaluation, optimizers, threads
 from ._validation import check_int, check_number, check_targets, check_X
-from .callbacks import CallbackList, ConvergenceCheck, EpochLine, ProgressBar
+from .backends import make_net
+from .callbacks import Callback, CallbackList, ConvergenceCheck, EpochLine, ProgressBar
 from .history import History
 
 # training-set metrics use at most this many rows, evenly spaced, as scikit-learn's
@@ -271,10 +278,10 @@ class KerasPolicy(Policy):
         sizes = self.sizes[:len(losses)]
         logs = {"loss": float(np.dot(losses, sizes) / sizes.sum())}
         if fit.metric_names:
-            logs.update(model._evaluate_rows(fit.X, fit.y, fit.metric_rows, fit.metric_names,
-                                             with_loss=False))
+            logs.update(evaluation.evaluate_rows(model, fit.X, fit.y, fit.metric_rows,
+                                                 fit.metric_names, with_loss=False))
         if fit.validation is not None:
-            val = model._evaluate_rows(*fit.validation, fit.metric_names)
+            val = evaluation.evaluate_rows(model, *fit.validation, fit.metric_names)
             logs.update(("val_" + k, v) for k, v in val.items())
         logs.update(lr=self.optimizer.lr, time=time.perf_counter() - self.start_time)
         return logs
@@ -340,7 +347,7 @@ def plan_fit(model, X, y, epochs, batch_size, optimizer, shuffle, drop_last, see
     n = X.shape[0] if train_rows is None else len(train_rows)
     if batch_size > n:
         warnings.warn(f"batch_size={batch_size} is larger than the {n} samples; "
-                      f"it is clipped to {n}", UserWarning, stacklevel=4)
+                      f"it is clipped to {n}", UserWarning, stacklevel=3)
         batch_size = n
     shuffle, drop_last = bool(shuffle), bool(drop_last)
     if saved is not None:
@@ -372,23 +379,287 @@ def plan_fit(model, X, y, epochs, batch_size, optimizer, shuffle, drop_last, see
                 callbacks=cbs, max_time=max_time)
 
 
-def fit(model: Any, X: Any, y: Any, *, resume_from: Any = None, **settings: Any) -> History:
-    """``Sequential.fit``: check, lay out, then train through the runner."""
-    from . import checkpoint
-    saved = checkpoint.read(resume_from) if resume_from is not None else None
-    run = plan_fit(model, X, y, saved=saved, resume_from=resume_from, **settings)
-    # every argument is checked: from here on the model changes
-    model._begin_fit(run)
-    policy = KerasPolicy(model, run)
-    model.stop_training, model.stop_reason = False, None
-    run.callbacks.call("on_train_begin")
-    run.callbacks.set_states(model._saved_callback_states if saved is not None else {})
-    policy.deadline = None if run.max_time is None else time.perf_counter() + run.max_time
-    Runner(model, run.plan, policy, run.X, run.y, rows=run.rows).run()
-    model.history.stop_reason = (model.stop_reason or "callback") if model.stop_training \
-        else "completed"
-    run.callbacks.call("on_train_end")
-    return model.history
+class Trainer:
+    """The training surface of a model (``fit``, ``train_step``, ``loss_and_gradient``)
+    and its binding to the backend, as Keras' ``Model`` inherits it from its trainer.
+
+    The model brings its structure: ``build``, ``_check_xy``, ``_require_built``, its flat
+    buffers, counters, generator, ``optimizer``, ``history`` and ``_lock``, and the state
+    API (``set_state``) a resume uses.
+    """
+
+    def _set_reduction(self, name):
+        """How the batch loss is reduced: ``"mean"`` or ``"sklearn"`` (scikit-learn's)."""
+        self._reduction = name
+        self._net.set_reduction(name)
+
+    def _bind_update(self, kind, **core_args):
+        """Make the backend update with optimizer `kind` and the backend's
+        ``set_optimizer`` arguments (weight decay over the weights unless `n_decay`)."""
+        core_args.setdefault("n_decay", self._n_decay)
+        self._net.set_optimizer(kind, **core_args)
+        self._update_args = (kind, core_args)
+
+    def _twin(self, finite_only=True):
+        """The NumPy backend's network over this model's buffers, set up as its own is;
+        `finite_only=False` makes it update through a non-finite loss."""
+        net = make_net("numpy", self.dtype_policy, self.loss, self._layer_spec,
+                       self.params_flat, self.grads_flat, self.state_flat,
+                       self.buffers_flat, self.dropout_seed)
+        net.set_reduction(self._reduction)
+        net.reserve(self._net.max_batch)
+        net.finite_only = finite_only
+        kind, core_args = self._update_args
+        net.set_optimizer(kind, **core_args)
+        return net
+
+    def _gradient(self, X, y, sample_weight=None, weight_decay=0.0):
+        """(batch loss, L2 term of its loss) of the core-ready X, y (unchecked), the
+        gradient with scikit-learn's L2 penalty `weight_decay` left in ``grads_flat``;
+        nothing is updated."""
+        with self._lock:
+            self._bind_update(optimizers.GRADIENT_KIND, weight_decay=weight_decay,
+                              style=optimizers.STYLE_SKLEARN)
+            self._net.reserve(X.shape[0])
+            ctl = threads.controller(self)
+            t0 = ctl.start()
+            # the "update" of the gradient kind only adds the penalty to the gradient
+            loss = self._net.step(X, y, 0.0, 0, True, sample_weight=sample_weight)
+            ctl.stop(t0)
+            return loss, self._net.l2_term
+
+    def _use_optimizer(self, optimizer):
+        """Make `optimizer` the one the backend updates with; a new optimizer starts
+        from fresh state."""
+        optimizer = optimizers.get(optimizer if optimizer is not None else self.optimizer)
+        if optimizer is not self._net_optimizer:
+            if self._net_optimizer is not None:
+                self.state_flat[:] = 0
+            n_decay = self.params_flat.size if optimizer.decay_all else self._n_decay
+            self._bind_update(optimizer.kind, n_decay=n_decay, **optimizer.core_args())
+            self._net_optimizer = optimizer
+        self.optimizer = optimizer
+        return optimizer
+
+    def fit(self, X: ArrayLike, y: ArrayLike, epochs: int = 1, batch_size: int = 32,
+            optimizer: optimizers.Optimizer | str | None = None, shuffle: bool = True,
+            drop_last: bool = False, seed: int | None = None, verbose: int = 1,
+            validation_data: tuple[ArrayLike, ArrayLike] | None = None,
+            validation_split: float | None = None,
+            metrics: str | Sequence[str] | None = "auto",
+            callbacks: Sequence[Callback] | None = None, tol: float | None = None,
+            n_iter_no_change: int = 10, max_time: float | None = None,
+            resume_from: str | os.PathLike | None = None) -> History:
+        """Train for `epochs` epochs of shuffled mini-batches.
+
+        One epoch is ``ceil(N / batch_size)`` iterations (``floor`` with
+        ``drop_last=True``); one iteration is a forward pass, a backward pass and an
+        update on one batch. The rows are permuted afresh every epoch when `shuffle`.
+        X may be memory-mapped (``np.load(path, mmap_mode="r")``) in the model's dtype:
+        batches are gathered from it row by row, it is never loaded whole.
+
+        Every argument is checked before anything changes: a rejected call leaves the
+        model as it was.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            The inputs, converted to the model's dtype.
+        y : array-like
+            Targets: class labels 0 .. n_outputs-1 of shape (n_samples,) for
+            ``cross_entropy``; values of shape (n_samples,) or (n_samples, n_outputs)
+            for ``mse`` and ``poisson``, and in [0, 1] (usually 0/1) for
+            ``binary_cross_entropy``.
+        epochs : int >= 0, default 1
+            Epochs to train, added to those already trained (with `resume_from`: the
+            epoch number to train up to).
+        batch_size : int >= 1, default 32
+            Rows per iteration; clipped, with a warning, to the number of training
+            rows.
+        optimizer : Optimizer or str, optional
+            The optimizer of this fit and of later calls (default: the model's). A new
+            optimizer starts from fresh state; passing the same instance again
+            continues its momentum or moments.
+        shuffle : bool, default True
+            Permute the rows afresh every epoch (with the model's generator); False
+            takes them in order.
+        drop_last : bool, default False
+            Skip an epoch's last batch when it is smaller than `batch_size`, so every
+            iteration has `batch_size` rows.
+        seed : int, optional
+            Reseed the model's generator before training, so the batch order is that
+            of this seed (the initial weights of an unbuilt model still come from the
+            model's `seed`); None continues the generator's stream.
+        verbose : {0, 1, 2}, default 1
+            0 prints nothing; 1 shows a progress bar on interactive terminals and a line
+            per epoch; 2 a line per epoch. The lines go to standard output, written
+            rather than logged, so the logging set-up changes nothing about them.
+        validation_data : (X_val, y_val), optional
+            Evaluated at the end of every epoch (``val_loss`` and ``val_`` metrics).
+        validation_split : float in (0, 1), optional
+            Hold out the last fraction of the rows of each class (of all rows for
+            regression) as validation data, before training.
+        metrics : "auto", list of str, or None
+            Metrics logged per epoch besides the loss, on the training rows and the
+            validation data: ``"auto"`` is ``accuracy`` for classification, ``r2`` for
+            mse and none for poisson; see ``minitrain.evaluation.METRICS``. Training-set
+            metrics are computed at the end of each epoch on the training rows (at most
+            10,000 of them, evenly spaced), an inference pass; ``None`` skips them.
+        callbacks : list of Callback, optional
+            Called at fixed points of training (``EarlyStopping``, ``ModelCheckpoint``,
+            ``CSVLogger``, ...), in order (``ModelCheckpoint`` after the others, so a
+            checkpoint holds their state of the same epoch).
+        tol : float, optional
+            Stop as scikit-learn's MLP does when the training loss has not improved by
+            at least `tol` for more than `n_iter_no_change` epochs (None: no such rule).
+        n_iter_no_change : int >= 1, default 10
+            The patience of the `tol` rule, in epochs.
+        max_time : float, optional
+            Stop after the first iteration that ends more than `max_time` seconds after
+            the start; the epoch it cuts short is recorded.
+        resume_from : path, optional
+            Continue the run saved at this checkpoint (``save`` or ``ModelCheckpoint``):
+            weights, optimizer state, counters, random generator, history and callback
+            state are restored and training runs from the saved epoch up to epoch
+            `epochs` (here `epochs` counts the total, as Keras' ``initial_epoch``). The
+            result is bit-identical to the uninterrupted run; `seed` is then ignored.
+            Anything else that would change the run is refused, before anything changes,
+            by a ValueError listing each conflicting setting: the architecture, the
+            optimizer's kind and hyper-parameters (pass ``optimizer=None`` to continue
+            with the saved one), `batch_size`, `shuffle`, `drop_last`, and the number of
+            training rows.
+
+        Returns
+        -------
+        History
+            One entry per epoch in ``history`` (``loss``, the metrics, their ``val_``
+            twins, ``lr``, ``time``), the loss of every iteration in
+            ``iteration_loss``, and ``iterations_per_epoch`` and ``stop_reason``.
+
+        Raises
+        ------
+        ValueError, TypeError
+            For bad input, before the model changes.
+        FloatingPointError
+            When the loss or the gradient stops being finite; the weights of the last
+            finite iteration are kept.
+
+        Examples
+        --------
+        >>> import minitrain as mt
+        >>> X, y = mt.load_digits()
+        >>> model = mt.Sequential([mt.Dense(128, activation="relu"), mt.Dense(10)], seed=0)
+        >>> hist = model.fit(X / 16, y, epochs=3, batch_size=32, verbose=0,
+        ...                  optimizer=mt.SGD(lr=0.05, momentum=0.9), validation_split=0.2)
+        >>> hist.iterations_per_epoch, sorted(hist.history)
+        (45, ['accuracy', 'loss', 'lr', 'time', 'val_accuracy', 'val_loss'])
+        """
+        saved = checkpoint.read(resume_from) if resume_from is not None else None
+        run = plan_fit(self, X, y, epochs=epochs, batch_size=batch_size, optimizer=optimizer,
+                       shuffle=shuffle, drop_last=drop_last, seed=seed, verbose=verbose,
+                       validation_data=validation_data, validation_split=validation_split,
+                       metrics=metrics, callbacks=callbacks, tol=tol,
+                       n_iter_no_change=n_iter_no_change, max_time=max_time, saved=saved,
+                       resume_from=resume_from)
+        # every argument is checked: from here on the model changes
+        self._begin_fit(run)
+        policy = KerasPolicy(self, run)
+        self.stop_training, self.stop_reason = False, None
+        run.callbacks.call("on_train_begin")
+        run.callbacks.set_states(self._saved_callback_states if saved is not None else {})
+        policy.deadline = None if run.max_time is None else time.perf_counter() + run.max_time
+        Runner(self, run.plan, policy, run.X, run.y, rows=run.rows).run()
+        self.history.stop_reason = (self.stop_reason or "callback") if self.stop_training \
+            else "completed"
+        run.callbacks.call("on_train_end")
+        return self.history
+
+    def _resume(self, state, optimizer):
+        """Become the model of the run `state` describes (on this model's backend), to
+        continue it with `optimizer`, which holds the saved one's settings."""
+        self.set_state({**state, "config": {**state["config"], "backend": self.backend}})
+        # the saved update count goes on (Adam's step, a schedule's position)
+        optimizer.iterations = self.optimizer.iterations
+        self.optimizer = optimizer
+        self._net_optimizer = None  # the saved state_flat belongs to this optimizer
+
+    def _begin_fit(self, run):
+        if run.saved is not None:
+            self._resume(run.saved, run.optimizer)
+        elif not self.built:
+            self.build(run.X.shape[1])
+        if run.seed is not None and run.saved is None:
+            self.rng = np.random.default_rng(run.seed)
+        with self._lock:
+            run.optimizer = self._use_optimizer(run.optimizer)
+        if run.saved is None or self.history is None:
+            self.history = History(run.plan.params())
+        self.history.params = run.plan.params()
+        self._callbacks = run.callbacks
+
+    def train_step(self, X: ArrayLike, y: ArrayLike,
+                   optimizer: optimizers.Optimizer | str | None = None) -> float:
+        """One iteration (forward, backward, update) on the batch X, y.
+
+        For users who keep their own loop; counts towards ``iteration`` (not ``epoch``).
+        Builds the model on first use.
+
+        Parameters
+        ----------
+        X : array-like of shape (batch, n_features)
+            The batch's inputs.
+        y : array-like
+            The batch's targets, as for ``fit``.
+        optimizer : Optimizer or str, optional
+            As for ``fit`` (default: the model's).
+
+        Returns
+        -------
+        float
+            The mean loss of the batch, before the update.
+        """
+        X, y = self._check_xy(X, y)
+        opt = optimizers.get(optimizer if optimizer is not None else self.optimizer)
+        with self._lock:
+            lr = opt.next_lr()  # a schedule's bad rate is refused before the model changes
+            if not self.built:
+                self.build(X.shape[1])
+            opt = self._use_optimizer(opt)
+            self._net.reserve(X.shape[0])
+            ctl = threads.controller(self)
+            t0 = ctl.start()
+            loss = self._net.step(X, y, lr, opt.iterations + 1, iteration=self.iteration)
+            ctl.stop(t0)
+            opt.iterations += 1
+            self.iteration += 1
+        return loss
+
+    def loss_and_gradient(self, X: ArrayLike, y: ArrayLike) -> tuple[float, np.ndarray]:
+        """The mean loss on X, y and its gradient, without updating anything.
+
+        Training mode: dropout draws the masks of the next iteration, batch norm uses
+        the batch statistics.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            The inputs.
+        y : array-like
+            The targets, as for ``fit``.
+
+        Returns
+        -------
+        loss : float
+            The mean loss.
+        gradient : numpy.ndarray
+            Its gradient, a copy laid out like ``params_flat``.
+        """
+        X, y = self._check_xy(X, y)
+        self._require_built()
+        with self._lock:
+            self._net.reserve(X.shape[0])
+            loss = self._net.step(X, y, 0.0, 0, False, iteration=self.iteration)
+            return loss, self.grads_flat.copy()
 
 
 # ----------------------------------------------------------------------- resume
@@ -414,7 +685,6 @@ def resume_conflicts(saved, model, optimizer=None, **settings):
     (None: the saved one) and the fit `settings` (names in RUN_SETTINGS) would not
     continue the saved run, as a list of ``(name, saved value, requested value)``; empty
     when it would."""
-    from .checkpoint import _layer
     state = saved if isinstance(saved, dict) else saved.get_state()
     conflicts = []
     mine, theirs = model._config(), state["config"]
@@ -422,7 +692,7 @@ def resume_conflicts(saved, model, optimizer=None, **settings):
         mine["n_features_in"] = theirs["n_features_in"]
     for key in ("layers", "loss", "dtype", "n_features_in"):
         if mine[key] != theirs[key]:
-            shown = (model.layers, [_layer(c) for c in theirs["layers"]]) if key == "layers" \
+            shown = (model.layers, [checkpoint._layer(c) for c in theirs["layers"]]) if key == "layers" \
                 else (mine[key], theirs[key])
             conflicts.append((key, shown[1], shown[0]))
     if optimizer is not None:

@@ -1,5 +1,6 @@
 """The core's one-pass helpers and outputs: the finite-value and label checks run on every
-batch, and the L2 term of scikit-learn's loss read by the update pass, against NumPy."""
+batch, the L2 term of scikit-learn's loss read by the update pass, and the gradient kind's
+penalised gradient (L-BFGS'), against NumPy."""
 
 import numpy as np
 import pytest
@@ -7,7 +8,7 @@ import pytest
 import minitrain as mt
 from minitrain import _core
 from minitrain.backends import make_net
-from minitrain.optimizers import ADAM_KIND, SGD_KIND, STYLE_SKLEARN, STYLE_TORCH
+from minitrain.optimizers import ADAM_KIND, GRADIENT_KIND, SGD_KIND, STYLE_SKLEARN, STYLE_TORCH
 
 
 @pytest.fixture
@@ -115,7 +116,7 @@ def test_l2_term_is_zero_without_the_scikit_learn_update(backend):
     assert not _run(backend, np.float64, ADAM_KIND, STYLE_SKLEARN, False, update=False)[0].any()
 
 
-@pytest.mark.parametrize("kind", [SGD_KIND, ADAM_KIND])
+@pytest.mark.parametrize("kind", [SGD_KIND, ADAM_KIND, GRADIENT_KIND])
 @pytest.mark.parametrize("style", [STYLE_SKLEARN, STYLE_TORCH])
 def test_update_and_l2_term_do_not_depend_on_the_thread_count(threads, kind, style):
     results = []
@@ -124,3 +125,48 @@ def test_update_and_l2_term_do_not_depend_on_the_thread_count(threads, kind, sty
         results.append(_run("c", np.float32, kind, style, True))
     np.testing.assert_array_equal(results[0][0], results[1][0])
     np.testing.assert_array_equal(results[0][2], results[1][2])
+
+
+@pytest.mark.parametrize("backend", ["c", "numpy"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("style", [STYLE_SKLEARN, STYLE_TORCH])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_gradient_kind_adds_the_l2_penalty_and_updates_nothing(backend, dtype, style,
+                                                               weighted):
+    rng = np.random.RandomState(5)
+    params = rng.uniform(-0.2, 0.2, N_PARAMS).astype(dtype)
+    grads, state = np.zeros_like(params), rng.rand(2 * N_PARAMS).astype(dtype)
+    net = make_net(backend, dtype, "cross_entropy", LAYERS, params, grads, state)
+    net.set_reduction("sklearn" if style == STYLE_SKLEARN else "mean")
+    X, y = rng.randn(30, N_IN).astype(dtype), rng.randint(0, N_OUT, 30).astype(np.int64)
+    w = rng.rand(30).astype(dtype) if weighted else None
+    net.reserve(30)
+    loss = net.step(X, y, 0.0, 0, False, sample_weight=w)
+    plain = grads.copy()
+    before, state_before = params.copy(), state.copy()
+    net.set_optimizer(GRADIENT_KIND, weight_decay=0.3, n_decay=N_DECAY, style=style)
+    assert net.step(X, y, 0.5, 1, True, sample_weight=w) == loss
+    np.testing.assert_array_equal(params, before)
+    np.testing.assert_array_equal(state, state_before)
+    batch_weight = 30 if w is None else float(w.astype(np.float64).sum())
+    wd = 0.3 / batch_weight if style == STYLE_SKLEARN else 0.3
+    expected = plain.copy()
+    expected[:N_DECAY] += dtype(wd) * before[:N_DECAY]
+    np.testing.assert_allclose(grads, expected, rtol=1e-12 if dtype == np.float64 else 1e-6)
+    np.testing.assert_array_equal(grads[N_DECAY:], plain[N_DECAY:])
+    weights = before[:N_DECAY].astype(np.float64)
+    expected_term = 0.5 * wd * np.dot(weights, weights) if style == STYLE_SKLEARN else 0.0
+    np.testing.assert_allclose(net.l2_term, expected_term, rtol=1e-12)
+
+
+@pytest.mark.parametrize("backend", ["c", "numpy"])
+def test_gradient_kind_leaves_the_running_statistics(backend):
+    model = mt.Sequential([mt.Dense(6, activation="relu"), mt.BatchNorm(), mt.Dense(3)],
+                          seed=0, dtype="float64", backend=backend).build(4)
+    X, y = np.random.default_rng(0).normal(size=(10, 4)), np.arange(10) % 3
+    running = model.buffers_flat.copy()
+    loss, l2_term = model._gradient(X, y, weight_decay=0.1)
+    np.testing.assert_array_equal(model.buffers_flat, running)
+    weights = model.params_flat[:model._n_decay]
+    assert l2_term == pytest.approx(0.5 * 0.1 / 10 * np.dot(weights, weights), rel=1e-12)
+    assert np.isfinite(loss) and model.grads_flat.any()
