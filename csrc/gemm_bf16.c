@@ -78,41 +78,37 @@ size_t mt_gemm_pack_elems_bf16(int64_t M, int64_t N, int64_t K) {
 // the operand's and k past kc zeros: hw: dst[q*R + x] = bf16(k = 2q) | bf16(2q + 1) << 16;
 // emulation: dst[2q*R + x] = the float32 of bf16(2q + 1), dst[(2q+1)*R + x] = bf16(2q)'s.
 
-// The panels of w lanes contiguous in the source (op(X)(x, k) = src[x + k*ks]), k in
-// [0, kc): panel g at dst + g*stride. Row by row across the panels, so that each source
-// row is read in one sweep rather than R lanes at a time, rows pages apart.
+// The panels of w <= GROUP_LANES lanes contiguous in the source (op(X)(x, k) =
+// src[x + k*ks]), k in [0, kc): panel g at dst + g*stride. Row by row across the panels,
+// so that each source row is read in one sweep rather than R lanes at a time, rows pages
+// apart; a row's words are made in one vectorised pass, then copied panel by panel.
 MT_TARGET_CLONES
 static void pack_pairs_rows(const float *src, int64_t ks, int64_t w, int R, int64_t kc,
                             int hw, uint32_t *restrict dst, int64_t stride) {
     const uint32_t *s = (const uint32_t *)src;
     const int64_t panels = (w + R - 1) / R;
+    uint32_t lo[GROUP_LANES + 32], hi[GROUP_LANES + 32]; // zeros past w: the padded lanes
+    for (int64_t x = w; x < panels * R; x++) lo[x] = hi[x] = 0;
     for (int64_t q = 0; q < (kc + 1) / 2; q++) {
-        const int pad = 2 * q + 1 >= kc; // k = 2q + 1 is the zero of an odd kc
-        const uint32_t *s0 = s + 2 * q * ks, *s1 = pad ? s0 : s0 + ks;
-        for (int64_t g = 0; g < panels; g++) {
-            const int64_t h = min64(R, w - g * R);
-            const uint32_t *a0 = s0 + g * R, *a1 = s1 + g * R;
-            uint32_t *d = dst + g * stride + (hw ? q : 2 * q) * R;
-            if (h == R && !pad) {
-                if (hw)
-                    for (int x = 0; x < R; x++) d[x] = bf16_bits(a0[x]) | bf16_bits(a1[x]) << 16;
-                else
-                    for (int x = 0; x < R; x++) {
-                        d[x] = bf16_bits(a1[x]) << 16;
-                        d[R + x] = bf16_bits(a0[x]) << 16;
-                    }
-                continue;
-            }
-            for (int x = 0; x < R; x++) {
-                const uint32_t lo = x < h ? bf16_bits(a0[x]) : 0;
-                const uint32_t hi = x < h && !pad ? bf16_bits(a1[x]) : 0;
-                if (hw) {
-                    d[x] = lo | hi << 16;
-                } else {
-                    d[x] = hi << 16;
-                    d[R + x] = lo << 16;
+        const uint32_t *s0 = s + 2 * q * ks, *s1 = s0 + ks;
+        if (2 * q + 1 < kc) { // else k = 2q + 1 is the zero pad of an odd kc
+            if (hw)
+                for (int64_t x = 0; x < w; x++) lo[x] = bf16_bits(s0[x]) | bf16_bits(s1[x]) << 16;
+            else
+                for (int64_t x = 0; x < w; x++) {
+                    lo[x] = bf16_bits(s0[x]) << 16;
+                    hi[x] = bf16_bits(s1[x]) << 16;
                 }
+        } else {
+            for (int64_t x = 0; x < w; x++) {
+                lo[x] = hw ? bf16_bits(s0[x]) : bf16_bits(s0[x]) << 16;
+                hi[x] = 0;
             }
+        }
+        for (int64_t g = 0; g < panels; g++) {
+            uint32_t *d = dst + g * stride + (hw ? q : 2 * q) * R;
+            memcpy(d, hw ? lo + g * R : hi + g * R, (size_t)R * 4);
+            if (!hw) memcpy(d + R, lo + g * R, (size_t)R * 4);
         }
     }
 }
