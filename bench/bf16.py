@@ -125,6 +125,10 @@ def curves(quick=False):
                              validation_data=val, optimizer=mt.SGD(lr=lr, momentum=0.9))
             out[name][dtype] = {k: [float(v) for v in hist.history[k]]
                                 for k in ("loss", "accuracy", "val_loss", "val_accuracy")}
+            # per iteration, averaged over windows of 20: the curve within the epochs
+            it = np.asarray(hist.iteration_loss, dtype=np.float64)
+            it = it[:len(it) // 20 * 20].reshape(-1, 20).mean(axis=1)
+            out[name][dtype]["iteration_loss_20"] = [float(v) for v in it]
     return out
 
 
@@ -192,7 +196,10 @@ def plot(c, path):
         for dtype, style in (("float32", "-"), ("mixed_bfloat16", "--")):
             h = by[dtype]
             epochs = range(1, len(h["loss"]) + 1)
-            row[0].plot(epochs, h["loss"], style, label=f"{dtype} train")
+            steps = np.arange(1, len(h["iteration_loss_20"]) + 1) * 20
+            per_epoch = len(h["iteration_loss_20"]) * 20 / len(h["loss"])
+            row[0].plot(steps / per_epoch, h["iteration_loss_20"], style, alpha=0.7,
+                        label=f"{dtype} train (20 iterations)")
             row[0].plot(epochs, h["val_loss"], style, label=f"{dtype} validation", alpha=0.6)
             row[1].plot(epochs, h["val_accuracy"], style, label=f"{dtype} validation")
         row[0].set(title=f"{name}: loss", xlabel="epoch")

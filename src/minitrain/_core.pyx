@@ -264,7 +264,7 @@ cdef class Net:
         bf16 = isinstance(dtype, str) and dtype == "mixed_bfloat16"
         dtype = np.dtype(np.float32 if bf16 else dtype)
         if dtype not in (np.float32, np.float64):
-            raise TypeError("dtype must be float32 or float64")
+            raise TypeError("dtype must be float32, float64 or \"mixed_bfloat16\"")
         if not 0 < len(layers) <= MT_MAX_LAYERS:
             raise ValueError(f"a network has 1 to {MT_MAX_LAYERS} layers")
         cdef int loss_code = _code("loss", loss, "loss")
