@@ -52,7 +52,7 @@ int mt_gemm_bf16(int isa, int trans_a, int trans_b, int64_t M, int64_t N, int64_
 // Cloned per instruction set (chosen at load by the dynamic linker): wider vectors read
 // the batch at the speed of the cache rather than 16 bytes per instruction.
 MT_TARGET_CLONES
-int mt_all_finite(int dtype, const void *x, int64_t n) {
+static int all_finite_range(int dtype, const void *x, int64_t n) {
     if (dtype == MT_FLOAT64) {
         const uint64_t *u = x, exp = 0x7ff0000000000000u, one = 0x0010000000000000u;
         uint64_t bad = 0;
@@ -63,4 +63,26 @@ int mt_all_finite(int dtype, const void *x, int64_t n) {
     uint32_t bad = 0;
     for (int64_t i = 0; i < n; i++) bad |= (u[i] & exp) + one;
     return !(bad >> 31);
+}
+
+// From this many elements (a training set, checked once per fit) the team shares the pass
+// in chunks taken dynamically: one core reads memory at a fraction of what two do, and on
+// the MNIST-shaped set the serial pass was a twentieth of a two-thread epoch.
+#define FINITE_PAR_ELEMS (1 << 21)
+#define FINITE_CHUNK (1 << 18)
+
+int mt_all_finite(int dtype, const void *x, int64_t n) {
+    const int team = omp_get_level() > 0 ? 1 : mt_team_size(0);
+    if (team == 1 || n < FINITE_PAR_ELEMS) return all_finite_range(dtype, x, n);
+    const size_t es = dtype == MT_FLOAT64 ? sizeof(double) : sizeof(float);
+    const int64_t chunks = (n + FINITE_CHUNK - 1) / FINITE_CHUNK;
+    int ok = 1;
+#pragma omp parallel for num_threads(team) schedule(dynamic, 1) reduction(&& : ok)
+    for (int64_t c = 0; c < chunks; c++) {
+        const int64_t lo = c * FINITE_CHUNK;
+        if (ok) // a thread that found a bad chunk skips the rest of its share
+            ok = all_finite_range(dtype, (const char *)x + lo * es,
+                                  n - lo < FINITE_CHUNK ? n - lo : FINITE_CHUNK);
+    }
+    return ok;
 }

@@ -18,6 +18,7 @@
 #include "gemm.h"
 #include "activation.h"
 #include <omp.h>
+#include <stdint.h>
 #include <stdlib.h>
 
 static inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
@@ -140,6 +141,31 @@ static real *plan_op(plan *P, const FN(mt_kernel) *ker, const FN(mt_gemm_op) *op
     return pack;
 }
 
+// Sets *flag when x (h rows of w, row stride ld) holds an infinity or a NaN: on a tile just
+// stored, in this core's caches, rather than a pass over the whole gradient after it. The
+// exponent test of mt_all_finite, in integers: it vectorises where a float sum may not.
+#if MT_DOUBLE
+typedef uint64_t real_bits;
+#define EXP_BITS 0x7ff0000000000000u
+#define EXP_ONE 0x0010000000000000u
+#else
+typedef uint32_t real_bits;
+#define EXP_BITS 0x7f800000u
+#define EXP_ONE 0x00800000u
+#endif
+MT_TARGET_CLONES
+void FN(mt_flag_nonfinite)(const real *x, int64_t h, int64_t w, int64_t ld, int *flag) {
+    real_bits bad = 0;
+    for (int64_t i = 0; i < h; i++) {
+        const real_bits *u = (const real_bits *)(const void *)(x + i * ld);
+        for (int64_t j = 0; j < w; j++) bad |= (u[j] & EXP_BITS) + EXP_ONE;
+    }
+    if (bad >> (8 * sizeof(real_bits) - 1)) {
+#pragma omp atomic write
+        *flag = 1;
+    }
+}
+
 // NR-column panels [q0, q1) of op(B), every k block. With ep->b_sums, adds their column
 // sums to it, in k order, from the packed copy.
 static void pack_b(const plan *P, int64_t q0, int64_t q1) {
@@ -171,6 +197,7 @@ static void pack_b(const plan *P, int64_t q0, int64_t q1) {
             for (int64_t k = 0; k < kc; k++)
                 for (int64_t c = 0; c < w; c++) sums[c] += panel[k * nr + c];
         }
+        if (op->ep->nonfinite) FN(mt_flag_nonfinite)(sums, 1, w, w, op->ep->nonfinite);
     }
 }
 
@@ -217,8 +244,11 @@ static void pack_job(const plan *P, int64_t j) {
     }
     j -= P->b_jobs;
     const int64_t j0 = j * SUM_COLUMNS;
-    column_sums_range(P->op.B, P->op.K, P->op.N, j0, min64(P->op.N, j0 + SUM_COLUMNS),
-                      P->op.ep->b_sums);
+    const int64_t j1 = min64(P->op.N, j0 + SUM_COLUMNS);
+    column_sums_range(P->op.B, P->op.K, P->op.N, j0, j1, P->op.ep->b_sums);
+    if (P->op.ep->nonfinite)
+        FN(mt_flag_nonfinite)((const real *)P->op.ep->b_sums + j0, 1, j1 - j0, j1 - j0,
+                       P->op.ep->nonfinite);
 }
 
 // The epilogues no micro-kernel keeps in registers, on the tile the kernel just stored.
@@ -296,17 +326,31 @@ static void run_tile(const plan *P, int64_t tile) {
             }
         }
     }
+    // the finished macro-tile, still in this core's caches: one check per tile
+    if (ep && ep->nonfinite) {
+        const int64_t i0 = p0 * mr, j0 = q0 * nr;
+        FN(mt_flag_nonfinite)(op->C + i0 * N + j0, min64(M, p1 * mr) - i0,
+                              min64(N, q1 * nr) - j0, N, ep->nonfinite);
+    }
 }
 
 enum { MAX_OPS = 2 };
 
-// packing job j of the products P (in order), and their tile (or column-sums) job j
-static void pack_job_of(const plan *P, int64_t j) {
+// packing job j of the n products P: their B jobs first, then their A panels. A B job (up
+// to PACK_B_COLUMNS columns over every k, and their sums) is many A panels' work: taken
+// last, it would leave the other threads waiting at the barrier for one thread.
+static void pack_job_of(const plan *P, int n, int64_t j) {
+    for (int o = 0; o < n; j -= P[o].b_jobs, o++)
+        if (j < P[o].b_jobs) {
+            pack_job(&P[o], P[o].a_jobs + j);
+            return;
+        }
     int o = 0;
-    while (j >= P[o].a_jobs + P[o].b_jobs) j -= P[o].a_jobs + P[o].b_jobs, o++;
+    while (j >= P[o].a_jobs) j -= P[o].a_jobs, o++;
     pack_job(&P[o], j);
 }
 
+// tile (or column-sums) job j of the products P (in order)
 static void tile_job_of(const plan *P, int64_t j) {
     int o = 0;
     while (j >= P[o].tiles + P[o].sum_jobs) j -= P[o].tiles + P[o].sum_jobs, o++;
@@ -337,13 +381,13 @@ void FN(mt_gemm_run)(const FN(mt_gemm_op) *ops, int n, const mt_gemm_ws *ws) {
     const int serial = team == 1;
     for (int o = 0; o < n; o++) tiles += P[o].sum_jobs;
     if (serial) {
-        for (int64_t j = 0; j < jobs; j++) pack_job_of(P, j);
+        for (int64_t j = 0; j < jobs; j++) pack_job_of(P, n, j);
         for (int64_t j = 0; j < tiles; j++) tile_job_of(P, j);
         return;
     }
     if (jobs > 0) {
 #pragma omp for schedule(dynamic, 1)
-        for (int64_t j = 0; j < jobs; j++) pack_job_of(P, j);
+        for (int64_t j = 0; j < jobs; j++) pack_job_of(P, n, j);
     }
 #pragma omp for schedule(dynamic, 1)
     for (int64_t j = 0; j < tiles; j++) tile_job_of(P, j);
@@ -355,7 +399,7 @@ int FN(mt_gemm_alloc)(int isa, int trans_a, int trans_b, int64_t M, int64_t N, i
     real *pack = aligned_alloc(MT_ALIGN, (bytes + MT_ALIGN) / MT_ALIGN * MT_ALIGN);
     if (!pack) return MT_ERR_NO_MEMORY;
     const FN(mt_gemm_op) op = {trans_a, trans_b, M, N, K, A, B, C, accumulate, NULL};
-    const mt_gemm_ws ws = {isa, pack, 0};
+    const mt_gemm_ws ws = {.isa = isa, .pack = pack};
     mt_team = mt_team_size(0);
     const int parallel = mt_team > 1 && (double)M * N * K >= GEMM_SPLIT_FLOPS;
 #pragma omp parallel num_threads(mt_team) if (parallel)

@@ -21,6 +21,7 @@ typedef struct {
     const void *z, *a; // DACT: (M, N) like C
     void *b_sums;      // or NULL: (N,) = Σ_k op(B)(k, :) in k order (the bias gradient
                        // when B = dZ), summed while op(B) is packed
+    int *nonfinite;    // or NULL: set to 1 when an element of C or b_sums is not finite
 } mt_epilogue;
 
 // The epilogues a micro-kernel applies in vector registers; the others (transcendental
@@ -100,6 +101,8 @@ void FN(mt_gemm_run)(const FN(mt_gemm_op) *ops, int n, const mt_gemm_ws *ws);
 
 // The epilogues no micro-kernel keeps in registers, on the tile the kernel just stored.
 void FN(mt_tile_epilogue)(const FN(mt_tile) *t);
+// *flag = 1 when one of the h x w elements of x (row stride ld) is not finite
+void FN(mt_flag_nonfinite)(const real *x, int64_t h, int64_t w, int64_t ld, int *flag);
 
 #if !MT_DOUBLE
 // bfloat16 products (gemm_bf16.c). Every ISA reduces over k in blocks of MT_BF16_KC (even):

@@ -247,7 +247,9 @@ static void pack_job(const plan *P, int64_t j) {
     }
     if (packed == P->Bp && op->ep && op->ep->b_sums) {
         const int64_t ls = op->trans_b ? K : 1, ks = op->trans_b ? 1 : N;
-        column_sums(op->B + x0 * ls, ls, ks, w, K, (float *)op->ep->b_sums + x0);
+        float *sums = (float *)op->ep->b_sums + x0;
+        column_sums(op->B + x0 * ls, ls, ks, w, K, sums);
+        if (op->ep->nonfinite) mt_flag_nonfinite_f32(sums, 1, w, w, op->ep->nonfinite);
     }
 }
 
@@ -304,6 +306,12 @@ static void run_tile(const plan *P, int64_t tile) {
                 }
             }
         }
+    }
+    // the finished macro-tile, still in this core's caches: one check per tile (gemm.c's)
+    if (ep && ep->nonfinite) {
+        const int64_t i0 = p0 * mr, j0 = q0 * nr;
+        mt_flag_nonfinite_f32(op->C + i0 * N + j0, min64(M, p1 * mr) - i0,
+                              min64(N, q1 * nr) - j0, N, ep->nonfinite);
     }
 }
 
@@ -362,7 +370,7 @@ int mt_gemm_alloc_bf16(int isa, int trans_a, int trans_b, int64_t M, int64_t N, 
     void *pack = aligned_alloc(MT_ALIGN, (bytes + MT_ALIGN) / MT_ALIGN * MT_ALIGN);
     if (!pack) return MT_ERR_NO_MEMORY;
     const mt_gemm_op_f32 op = {trans_a, trans_b, M, N, K, A, B, C, accumulate, NULL};
-    const mt_gemm_ws ws = {isa, pack, 1};
+    const mt_gemm_ws ws = {.isa = isa, .pack = pack, .bf16 = 1};
     mt_team = mt_team_size(0);
     const int parallel = mt_team > 1 && (double)M * N * K >= BF16_SPLIT_FLOPS;
 #pragma omp parallel num_threads(mt_team) if (parallel)

@@ -38,7 +38,8 @@ void FN(mt_dense_backward)(const mt_layer *L, const real *params, real *grads,
                            const mt_layer *below, const real *Zin, const mt_gemm_ws *g) {
     const int64_t in = L->in, out = L->out;
     // the GEMM sums dZ's columns into db while it packs dZ: one pass over dZ for both
-    const mt_epilogue sums = {.kind = MT_EP_NONE, .b_sums = grads + L->b_off};
+    const mt_epilogue sums = {.kind = MT_EP_NONE, .b_sums = grads + L->b_off,
+                              .nonfinite = g->nonfinite};
     mt_epilogue ep = {.kind = MT_EP_NONE};
     if (below)
         ep = (mt_epilogue){.kind = MT_EP_DACT, .act = below->act, .alpha = below->act_param,

@@ -173,7 +173,8 @@ int mt_gemm(int dtype, int isa, int trans_a, int trans_b, int64_t M, int64_t N, 
 int mt_gemm_bf16(int isa, int trans_a, int trans_b, int64_t M, int64_t N, int64_t K,
                  const float *A, const float *B, float *C, int accumulate);
 
-// 1 when the n elements of x (dtype) are all finite, else 0. Reads x once.
+// 1 when the n elements of x (dtype) are all finite, else 0. Reads x once; a large x
+// (millions of elements) with the threads of the current count, outside a parallel region.
 int mt_all_finite(int dtype, const void *x, int64_t n);
 
 // The best mt_isa this CPU runs; the default for new nets (chosen at load: the best); set

@@ -56,8 +56,18 @@ void mt_team_used(int team);
 typedef struct {
     int isa;     // mt_isa
     void *pack;  // mt_gemm_pack_elems of its products, 64-byte aligned
+    int *nonfinite; // set to 1 (never cleared here) when a parameter gradient the layers
+                    // compute holds an infinity or a NaN: checked as each tile is stored
     int bf16;    // float32 products with bfloat16 inputs (mt_net.bf16)
 } mt_gemm_ws;
+
+// What the threads of an update share (optim.c): per chunk of the gradient, whether it
+// holds a non-finite value, clipping's Σ g² and the update's Σ p² (scikit-learn's L2 term)
+enum { MT_UPDATE_CHUNKS = 256 };
+typedef struct {
+    int bad[MT_UPDATE_CHUNKS];
+    double norm_part[MT_UPDATE_CHUNKS], part[MT_UPDATE_CHUNKS];
+} mt_update_scratch;
 
 #define MT_DECLARE_TYPED(real, sfx)                                                        \
     int mt_gemm_alloc_##sfx(int isa, int trans_a, int trans_b, int64_t M, int64_t N,       \
@@ -120,6 +130,16 @@ int FN(mt_loss_forward_backward)(const mt_net *net, const real *P, const void *y
 // optim.c (returns MT_OK or MT_ERR_NONFINITE_GRADIENT, then with nothing written)
 int FN(mt_optim_update)(const mt_optim *o, real *params, real *grads, real *state,
                         int64_t n, double batch_weight, double *l2_term);
+// The same update in two parts, for the parallel region of an iteration: every thread of
+// the team runs mt_optim_update_team on one scratch (shared); once the team is done,
+// mt_optim_result gives mt_optim_update's status and *l2_term.
+// checked: the caller found every gradient element finite, so the update skips its own
+// check (unless it clips: the norm takes a pass anyway).
+void FN(mt_optim_update_team)(const mt_optim *o, real *params, real *grads,
+                              real *state, int64_t n, double batch_weight, int checked,
+                              mt_update_scratch *s);
+int FN(mt_optim_result)(const mt_optim *o, int64_t n, double batch_weight, int checked,
+                        const mt_update_scratch *s, double *l2_term);
 #endif
 
 #endif

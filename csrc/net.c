@@ -15,6 +15,7 @@ typedef struct {
     real *d[2];                 // backward ping-pong buffers (n, max width)
     double *rowloss;            // (n,)
     mt_gemm_ws gemm;            // the net's micro-kernels and the GEMM packing buffer
+    int nonfinite;              // set by the backward pass when a gradient is not finite
 } workspace;
 
 static size_t carve(size_t *off, size_t bytes) {
@@ -58,7 +59,8 @@ static size_t layout(const mt_net *net, int64_t rows, char *base, workspace *ws)
             pack = need > pack ? need : pack;
         }
     at = carve(&off, pack * es);
-    if (base) ws->gemm = (mt_gemm_ws){net->isa, base + at, !MT_DOUBLE && net->bf16};
+    if (base)
+        ws->gemm = (mt_gemm_ws){net->isa, base + at, &ws->nonfinite, !MT_DOUBLE && net->bf16};
     return off;
 }
 
@@ -153,9 +155,17 @@ static void backward_layer(mt_net *net, workspace *ws, int l, const real *input,
     case MT_LAYER_DROPOUT:
         FN(mt_dropout_backward)(L, ws->z[l], dA, dX, n);
         break;
-    case MT_LAYER_BATCHNORM:
+    case MT_LAYER_BATCHNORM: {
         FN(mt_batchnorm_backward)(L, net->params, net->grads, ws->z[l], ws->stats[l], dA, dX, n);
+        // after the pass's barrier, so every thread sees (and checks) the same values
+        const real *g = net->grads;
+        if (!mt_all_finite(net->dtype, g + L->w_off, L->out) ||
+            !mt_all_finite(net->dtype, g + L->b_off, L->out)) {
+#pragma omp atomic write
+            ws->nonfinite = 1;
+        }
         break;
+    }
     }
 }
 
@@ -180,12 +190,14 @@ static int team_for(const mt_net *net, int64_t n, int training) {
     return mt_team;
 }
 
-// gather, forward, loss and backward of one iteration: run by every thread of the team,
-// whose passes share the work; each thread computes the (cheap, serial) batch loss itself
-// from the row losses, in the same order, so all agree without a broadcast
+// gather, forward, loss, backward and (with opt) the update's checks and pass of one
+// iteration: run by every thread of the team, whose passes share the work; each thread
+// computes the (cheap, serial) batch loss itself from the row losses, in the same order,
+// so all agree without a broadcast
 static void step_passes(mt_net *net, workspace *ws, const real *X, const void *y,
-                        const int64_t *idx, int64_t n, int64_t iteration, double *loss,
-                        double *batch_weight, int *bad_label) {
+                        const int64_t *idx, int64_t n, int64_t iteration, const mt_optim *opt,
+                        mt_update_scratch *update, double *loss, double *batch_weight,
+                        int *bad_label) {
     const real *x = gather(net, ws, X, idx, n);
     const real *P = forward(net, ws, x, n, 1, iteration);
     const int last = net->nlayers - 1;
@@ -210,6 +222,15 @@ static void step_passes(mt_net *net, workspace *ws, const real *X, const void *y
         backward_layer(net, ws, l, l > 0 ? ws->a[l - 1] : x, ws->d[cur], dx, n);
         cur = 1 - cur;
     }
+    // in the same region: the last backward pass ended at a barrier, so the whole gradient
+    // is there, and so is the flag its passes set (they checked each gradient tile as it
+    // was stored)
+    int nonfinite;
+#pragma omp atomic read
+    nonfinite = ws->nonfinite;
+    if (opt && !nonfinite)
+        FN(mt_optim_update_team)(opt, net->params, net->grads, net->state, net->n_params, bw,
+                                 1, update);
 }
 
 int FN(mt_step)(mt_net *net, const real *X, const void *y, const int64_t *idx, int64_t n,
@@ -220,20 +241,25 @@ int FN(mt_step)(mt_net *net, const real *X, const void *y, const int64_t *idx, i
     const int team = team_for(net, n, 1);
     double batch_weight = 0;
     int bad_label = 0; // shared by the team: see mt_loss_forward_backward
-    // one parallel region for the iteration's passes: its threads meet at the barriers
-    // the data flow needs, never fork or join in between (no region for one thread:
-    // entering one costs a fraction of a microsecond even when inactive)
+    mt_update_scratch update; // shared by the team
+    ws->nonfinite = 0;
+    // one parallel region for the iteration's passes, the update's included: its threads
+    // meet at the barriers the data flow needs, never fork or join in between (no region
+    // for one thread: entering one costs a fraction of a microsecond even when inactive)
     if (team > 1) {
 #pragma omp parallel num_threads(team)
-        step_passes(net, ws, X, y, idx, n, iteration, loss, &batch_weight, &bad_label);
+        step_passes(net, ws, X, y, idx, n, iteration, opt, &update, loss, &batch_weight,
+                    &bad_label);
     } else {
-        step_passes(net, ws, X, y, idx, n, iteration, loss, &batch_weight, &bad_label);
+        step_passes(net, ws, X, y, idx, n, iteration, opt, &update, loss, &batch_weight,
+                    &bad_label);
     }
     if (bad_label) return MT_ERR_BAD_LABEL;
     if (!isfinite(*loss)) return MT_ERR_NONFINITE_LOSS;
     if (!opt) return MT_OK;
-    const int status = FN(mt_optim_update)(opt, net->params, net->grads, net->state,
-                                           net->n_params, batch_weight, &net->l2_term);
+    if (ws->nonfinite) return MT_ERR_NONFINITE_GRADIENT;
+    const int status = FN(mt_optim_result)(opt, net->n_params, batch_weight, 1, &update,
+                                           &net->l2_term);
     if (status != MT_OK || opt->kind == MT_OPT_GRADIENT)
         return status; // the running statistics stay with the parameters
     for (int l = 0; l < net->nlayers; l++)

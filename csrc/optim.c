@@ -1,10 +1,11 @@
-// Optimizers: a check of the flat gradient (which also takes clipping's norm), then one fused
-// pass over the flat parameter, gradient and state buffers.
+// Optimizers: a check of the flat gradient (which also takes clipping's norm; skipped when the
+// iteration checked each gradient tile as it was stored), then one fused pass over the flat
+// parameter, gradient and state buffers.
 #define MT_REAL_SOURCE
 #include "mt_internal.h"
 #include <math.h>
 
-#define NORM_CHUNKS 256
+#define NORM_CHUNKS MT_UPDATE_CHUNKS
 #define UPDATE_CHUNK 2048
 
 // bad[c] = whether chunk c of g (chunks of `chunk` elements, the last one shorter) holds an
@@ -120,46 +121,41 @@ static void update_chunks(const update_args *u, real *p, real *g, real *state, i
     }
 }
 
-// The gradient's checks (and clipping's norm, on its fixed chunks), then the update unless a
-// check failed: every thread reads the checks' results and takes the same branch.
-static void check_and_update(const update_args *args, double clip_norm, real *p,
-                             real *g, real *state, int64_t n, int64_t chunk, int chunks,
-                             int *bad, double *norm_part, double *part) {
+// The gradient's checks (and clipping's norm, on its fixed chunks) unless the caller checked
+// it, then the update unless a check failed: every thread reads the checks' results and
+// takes the same branch.
+static void check_and_update(const update_args *args, double clip_norm, int checked,
+                             real *p, real *g, real *state, int64_t n, int64_t chunk,
+                             int chunks, mt_update_scratch *s) {
     const int clip = clip_norm > 0;
     const int64_t norm_chunk = (n + NORM_CHUNKS - 1) / NORM_CHUNKS;
     if (clip)
-        check_chunks(g, n, norm_chunk, NORM_CHUNKS, 1, bad, norm_part);
-    else
-        check_chunks(g, n, chunk, chunks, 0, bad, norm_part);
+        check_chunks(g, n, norm_chunk, NORM_CHUNKS, 1, s->bad, s->norm_part);
+    else if (!checked) // else mt_optim_result reads no flag either
+        check_chunks(g, n, chunk, chunks, 0, s->bad, s->norm_part);
+    for (int c = 0; c < (clip ? NORM_CHUNKS : checked ? 0 : chunks); c++)
     for (int c = 0; c < (clip ? NORM_CHUNKS : chunks); c++)
-        if (bad[c]) return;
+        if (s->bad[c]) return;
     update_args u = *args;
     if (clip) {
         double sq = 0;
-        for (int c = 0; c < NORM_CHUNKS; c++) sq += norm_part[c];
+        for (int c = 0; c < NORM_CHUNKS; c++) sq += s->norm_part[c];
         const double norm = sqrt(sq);
         if (norm > clip_norm) u.gscale = (real)(clip_norm / norm);
     }
-    update_chunks(&u, p, g, state, n, chunk, chunks, part);
+    update_chunks(&u, p, g, state, n, chunk, chunks, s->part);
 }
 
-// params (n), grads (n), state: SGD momentum buffer (n) or Adam moments m (n), v (n);
-// batch_weight: the sum of the batch's sample weights (its size when unweighted).
-// Nothing is written unless every gradient element is finite (MT_ERR_NONFINITE_GRADIENT).
-// *l2_term = the L2 term of scikit-learn's loss for the scikit-learn style, from the
-// parameters before the update (0 without weight decay, and for the other style).
-// MT_OPT_GRADIENT updates nothing: g gets the L2 penalty's gradient added, as the updates
-// add it, and *l2_term is its loss term, as above.
-int FN(mt_optim_update)(const mt_optim *o, real *p, real *g, real *state, int64_t n,
-                        double batch_weight, double *l2_term) {
+// The hyperparameters of the update after a batch of weight batch_weight; *wd = the weight
+// decay as the gradient takes it.
+static update_args args_of(const mt_optim *o, double batch_weight, double *wd) {
     update_args u = {.kind = o->kind, .style = o->style, .nesterov = o->nesterov,
                      .nd = o->n_decay, .lr = (real)o->lr, .gscale = 1,
                      .mu = (real)o->momentum, .eps = (real)o->eps};
     // scikit-learn's alpha is the L2 of the batch's summed loss: per unit of batch weight
-    const double wd = o->style == MT_OPT_STYLE_SKLEARN ? o->weight_decay / batch_weight
-                                                       : o->weight_decay;
+    *wd = o->style == MT_OPT_STYLE_SKLEARN ? o->weight_decay / batch_weight : o->weight_decay;
     const double t = (double)o->t;
-    u.wd = (real)wd;
+    u.wd = (real)*wd;
     u.b1 = (real)o->beta1;
     u.b2 = (real)o->beta2;
     if (o->style == MT_OPT_STYLE_SKLEARN) {
@@ -175,20 +171,52 @@ int FN(mt_optim_update)(const mt_optim *o, real *p, real *g, real *state, int64_
             u.wd = 0;
         }
     }
-    // fixed chunks, whatever the thread count; a chunk is long enough to run at vector speed
-    const int64_t chunk = (n + NORM_CHUNKS - 1) / NORM_CHUNKS > UPDATE_CHUNK
-                              ? (n + NORM_CHUNKS - 1) / NORM_CHUNKS : UPDATE_CHUNK;
+    return u;
+}
+
+// fixed chunks of the n parameters, whatever the thread count; a chunk is long enough to run
+// at vector speed
+static int64_t chunk_of(int64_t n) {
+    const int64_t even = (n + NORM_CHUNKS - 1) / NORM_CHUNKS;
+    return even > UPDATE_CHUNK ? even : UPDATE_CHUNK;
+}
+
+void FN(mt_optim_update_team)(const mt_optim *o, real *p, real *g, real *state,
+                              int64_t n, double batch_weight, int checked,
+                              mt_update_scratch *s) {
+    double wd;
+    const update_args u = args_of(o, batch_weight, &wd);
+    const int64_t chunk = chunk_of(n);
+    check_and_update(&u, o->clip_norm, checked, p, g, state, n, chunk,
+                     (int)((n + chunk - 1) / chunk), s);
+}
+
+int FN(mt_optim_result)(const mt_optim *o, int64_t n, double batch_weight, int checked,
+                        const mt_update_scratch *s, double *l2_term) {
+    const int64_t chunk = chunk_of(n);
     const int chunks = (int)((n + chunk - 1) / chunk);
-    int bad[NORM_CHUNKS];
-    double norm_part[NORM_CHUNKS], part[NORM_CHUNKS];
-    MT_PARALLEL_IF(n >= MT_PAR_ELEMS, check_and_update(&u, o->clip_norm, p, g, state, n, chunk,
-                                                       chunks, bad, norm_part, part));
     *l2_term = 0;
-    for (int c = 0; c < (o->clip_norm > 0 ? NORM_CHUNKS : chunks); c++)
-        if (bad[c]) return MT_ERR_NONFINITE_GRADIENT;
+    for (int c = 0; c < (o->clip_norm > 0 ? NORM_CHUNKS : checked ? 0 : chunks); c++)
+        if (s->bad[c]) return MT_ERR_NONFINITE_GRADIENT;
     if (o->style != MT_OPT_STYLE_SKLEARN) return MT_OK;
-    double sq = 0;
-    for (int c = 0; c < chunks; c++) sq += part[c];
+    double wd, sq = 0;
+    args_of(o, batch_weight, &wd);
+    for (int c = 0; c < chunks; c++) sq += s->part[c];
     *l2_term = 0.5 * wd * sq;
     return MT_OK;
+}
+
+// params (n), grads (n), state: SGD momentum buffer (n) or Adam moments m (n), v (n);
+// batch_weight: the sum of the batch's sample weights (its size when unweighted).
+// Nothing is written unless every gradient element is finite (MT_ERR_NONFINITE_GRADIENT).
+// *l2_term = the L2 term of scikit-learn's loss for the scikit-learn style, from the
+// parameters before the update (0 without weight decay, and for the other style).
+// MT_OPT_GRADIENT updates nothing: g gets the L2 penalty's gradient added, as the updates
+// add it, and *l2_term is its loss term, as above.
+int FN(mt_optim_update)(const mt_optim *o, real *p, real *g, real *state, int64_t n,
+                        double batch_weight, double *l2_term) {
+    mt_update_scratch s;
+    MT_PARALLEL_IF(n >= MT_PAR_ELEMS,
+                   FN(mt_optim_update_team)(o, p, g, state, n, batch_weight, 0, &s));
+    return FN(mt_optim_result)(o, n, batch_weight, 0, &s, l2_term);
 }

@@ -124,11 +124,20 @@ cdef inline void *ptr(cnp.ndarray a):
     return cnp.PyArray_DATA(a)
 
 
+# the label dtype, made once: a comparison with the type np.int64 converts it every time
+cdef object INT64 = np.dtype(np.int64)
+
+
+cdef inline bint _has_dtype(cnp.ndarray a, dtype):
+    # NumPy's built-in dtypes are single objects: identity first, equality for the others
+    return <object>cnp.PyArray_DESCR(a) is dtype or a.dtype == dtype
+
+
 cdef int _require(a, dtype, int ndim, str name) except -1:
     # C-level attribute access: this runs several times per iteration
-    if not isinstance(a, cnp.ndarray) or (<cnp.ndarray>a).dtype != dtype \
-            or cnp.PyArray_NDIM(<cnp.ndarray>a) != ndim \
-            or not cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>a):
+    if not isinstance(a, cnp.ndarray) or cnp.PyArray_NDIM(<cnp.ndarray>a) != ndim \
+            or not cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>a) \
+            or not _has_dtype(<cnp.ndarray>a, dtype):
         raise TypeError(f"{name} must be a C-contiguous {ndim}-D {np.dtype(dtype).name} "
                         f"array")
 
@@ -172,8 +181,43 @@ cdef bint _labels_below(cnp.ndarray y, int64_t n_out):
 
 def labels_below(y, int64_t n_out):
     """Whether every label of the C-contiguous int64 array y lies in [0, n_out)."""
-    _require(y, np.int64, 1, "y")
+    _require(y, INT64, 1, "y")
     return _labels_below(y, n_out)
+
+
+def checked_as_is(a, dtype, int64_t rows, int64_t cols, int64_t n_labels=0):
+    """Whether the input checks would accept `a` and return it unchanged: an ndarray
+    itself (not a subclass) of the NumPy dtype `dtype`, C-contiguous, with `rows` rows
+    (any number >= 1 when rows < 0) and, when cols >= 0, 2-D with cols columns (any
+    number >= 1 when cols == 0), else 1-D; finite for a float dtype, int64 labels in
+    [0, n_labels). One call and one pass over the data for what train_step checks on
+    every batch; False only means that the full checks must run (and say what is wrong)."""
+    if type(a) is not cnp.ndarray or not cnp.PyArray_DescrCheck(dtype):
+        return False
+    cdef cnp.ndarray arr = <cnp.ndarray>a
+    cdef int ndim = 2 if cols >= 0 else 1
+    if cnp.PyArray_NDIM(arr) != ndim or not cnp.PyArray_IS_C_CONTIGUOUS(arr) \
+            or <object>cnp.PyArray_DESCR(arr) is not dtype:
+        return False
+    cdef cnp.npy_intp *shape = cnp.PyArray_DIMS(arr)
+    if shape[0] < 1 or (rows >= 0 and shape[0] != rows):
+        return False
+    if ndim == 2 and (shape[1] < 1 or (cols > 0 and shape[1] != cols)):
+        return False
+    cdef int num = cnp.PyArray_TYPE(arr)
+    cdef const void *p = ptr(arr)
+    cdef int64_t n = cnp.PyArray_SIZE(arr)
+    cdef int dt = MT_FLOAT64 if num == cnp.NPY_FLOAT64 else MT_FLOAT32
+    cdef int ok
+    if num == cnp.NPY_FLOAT32 or num == cnp.NPY_FLOAT64:
+        if n < 1 << 16:  # a batch: releasing the GIL would cost more than the pass
+            return bool(mt_all_finite(dt, p, n))
+        with nogil:  # a training set: other Python threads run meanwhile
+            ok = mt_all_finite(dt, p, n)
+        return bool(ok)
+    if num == cnp.NPY_INT64 and n_labels > 0:
+        return _labels_below(arr, n_labels)
+    return False
 
 
 def _inside(name, off, size, total):
@@ -232,7 +276,8 @@ cdef class Net:
     cdef readonly object dtype
     cdef readonly bint bf16
     cdef object _params, _grads, _state, _buffers, _work
-    cdef object _X, _y, _w
+    cdef cnp.ndarray _X, _y  # typed: step_rows reads their shape and data from the structs
+    cdef object _w
     cdef int64_t n_out
     cdef PyThread_type_lock _lock
 
@@ -414,26 +459,33 @@ cdef class Net:
         self.net.reduction = code
         self._release()
 
-    def _check_xy(self, X, y):
+    cdef int _check_xy(self, X, y) except -1:
+        # cdef, and shapes read from the array structs: this runs on every train_step
         _require(X, self.dtype, 2, "X")
-        if X.shape[1] != self.net.layers[0].in_:
+        cdef cnp.npy_intp *xs = cnp.PyArray_DIMS(<cnp.ndarray>X)
+        cdef cnp.npy_intp *ys
+        if xs[1] != self.net.layers[0].in_:
             raise ValueError(f"X must have {self.net.layers[0].in_} columns")
         if self.net.loss == MT_LOSS_CROSS_ENTROPY:
-            _require(y, np.int64, 1, "y")
+            _require(y, INT64, 1, "y")
             if not _labels_below(y, self.n_out):
                 raise ValueError(f"labels must lie in [0, {self.n_out})")
         else:
             _require(y, self.dtype, 2, "y")
-            if y.shape[1] != self.n_out:
+            if cnp.PyArray_DIMS(<cnp.ndarray>y)[1] != self.n_out:
                 raise ValueError(f"y must have {self.n_out} columns")
-        if y.shape[0] != X.shape[0]:
+        ys = cnp.PyArray_DIMS(<cnp.ndarray>y)
+        if ys[0] != xs[0]:
             raise ValueError("X and y must have the same number of rows")
+        return 0
 
-    def _check_weight(self, X, sample_weight):
+    cdef int _check_weight(self, X, sample_weight) except -1:
         if sample_weight is not None:
             _require(sample_weight, self.dtype, 1, "sample_weight")
-            if sample_weight.shape[0] != X.shape[0]:
+            if cnp.PyArray_DIMS(<cnp.ndarray>sample_weight)[0] != \
+                    cnp.PyArray_DIMS(<cnp.ndarray>X)[0]:
                 raise ValueError("sample_weight must have one value per row of X")
+        return 0
 
     def set_data(self, X, y, sample_weight=None):
         """Keep X, y and the row weights (None: all 1) for step_rows (checked once, not
@@ -479,8 +531,8 @@ cdef class Net:
                   bint update=True, int64_t iteration=0):
         """One iteration on the rows idx[start:stop] of the data given to set_data;
         `iteration` keys the dropout masks."""
-        _require(idx, np.int64, 1, "idx")
-        if not 0 <= start < stop <= idx.shape[0]:
+        _require(idx, INT64, 1, "idx")
+        if not 0 <= start < stop <= cnp.PyArray_DIMS(<cnp.ndarray>idx)[0]:
             raise ValueError("start:stop outside idx")
         # the pointer, not a typed memoryview: no Python object made per iteration
         cdef const int64_t *chosen = <const int64_t *>ptr(idx) + start
@@ -489,7 +541,7 @@ cdef class Net:
         try:  # the data are read under the lock: set_data may run in another thread
             if self._X is None:
                 raise ValueError("set_data() was not called")
-            rows = self._X.shape[0]
+            rows = cnp.PyArray_DIMS(self._X)[0]
             for i in range(stop - start):
                 if chosen[i] < 0 or chosen[i] >= rows:
                     raise ValueError(f"idx holds row {chosen[i]} outside [0, {rows})")
@@ -506,8 +558,8 @@ cdef class Net:
         try:
             self._check_xy(X, y)
             self._check_weight(X, sample_weight)
-            return self._run(ptr(X), ptr(y), sample_weight, NULL, X.shape[0], lr, t, update,
-                             iteration)
+            return self._run(ptr(X), ptr(y), sample_weight, NULL,
+                             cnp.PyArray_DIMS(<cnp.ndarray>X)[0], lr, t, update, iteration)
         finally:
             self._release()
 

@@ -7,9 +7,12 @@ import warnings
 import numpy as np
 
 try:  # single passes in C, no temporaries: these checks run on every batch of train_step
-    from ._core import all_finite as _all_finite, labels_below as _labels_below
+    from ._core import all_finite as _all_finite, checked_as_is as _checked_as_is
+    from ._core import labels_below as _labels_below
 except ImportError:  # the extension was not built
-    _all_finite = _labels_below = None
+    _all_finite = _checked_as_is = _labels_below = None
+
+_INT64 = np.dtype(np.int64)
 
 _CHUNK_ELEMENTS = 1 << 18
 
@@ -69,6 +72,8 @@ def _check_finite(name, a):
 
 def check_X(X, dtype, n_features=None, name="X"):
     """A C-contiguous 2-D array of `dtype` with finite values (copied only if needed)."""
+    if _checked_as_is is not None and _checked_as_is(X, dtype, -1, n_features or 0):
+        return X  # the common case, in one call: what the checks below would return
     arr = _numeric(name, X)
     if arr.ndim != 2:
         raise ValueError(f"{name} must be 2-D (n_samples, n_features), got shape {arr.shape}")
@@ -125,6 +130,10 @@ def _one_hot_labels(name, arr, n_outputs):
 
 def check_targets(y, loss, n_outputs, n_samples, dtype, name="y"):
     """Targets for `loss`: int64 labels (n,) for cross-entropy, else (n, n_outputs)."""
+    if _checked_as_is is not None and n_outputs is not None and (
+            _checked_as_is(y, _INT64, n_samples, -1, n_outputs) if loss == "cross_entropy"
+            else loss == "mse" and _checked_as_is(y, dtype, n_samples, n_outputs)):
+        return y  # the common case, in one call: what the checks below would return
     arr = _numeric(name, y)
     if arr.shape[:1] != (n_samples,):
         raise ValueError(f"X and {name} have different lengths: {n_samples} and "

@@ -624,11 +624,14 @@ class Trainer:
             lr = opt.next_lr()  # a schedule's bad rate is refused before the model changes
             if not self.built:
                 self.build(X.shape[1])
-            opt = self._use_optimizer(opt)
-            self._net.reserve(X.shape[0])
+            if opt is not self._net_optimizer:  # else the backend updates with it already
+                self._use_optimizer(opt)
+            self.optimizer = opt
+            net = self._net
+            net.reserve(X.shape[0])
             ctl = threads.controller(self)
             t0 = ctl.start()
-            loss = self._net.step(X, y, lr, opt.iterations + 1, iteration=self.iteration)
+            loss = net.step(X, y, lr, opt.iterations + 1, iteration=self.iteration)
             ctl.stop(t0)
             opt.iterations += 1
             self.iteration += 1

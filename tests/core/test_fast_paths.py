@@ -32,6 +32,23 @@ def test_all_finite_matches_numpy(dtype, size):
     assert _core.all_finite(np.zeros(0, dtype))
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n_threads", [1, 2, 3])
+def test_all_finite_on_a_training_set(threads, dtype, n_threads):
+    # from 2**21 elements the team shares the pass in chunks of 2**18
+    threads(n_threads)
+    size = (1 << 21) + 5
+    a = np.zeros(size, dtype)
+    assert _core.all_finite(a)
+    assert _core.checked_as_is(a.reshape(-1, 1), np.dtype(dtype), -1, 1)
+    for pos in (0, (1 << 18) - 1, 1 << 18, size // 2, size - 1):
+        for value in (np.nan, np.inf, -np.inf):
+            a[pos] = value
+            assert not _core.all_finite(a), (pos, value)
+            assert not _core.checked_as_is(a.reshape(-1, 1), np.dtype(dtype), -1, 1)
+            a[pos] = 0
+
+
 def test_all_finite_rejects_other_arrays():
     with pytest.raises(TypeError):
         _core.all_finite(np.ones(4, np.int64))
@@ -46,6 +63,52 @@ def test_labels_below():
     assert not _core.labels_below(np.array([1, -1], dtype=np.int64), 10)
     with pytest.raises(TypeError):
         _core.labels_below(y.astype(np.int32), 10)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_checked_as_is(dtype):
+    dt = np.dtype(dtype)
+    X = np.ones((5, 3), dt)
+    assert _core.checked_as_is(X, dt, -1, 0)
+    assert _core.checked_as_is(X, dt, 5, 3)
+    bad = X.copy()
+    bad[4, 2] = np.nan
+    refused = [(bad, dt, -1, 0), (X, dt, 4, 0), (X, dt, -1, 2), (X[:, :2], dt, -1, 0),
+               (X.astype(np.float32 if dtype == np.float64 else np.float64), dt, -1, 0),
+               (X.view(np.memmap), dt, -1, 0), (X.tolist(), dt, -1, 0), (X, dtype, -1, 0),
+               (X[:0], dt, -1, 0), (X.ravel(), dt, -1, 0), (X, dt, -1, -1)]
+    for args in refused:
+        assert not _core.checked_as_is(*args)
+    y = np.array([0, 2, 1], np.int64)
+    int64 = np.dtype(np.int64)
+    assert _core.checked_as_is(y, int64, 3, -1, 3)
+    for args in [(y, int64, 3, -1, 2), (y, int64, 3, -1, 0), (y, int64, 2, -1, 3),
+                 (y - 1, int64, 3, -1, 3), (y.astype(np.int32), int64, 3, -1, 3),
+                 (y[:, None], int64, 3, -1, 3)]:
+        assert not _core.checked_as_is(*args)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_checks_return_ready_batches_unchanged(dtype):
+    # the fast path returns the caller's arrays; anything else still goes through the
+    # full checks, which convert or refuse it as before
+    from minitrain._validation import check_targets, check_X
+    dt = np.dtype(dtype)
+    X, labels, targets = np.ones((4, 3), dt), np.array([0, 1, 2, 1]), np.zeros((4, 2), dt)
+    assert check_X(X, dt, 3) is X
+    assert check_targets(labels, "cross_entropy", 3, 4, dt) is labels
+    assert check_targets(targets, "mse", 2, 4, dt) is targets
+    assert check_X(X.tolist(), dt, 3).dtype == dt
+    with pytest.raises(ValueError, match="X has 3 features, the model expects 2"):
+        check_X(X, dt, 2)
+    with pytest.raises(ValueError, match="labels outside"):
+        check_targets(labels, "cross_entropy", 2, 4, dt)
+    with pytest.raises(ValueError, match="different lengths"):
+        check_targets(labels, "cross_entropy", 3, 5, dt)
+    with pytest.raises(ValueError, match="y must have shape"):
+        check_targets(targets, "mse", 3, 4, dt)
+    with pytest.raises(ValueError, match="binary cross-entropy"):
+        check_targets(targets - 1, "binary_cross_entropy", 2, 4, dt)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])

@@ -152,3 +152,46 @@ def test_a_bad_label_in_one_thread_s_rows_stops_every_thread(threads):
         model.fit(X, y, epochs=1, batch_size=512, verbose=0)  # the team is still whole
     finally:
         mt.set_num_threads("auto")
+
+
+# Gradients that overflow in one place only, the loss finite: each is caught where it is
+# computed (a dW tile as it is stored, the bias sums of a packed or an in-place dZ, the
+# batch-norm sums), at one thread and in a parallel region of two.
+def _positive(rng, shape, scale):
+    return (np.abs(rng.normal(size=shape)) * scale).astype(np.float32)
+
+
+OVERFLOWS = {  # name: (features, x scale, first layer scale, last layer scale, batchnorm first)
+    "dW tile, packed panels": (150, 1e20, 1e-20, 1e18, False),
+    "dW tile, in place": (3, 1e20, 1e-20, 1e18, False),
+    "bias sums of a packed dZ": (150, 1e-3, 1e2, 2e19, False),
+    "bias sums of an in-place dZ": (3, 1e-3, 1e3, 2e19, False),
+    "batch-norm sums": (64, 1.0, 1.0, 1e20, True),
+}
+
+
+@pytest.mark.parametrize("case", list(OVERFLOWS))
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_gradient_that_overflows_in_one_place_changes_nothing(case, threads):
+    features, xs, first, last, batchnorm = OVERFLOWS[case]
+    rng = np.random.default_rng(0)
+    X, y = _positive(rng, (256, features), xs), np.zeros((256, 1), np.float32)
+    model = mt.Sequential([mt.BatchNorm() if batchnorm else mt.Dense(64), mt.Dense(1)],
+                          loss="mse", seed=0, optimizer=mt.SGD(lr=1e-30, momentum=0.5))
+    model.build(features)
+    for layer, scale in zip(model.layers, (first, last)):
+        if isinstance(layer, mt.Dense):
+            layer.W[...] = np.abs(layer.W) * scale
+    mt.set_num_threads(threads)
+    try:
+        loss, grad = model.loss_and_gradient(X, y)
+        assert np.isfinite(loss)
+        bad = ~np.isfinite(grad)
+        assert 0 < bad.sum() < grad.size  # the case overflows where its name says
+        saved = (model.params_flat.copy(), model.state_flat.copy(),
+                 model.buffers_flat.copy(), model.iteration)
+        with pytest.raises(FloatingPointError, match="gradient is not finite"):
+            model.train_step(X, y)
+        _assert_kept(model, saved)
+    finally:
+        mt.set_num_threads("auto")
