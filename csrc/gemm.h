@@ -110,6 +110,8 @@ void FN(mt_flag_nonfinite)(const real *x, int64_t h, int64_t w, int64_t ld, int 
 #define MT_BF16_KC 512
 // the vdpbf16ps micro-kernel: packed panels of k pairs of bfloat16 (gemm_kernel.h)
 extern const mt_kernel_f32 mt_kernel_avx512_bf16;
+int64_t mt_pack_pairs_strided_avx512(const float *src, int64_t ls, int64_t h, int R,
+                                     int64_t pairs, uint32_t *dst);
 size_t mt_gemm_pack_elems_bf16(int64_t M, int64_t N, int64_t K);
 void mt_gemm_run_bf16(const mt_gemm_op_f32 *ops, int n, const mt_gemm_ws *ws);
 #endif

@@ -124,7 +124,11 @@ static void pack_pairs(const float *src, int64_t ls, int64_t h, int R, int64_t k
     // vectorises), then the block transposed into the panel
     enum { QB = 64 };
     uint32_t block[32 * QB]; // R <= 32 lanes x QB pairs
-    for (int64_t q0 = 0; q0 < pairs; q0 += QB) {
+    int64_t first = 0;
+#if defined(__x86_64__) || defined(_M_X64)
+    if (hw) first = mt_pack_pairs_strided_avx512(src, ls, h, R, pairs, dst);
+#endif
+    for (int64_t q0 = first; q0 < pairs; q0 += QB) {
         const int qb = (int)(pairs - q0 < QB ? pairs - q0 : QB);
         for (int x = 0; x < h; x++) {
             const uint32_t *sx = s + x * ls + 2 * q0;

@@ -69,6 +69,25 @@ def test_the_core_rounds_each_operand_as_the_twin(isa):
         np.testing.assert_array_equal(got[ok], ref[ok])
 
 
+@pytest.mark.parametrize("isa", ISAS)
+def test_every_packing_path_rounds_as_the_twin(isa):
+    # operands read along k (X·W's X, dZ·Wᵀ's Wᵀ: vdpbf16ps packs them 16 x 16 in
+    # registers) and along the lanes (Xᵀ, W), times a selection of their elements by one:
+    # C holds the rounded values themselves
+    rng = np.random.default_rng(5)
+    specials = _specials()
+    finite = specials[np.isfinite(specials) & (np.abs(specials) < 1e38)]
+    X = rng.standard_normal((37, 97)).astype(np.float32)
+    X.flat[rng.choice(X.size, 1500, replace=False)] = rng.choice(finite, 1500)
+    eye = np.eye(97, dtype=np.float32)
+    ref = F.round_bfloat16(X)
+    for got in (_core.gemm(X, eye, isa=isa, bf16=True),                     # X·I
+                _core.gemm(eye, X, False, True, isa=isa, bf16=True).T,      # I·Xᵀ
+                _core.gemm(X.T.copy(), eye, True, False, isa=isa, bf16=True),  # (Xᵀ)ᵀ·I
+                _core.gemm(eye, X.T.copy(), isa=isa, bf16=True).T):         # I·Xᵀ, rows
+        np.testing.assert_array_equal(got, ref)
+
+
 def _operands(rng, M, N, K, trans_a, trans_b, scale=1.0):
     A = (rng.standard_normal((K, M) if trans_a else (M, K)) * scale).astype(np.float32)
     B = rng.standard_normal((N, K) if trans_b else (K, N)).astype(np.float32)
