@@ -29,6 +29,19 @@ int mt_step(mt_net *net, const void *X, const void *y, const int64_t *idx, int64
                                     : mt_step_f32(net, X, y, idx, n, iteration, opt, loss);
 }
 
+int mt_update(mt_net *net, const mt_optim *opt) {
+    return net->dtype == MT_FLOAT64 ? mt_update_f64(net, opt) : mt_update_f32(net, opt);
+}
+
+void mt_allreduce(const mt_net *net, double *buf, int64_t n, int *status) {
+    if (!net->reduce) return;
+    // the callers' loops end with a barrier: buf is complete; the hook runs in the thread
+    // that called mt_step (a Python callback takes the GIL back there)
+#pragma omp master
+    if (*status == MT_OK && net->reduce(net->reduce_ctx, buf, n) != 0) *status = MT_ERR_REDUCE;
+#pragma omp barrier
+}
+
 int mt_forward(mt_net *net, const void *X, const int64_t *idx, int64_t n, void *out) {
     return net->dtype == MT_FLOAT64 ? mt_forward_f64(net, X, idx, n, out)
                                     : mt_forward_f32(net, X, idx, n, out);

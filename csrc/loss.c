@@ -157,7 +157,8 @@ static void loss_rows(const loss_args *a, const real *P, const void *y, const in
 // w_i * loss_i over the batch weight W = sum w_i (n when unweighted), with loss_i the
 // row's sum over outputs (over out more for the mean reduction, except cross-entropy).
 // Row losses go to rowloss (n) and are summed in order, so the result does not depend
-// on the thread count; *batch_weight receives W. MT_ERR_BAD_LABEL when a cross-entropy
+// on the thread count; *batch_weight receives W (net->shard_weight instead when set: the
+// rows are then a rank's part of a global batch of that weight). MT_ERR_BAD_LABEL when a cross-entropy
 // label lies outside [0, out) (dP and *batch_loss are then meaningless). Inside a
 // parallel region every thread calls this: *bad_label (0 on entry) is shared by the team
 // and read after the pass's barrier, so every thread returns the same status.
@@ -172,6 +173,9 @@ int FN(mt_loss_forward_backward)(const mt_net *net, const real *P, const void *y
         wsum = 0;
         for (int64_t i = 0; i < n; i++) wsum += w[row_of(idx, i)];
     }
+    // a rank's part of a global batch is scaled by the global batch's weight, so that the
+    // parts' losses and gradients sum to the batch's
+    if (net->shard_weight > 0) wsum = net->shard_weight;
     *batch_weight = wsum;
     // scikit-learn clips probabilities to [eps, 1 - eps] before taking logs
     const loss_args a = {

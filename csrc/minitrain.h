@@ -69,7 +69,14 @@ typedef enum {
                                    // nothing updated, gradient not computed
     MT_ERR_NONFINITE_GRADIENT = 5, // gradient not finite: parameters, optimizer state and
                                    // batchnorm running statistics left untouched
+    MT_ERR_REDUCE = 6,             // the net's reduce hook failed: nothing updated
+    MT_ERR_NO_GRADIENT = 7,        // mt_update without the gradient of an mt_step before it
 } mt_status;
+
+// The sum over the ranks of a data-parallel fit of buf (n doubles), in place; returns 0,
+// or nonzero when the collective failed. Called by one thread of the iteration's team
+// while the others wait at a barrier.
+typedef int (*mt_reduce_fn)(void *ctx, double *buf, int64_t n);
 
 // Instruction sets of the GEMM micro-kernels, in increasing order. AVX512_BF16 adds
 // vdpbf16ps for the bfloat16 products; float32 and float64 use the AVX-512F kernels there.
@@ -133,6 +140,16 @@ typedef struct {
     int bf16;              // float32 only, 1: mixed bfloat16, the dense layers' products take
                            // their inputs rounded to bfloat16 and accumulate in float32;
                            // everything else (and every buffer) stays float32
+    // The shard of a data-parallel iteration: the n rows of a call are the rows
+    // [shard_row0, shard_row0 + n) of a global batch split over the ranks. All zero (and
+    // reduce NULL): the call's rows are the whole batch.
+    int64_t shard_row0;    // place of the first row in the global batch: keys dropout masks
+    int64_t shard_rows;    // rows of the global batch (batchnorm's statistics); 0: n
+    double shard_weight;   // weight of the global batch, which scales the loss and gradient
+                           // (so that the ranks' parts sum to the batch's); 0: the rows' own
+    mt_reduce_fn reduce;   // sums batchnorm's per-feature sums over the ranks, in mt_step;
+    void *reduce_ctx;      // NULL: one process. With it, mt_step runs every pass whatever
+                           // the loss, so every rank makes the same calls to it
 } mt_net;
 
 // Decides, once the layers are described, what the description implies (dact_above).
@@ -155,6 +172,12 @@ void mt_lay_out(mt_net *net);
 // update is applied only when the loss and the whole gradient are finite.
 int mt_step(mt_net *net, const void *X, const void *y, const int64_t *idx, int64_t n,
             int64_t iteration, const mt_optim *opt, double *loss);
+
+// The update of the gradient that the last mt_step with opt == NULL left in net->grads, as
+// net->grads is now (summed over the ranks of a data-parallel fit): parameters, optimizer
+// state and batchnorm running statistics, as mt_step with opt would have updated them.
+// MT_ERR_NO_GRADIENT when no such step precedes it (each gradient is applied once).
+int mt_update(mt_net *net, const mt_optim *opt);
 
 // Inference (dropout off, batchnorm on running statistics): out (n, out_last) = network output (logits for the classification losses)
 // for rows X[idx[0..n)] (or rows 0..n), n <= max_batch.

@@ -52,6 +52,11 @@ int mt_team_size(int wanted);
 // Records the team size an iteration used (mt_get_num_threads reports it in auto mode).
 void mt_team_used(int team);
 
+// buf (n) = its sum over the ranks through net->reduce, called by the master thread between
+// barriers of the team (nothing without a hook). *status (shared by the team) becomes
+// MT_ERR_REDUCE when the hook fails; once it has failed the hook is not called again.
+void mt_allreduce(const mt_net *net, double *buf, int64_t n, int *status);
+
 // The GEMM micro-kernels and packing buffer of a call (gemm.c)
 typedef struct {
     int isa;     // mt_isa
@@ -77,6 +82,7 @@ typedef struct {
     void mt_lay_out_##sfx(mt_net *net);                                                    \
     int mt_step_##sfx(mt_net *net, const real *X, const void *y, const int64_t *idx,       \
                       int64_t n, int64_t iteration, const mt_optim *opt, double *loss);    \
+    int mt_update_##sfx(mt_net *net, const mt_optim *opt);                                 \
     int mt_forward_##sfx(mt_net *net, const real *X, const int64_t *idx, int64_t n,        \
                          real *out);
 
@@ -109,17 +115,18 @@ void FN(mt_activation_backward)(const mt_layer *L, const real *X, const real *Y,
                                 const real *dY, real *dX, int64_t n);
 // dropout.c
 void FN(mt_dropout_forward)(const mt_layer *L, uint64_t seed, int64_t iteration, int layer,
-                            const real *X, real *M, real *Y, int64_t n);
+                            int64_t row0, const real *X, real *M, real *Y, int64_t n);
 void FN(mt_dropout_backward)(const mt_layer *L, const real *M, const real *dY, real *dX,
                              int64_t n);
-// batchnorm.c
-void FN(mt_batchnorm_forward)(const mt_layer *L, const real *params, const real *X,
-                              real *Xhat, real *stats, real *Y, int64_t n);
+// batchnorm.c (sums: 2 c doubles of workspace; total: the rows of the global batch)
+void FN(mt_batchnorm_forward)(const mt_net *net, const mt_layer *L, const real *X,
+                              real *Xhat, real *stats, double *sums, real *Y, int64_t n,
+                              int64_t total, int *status);
 void FN(mt_batchnorm_inference)(const mt_layer *L, const real *params, const real *buffers,
                                 const real *X, real *Y, int64_t n);
-void FN(mt_batchnorm_backward)(const mt_layer *L, const real *params, real *grads,
-                               const real *Xhat, const real *stats, const real *dY,
-                               real *dX, int64_t n);
+void FN(mt_batchnorm_backward)(const mt_net *net, const mt_layer *L, const real *Xhat,
+                               const real *stats, double *sums, const real *dY, real *dX,
+                               int64_t n, int64_t total, int *status);
 void FN(mt_batchnorm_update_running)(const mt_layer *L, const real *stats, real *buffers,
                                      int64_t n);
 // loss.c (returns MT_OK or MT_ERR_BAD_LABEL)

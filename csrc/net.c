@@ -12,10 +12,17 @@ typedef struct {
                                 // activation layers, whose input is kept by the layer below
     real *a[MT_MAX_LAYERS];     // layer outputs (n, out_l); == z for identity dense layers
     real *stats[MT_MAX_LAYERS]; // batchnorm: batch mean, variance, 1/std (3, out_l)
+    double *sums[MT_MAX_LAYERS]; // batchnorm: column sums (2, out_l), reduced over the ranks
     real *d[2];                 // backward ping-pong buffers (n, max width)
     double *rowloss;            // (n,)
     mt_gemm_ws gemm;            // the net's micro-kernels and the GEMM packing buffer
     int nonfinite;              // set by the backward pass when a gradient is not finite
+    // what mt_update needs of the step whose gradient it applies (set by mt_step)
+    int pending;                // a gradient waits for mt_update
+    int team;                   // the step's team
+    int64_t rows;               // rows of the (global) batch: batchnorm's running variance
+    double weight;              // weight of the (global) batch: scikit-learn's L2 term
+    int status;                 // of the reduce hook, shared by the step's team
 } workspace;
 
 static size_t carve(size_t *off, size_t bytes) {
@@ -44,6 +51,8 @@ static size_t layout(const mt_net *net, int64_t rows, char *base, workspace *ws)
         if (L->kind == MT_LAYER_BATCHNORM) {
             at = carve(&off, 3 * L->out * es);
             if (base) ws->stats[l] = (real *)(base + at);
+            at = carve(&off, 2 * L->out * sizeof(double));
+            if (base) ws->sums[l] = (double *)(base + at);
         }
     }
     for (int k = 0; k < 2; k++) {
@@ -59,8 +68,10 @@ static size_t layout(const mt_net *net, int64_t rows, char *base, workspace *ws)
             pack = need > pack ? need : pack;
         }
     at = carve(&off, pack * es);
-    if (base)
+    if (base) {
         ws->gemm = (mt_gemm_ws){net->isa, base + at, &ws->nonfinite, !MT_DOUBLE && net->bf16};
+        ws->pending = 0;
+    }
     return off;
 }
 
@@ -101,8 +112,9 @@ static const real *gather(const mt_net *net, workspace *ws, const real *X,
 }
 
 // x (n, in0) -> the network output. Training draws the dropout masks of `iteration`
-// and normalises with batch statistics; inference skips dropout (the next layer reads
-// the dropout layer's input) and normalises with the running statistics.
+// and normalises with batch statistics (both of the global batch whose shard x is);
+// inference skips dropout (the next layer reads the dropout layer's input) and normalises
+// with the running statistics.
 static const real *forward(mt_net *net, workspace *ws, const real *x, int64_t n,
                            int training, int64_t iteration) {
     const real *input = x;
@@ -117,12 +129,13 @@ static const real *forward(mt_net *net, workspace *ws, const real *x, int64_t n,
             break;
         case MT_LAYER_DROPOUT:
             if (!training) continue;
-            FN(mt_dropout_forward)(L, net->seed, iteration, l, input, ws->z[l], ws->a[l], n);
+            FN(mt_dropout_forward)(L, net->seed, iteration, l, net->shard_row0, input,
+                                   ws->z[l], ws->a[l], n);
             break;
         case MT_LAYER_BATCHNORM:
             if (training)
-                FN(mt_batchnorm_forward)(L, net->params, input, ws->z[l], ws->stats[l],
-                                         ws->a[l], n);
+                FN(mt_batchnorm_forward)(net, L, input, ws->z[l], ws->stats[l], ws->sums[l],
+                                         ws->a[l], n, ws->rows, &ws->status);
             else
                 FN(mt_batchnorm_inference)(L, net->params, net->buffers, input, ws->a[l], n);
             break;
@@ -156,7 +169,8 @@ static void backward_layer(mt_net *net, workspace *ws, int l, const real *input,
         FN(mt_dropout_backward)(L, ws->z[l], dA, dX, n);
         break;
     case MT_LAYER_BATCHNORM: {
-        FN(mt_batchnorm_backward)(L, net->params, net->grads, ws->z[l], ws->stats[l], dA, dX, n);
+        FN(mt_batchnorm_backward)(net, L, ws->z[l], ws->stats[l], ws->sums[l], dA, dX, n,
+                                  ws->rows, &ws->status);
         // after the pass's barrier, so every thread sees (and checks) the same values
         const real *g = net->grads;
         if (!mt_all_finite(net->dtype, g + L->w_off, L->out) ||
@@ -210,7 +224,9 @@ static void step_passes(mt_net *net, workspace *ws, const real *X, const void *y
         *loss = value;
         *batch_weight = bw;
     }
-    if (status != MT_OK || !isfinite(value)) return;
+    // with a reduce hook every rank runs every pass, so that all make the same collective
+    // calls; the failure is returned after them, and agreed on before any update
+    if ((status != MT_OK || !isfinite(value)) && !net->reduce) return;
     // below the first layer with parameters no gradient is needed
     int first = 0;
     while (first < last && net->layers[first].kind != MT_LAYER_DENSE &&
@@ -228,9 +244,18 @@ static void step_passes(mt_net *net, workspace *ws, const real *X, const void *y
     int nonfinite;
 #pragma omp atomic read
     nonfinite = ws->nonfinite;
-    if (opt && !nonfinite)
+    // (a failed step reaches here only with a reduce hook: it updates nothing)
+    if (opt && !nonfinite && status == MT_OK && isfinite(value) && ws->status == MT_OK)
         FN(mt_optim_update_team)(opt, net->params, net->grads, net->state, net->n_params, bw,
                                  1, update);
+}
+
+// the batchnorm running statistics, after the update of the step ws describes
+static void update_running(mt_net *net, const workspace *ws) {
+    for (int l = 0; l < net->nlayers; l++)
+        if (net->layers[l].kind == MT_LAYER_BATCHNORM)
+            FN(mt_batchnorm_update_running)(&net->layers[l], ws->stats[l], net->buffers,
+                                            ws->rows);
 }
 
 int FN(mt_step)(mt_net *net, const real *X, const void *y, const int64_t *idx, int64_t n,
@@ -239,6 +264,10 @@ int FN(mt_step)(mt_net *net, const real *X, const void *y, const int64_t *idx, i
     net->l2_term = 0;
     workspace *ws = laid_out(net);
     const int team = team_for(net, n, 1);
+    ws->pending = 0;
+    ws->team = team;
+    ws->rows = net->shard_rows > 0 ? net->shard_rows : n;
+    ws->status = MT_OK;
     double batch_weight = 0;
     int bad_label = 0; // shared by the team: see mt_loss_forward_backward
     mt_update_scratch update; // shared by the team
@@ -254,17 +283,35 @@ int FN(mt_step)(mt_net *net, const real *X, const void *y, const int64_t *idx, i
         step_passes(net, ws, X, y, idx, n, iteration, opt, &update, loss, &batch_weight,
                     &bad_label);
     }
+    ws->weight = batch_weight;
+    if (ws->status != MT_OK) return ws->status;
     if (bad_label) return MT_ERR_BAD_LABEL;
     if (!isfinite(*loss)) return MT_ERR_NONFINITE_LOSS;
-    if (!opt) return MT_OK;
+    if (!opt) {
+        ws->pending = 1;
+        return MT_OK;
+    }
     if (ws->nonfinite) return MT_ERR_NONFINITE_GRADIENT;
     const int status = FN(mt_optim_result)(opt, net->n_params, batch_weight, 1, &update,
                                            &net->l2_term);
     if (status != MT_OK || opt->kind == MT_OPT_GRADIENT)
         return status; // the running statistics stay with the parameters
-    for (int l = 0; l < net->nlayers; l++)
-        if (net->layers[l].kind == MT_LAYER_BATCHNORM)
-            FN(mt_batchnorm_update_running)(&net->layers[l], ws->stats[l], net->buffers, n);
+    update_running(net, ws);
+    return MT_OK;
+}
+
+int FN(mt_update)(mt_net *net, const mt_optim *opt) {
+    if (!net->work) return MT_ERR_NO_GRADIENT;
+    workspace *ws = laid_out(net);
+    if (!ws->pending) return MT_ERR_NO_GRADIENT;
+    ws->pending = 0;
+    mt_team = ws->team;
+    // the gradient was summed over the ranks since the step: checked again, whole
+    const int status = FN(mt_optim_update)(opt, net->params, net->grads, net->state,
+                                           net->n_params, ws->weight, &net->l2_term);
+    if (status != MT_OK || opt->kind == MT_OPT_GRADIENT)
+        return status; // the running statistics stay with the parameters
+    update_running(net, ws);
     return MT_OK;
 }
 

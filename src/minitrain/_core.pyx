@@ -26,7 +26,8 @@ cdef extern from "minitrain.h":
     int MT_OPT_SGD, MT_OPT_ADAM, MT_OPT_GRADIENT
     int MT_OPT_STYLE_TORCH, MT_OPT_STYLE_SKLEARN
     int MT_OK, MT_ERR_NONFINITE_LOSS, MT_ERR_BATCH_TOO_LARGE, MT_ERR_NO_MEMORY
-    int MT_ERR_BAD_LABEL, MT_ERR_NONFINITE_GRADIENT
+    int MT_ERR_BAD_LABEL, MT_ERR_NONFINITE_GRADIENT, MT_ERR_REDUCE, MT_ERR_NO_GRADIENT
+    ctypedef int (*mt_reduce_fn)(void *ctx, double *buf, int64_t n) noexcept
     int MT_ISA_GENERIC, MT_ISA_AVX2, MT_ISA_AVX512, MT_ISA_AVX512_BF16
     ctypedef struct mt_layer:
         int kind
@@ -66,9 +67,14 @@ cdef extern from "minitrain.h":
         int isa
         int threads
         int bf16
+        int64_t shard_row0, shard_rows
+        double shard_weight
+        mt_reduce_fn reduce
+        void *reduce_ctx
     size_t mt_workspace_bytes(const mt_net *net, int64_t max_batch) nogil
     int mt_step(mt_net *net, const void *X, const void *y, const int64_t *idx, int64_t n,
                 int64_t iteration, const mt_optim *opt, double *loss) nogil
+    int mt_update(mt_net *net, const mt_optim *opt) nogil
     int mt_forward(mt_net *net, const void *X, const int64_t *idx, int64_t n, void *out) nogil
     int mt_gemm(int dtype, int isa, int trans_a, int trans_b, int64_t M, int64_t N,
                 int64_t K, const void *A, const void *B, void *C, int accumulate) nogil
@@ -104,7 +110,8 @@ CODES = {
     "style": {"torch": MT_OPT_STYLE_TORCH, "sklearn": MT_OPT_STYLE_SKLEARN},
     "status": {"ok": MT_OK, "nonfinite_loss": MT_ERR_NONFINITE_LOSS,
                "batch_too_large": MT_ERR_BATCH_TOO_LARGE, "no_memory": MT_ERR_NO_MEMORY,
-               "bad_label": MT_ERR_BAD_LABEL, "nonfinite_gradient": MT_ERR_NONFINITE_GRADIENT},
+               "bad_label": MT_ERR_BAD_LABEL, "nonfinite_gradient": MT_ERR_NONFINITE_GRADIENT,
+               "reduce": MT_ERR_REDUCE, "no_gradient": MT_ERR_NO_GRADIENT},
     "isa": {"generic": MT_ISA_GENERIC, "avx2": MT_ISA_AVX2, "avx512": MT_ISA_AVX512,
             "avx512_bf16": MT_ISA_AVX512_BF16},
 }
@@ -165,6 +172,9 @@ def _check_status(int status, double loss=0, int64_t n_out=0):
         raise ValueError("the batch has more rows than the workspace was sized for")
     if status == MT_ERR_NO_MEMORY:
         raise MemoryError("the C core could not allocate its packing buffer")
+    if status == MT_ERR_NO_GRADIENT:
+        raise ValueError("update() applies the gradient of a step(update=False); there is "
+                         "none")
     raise RuntimeError(f"the C core returned the unknown status {status}")
 
 
@@ -254,6 +264,18 @@ cdef _set_layer(mt_layer *L, int l, spec, int64_t n_params, int64_t n_buffers):
         raise ValueError(f"layer {l}: unknown kind {L.kind}")
 
 
+cdef int _call_reduce(void *ctx, double *buf, int64_t n) noexcept with gil:
+    # net->reduce of a Net given a reduce function: called by the core, in the thread that
+    # called mt_step, whose Net holds its lock; an exception is kept for that call to raise
+    cdef Net net = <Net>ctx
+    try:
+        net._reduce(np.asarray(<double[:n]>buf))
+        return 0
+    except BaseException as err:
+        net._reduce_error = err
+        return 1
+
+
 cdef class Net:
     """A network description over Python-owned flat buffers.
 
@@ -280,6 +302,7 @@ cdef class Net:
     cdef object _w
     cdef int64_t n_out
     cdef PyThread_type_lock _lock
+    cdef object _reduce, _reduce_error
 
     def __cinit__(self, *args, **kwargs):
         self._lock = PyThread_allocate_lock()
@@ -288,6 +311,10 @@ cdef class Net:
         self.net.nlayers = 0
         self.net.max_batch = 0
         self.net.work = NULL
+        self.net.reduce = NULL
+        self.net.reduce_ctx = NULL
+        self.net.shard_row0 = self.net.shard_rows = 0
+        self.net.shard_weight = 0
         self.opt.kind = -1
 
     def __dealloc__(self):
@@ -355,6 +382,11 @@ cdef class Net:
             self.net.l2_term = 0
             self.net.isa = mt_get_isa()
             self.net.threads = 0
+            self.net.shard_row0 = self.net.shard_rows = 0
+            self.net.shard_weight = 0
+            self.net.reduce = NULL
+            self.net.reduce_ctx = NULL
+            self._reduce = self._reduce_error = None
             self.opt.kind = -1
         finally:
             self._release()
@@ -452,6 +484,27 @@ cdef class Net:
         finally:
             self._release()
 
+    def set_shard(self, int64_t row0=0, int64_t rows=0, double weight=0, reduce=None):
+        """Make the next steps' rows the rows [row0, row0 + n) of a global batch of `rows`
+        rows and weight `weight` (0: the step's own), as one rank's part of a data-parallel
+        iteration: dropout draws those rows' masks, the loss and gradient are scaled by the
+        global weight, and `reduce(buf)` (a float64 array to sum over the ranks in place)
+        makes batch normalisation's statistics the global batch's. All defaults: one
+        process."""
+        if row0 < 0 or rows < 0 or (rows and row0 >= rows) or not weight >= 0:
+            raise ValueError(f"set_shard: row0 must lie in [0, rows) and weight be >= 0, got "
+                             f"row0={row0}, rows={rows}, weight={weight}")
+        if reduce is not None and not callable(reduce):
+            raise TypeError("set_shard: reduce must be callable or None")
+        self._acquire()
+        self.net.shard_row0, self.net.shard_rows, self.net.shard_weight = row0, rows, weight
+        self._reduce = reduce
+        if reduce is None:
+            self.net.reduce, self.net.reduce_ctx = NULL, NULL
+        else:
+            self.net.reduce, self.net.reduce_ctx = _call_reduce, <void *>self
+        self._release()
+
     def set_reduction(self, reduction):
         """How element losses become the batch loss: "mean" (minitrain) or "sklearn"."""
         cdef int code = _code("reduction", reduction, "reduction")
@@ -514,6 +567,9 @@ cdef class Net:
         if n < 1 or n > self.net.max_batch:
             raise ValueError(f"batch of {n} rows: reserve() was sized for "
                              f"{self.net.max_batch}")
+        if self.net.shard_rows and self.net.shard_row0 + n > self.net.shard_rows:
+            raise ValueError(f"batch of {n} rows from row {self.net.shard_row0} of a global "
+                             f"batch of {self.net.shard_rows} (set_shard)")
         if update:
             if self.opt.kind < 0:
                 raise ValueError("set_optimizer() was not called")
@@ -523,9 +579,29 @@ cdef class Net:
         self.net.sample_weight = NULL if w is None else ptr(w)
         with nogil:
             status = mt_step(&self.net, X, y, idx, n, iteration, opt, &loss)
+        if status == MT_ERR_REDUCE:
+            err, self._reduce_error = self._reduce_error, None
+            raise err
         if status != MT_OK:
             _check_status(status, loss, self.n_out)
         return loss
+
+    def update(self, double lr, int64_t t):
+        """Apply the update of the last ``step(..., update=False)`` from grads as they are
+        now (all-reduced, in a distributed fit): parameters, optimizer state and batch-norm
+        running statistics, as the step would have."""
+        cdef int status
+        self._acquire()
+        try:
+            if self.opt.kind < 0:
+                raise ValueError("set_optimizer() was not called")
+            self.opt.lr = lr
+            self.opt.t = t
+            with nogil:
+                status = mt_update(&self.net, &self.opt)
+        finally:
+            self._release()
+        _check_status(status)
 
     def step_rows(self, idx, int64_t start, int64_t stop, double lr, int64_t t,
                   bint update=True, int64_t iteration=0):

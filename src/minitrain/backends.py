@@ -2,8 +2,8 @@
 
 Both expose the same object, built over the model's flat buffers:
 ``reserve(max_batch)``, ``set_optimizer(kind, **hyper)``, ``set_data(X, y)``, ``clear_data()``,
-``step_rows(idx, start, stop, lr, t, update)``, ``step(X, y, lr, t, update)`` and
-``forward(X, out)``. The NumPy one computes the same formulas in the same order of
+``step_rows(idx, start, stop, lr, t, update)``, ``step(X, y, lr, t, update)``,
+``update(lr, t)``, ``set_shard(row0, rows, weight, reduce)`` and ``forward(X, out)``. The NumPy one computes the same formulas in the same order of
 operations wherever NumPy allows, and is the reference the C core is tested against.
 """
 
@@ -53,6 +53,7 @@ class NumpyNet:
         self.finite_only = True
         self.X = self.y = self.sample_weight = None
         self._pending = None  # (batch weight, kept values, rows) of a step not applied yet
+        self.shard = (0, 0, 0.0, None)  # see set_shard
         # below the first layer with parameters no gradient is needed
         self._first = next((l for l, L in enumerate(self.layers)
                             if L["kind"] in ("dense", "batchnorm")), len(self.layers) - 1)
@@ -90,6 +91,16 @@ class NumpyNet:
         with self._lock:
             self.reduction = reduction
 
+    def set_shard(self, row0=0, rows=0, weight=0.0, reduce=None):
+        """The next steps' rows are rows [row0, row0 + n) of a global batch of `rows` rows
+        and weight `weight`, whose batch-norm sums reduce(buf) sums over the ranks in
+        place (mt_net's shard fields)."""
+        if row0 < 0 or rows < 0 or (rows and row0 >= rows) or not weight >= 0:
+            raise ValueError(f"set_shard: row0 must lie in [0, rows) and weight be >= 0, got "
+                             f"row0={row0}, rows={rows}, weight={weight}")
+        with self._lock:
+            self.shard = (row0, rows, weight, reduce)
+
     def set_data(self, X, y, sample_weight=None):
         with self._lock:
             self.X, self.y, self.sample_weight = X, y, sample_weight
@@ -100,6 +111,7 @@ class NumpyNet:
     def _forward(self, X, training, iteration=0):
         """Outputs of every layer (X first) and what each keeps for backward."""
         outs, kept = [X], []
+        row0, total, _, reduce = self.shard
         for l, L in enumerate(self.layers):
             kind, keep = L["kind"], None
             if kind == "dense":
@@ -109,12 +121,13 @@ class NumpyNet:
             elif kind == "activation":
                 X = F.activation_forward(L["act"], L["act_param"], X)
             elif kind == "dropout" and training:  # in inference, the identity
-                keep = F.dropout_mask(self.seed, iteration, l, X.shape, L["rate"], self.dtype)
+                keep = F.dropout_mask(self.seed, iteration, l, X.shape, L["rate"], self.dtype,
+                                      row0)
                 X = X * keep
             elif kind == "batchnorm":
                 gamma, beta = self._pair(self.params, L)
                 if training:
-                    X, *keep = F.batchnorm_forward(X, gamma, beta, L["eps"])
+                    X, *keep = F.batchnorm_forward(X, gamma, beta, L["eps"], total, reduce)
                 else:
                     X = F.batchnorm_inference(X, gamma, beta, *self._running(L), L["eps"])
             outs.append(X)
@@ -137,26 +150,39 @@ class NumpyNet:
 
     def _step(self, X, y, lr, t, update, iteration, sample_weight):
         self.l2_term = 0.0
+        self._pending = None
+        _, rows, weight, reduce = self.shard
+        failure = None
         if self.loss == "cross_entropy":
             # the caller owns y: it may have changed since it was checked
             y = np.array(y, dtype=np.int64)  # a copy, so the check holds for what is used
             n_out = self.layers[-1]["out"]
             if y.size and (y.min() < 0 or y.max() >= n_out):
-                raise ValueError(f"y holds a label outside [0, {n_out}) in this batch (was it "
-                                 f"changed after it was passed in?); nothing was updated")
+                failure = ValueError(f"y holds a label outside [0, {n_out}) in this batch "
+                                     f"(was it changed after it was passed in?); nothing was "
+                                     f"updated")
+                y = np.clip(y, 0, n_out - 1)  # for the passes a reduce hook still needs
+        if failure is not None and reduce is None:
+            raise failure
         outs, kept = self._forward(X, training=True, iteration=iteration)
-        loss = F.loss_value(self.loss, outs[-1], y, self.reduction, sample_weight)
-        if self.finite_only and not np.isfinite(loss):
-            raise FloatingPointError(f"the loss is not finite ({loss}); nothing was updated")
+        loss = F.loss_value(self.loss, outs[-1], y, self.reduction, sample_weight, weight)
+        if failure is None and self.finite_only and not np.isfinite(loss):
+            failure = FloatingPointError(f"the loss is not finite ({loss}); nothing was "
+                                         f"updated")
+        # with a reduce hook every pass runs, so every rank makes the same calls to it
+        if failure is not None and reduce is None:
+            raise failure
         # an overflow is reported once, below, as the core reports it: not as warnings
         with np.errstate(over="ignore", invalid="ignore"):
-            d = F.loss_gradient(self.loss, outs[-1], y, self.reduction, sample_weight)
+            d = F.loss_gradient(self.loss, outs[-1], y, self.reduction, sample_weight, weight)
             for l in range(len(self.layers) - 1, self._first - 1, -1):
                 d = self._backward(l, outs[l], outs[l + 1], kept[l], d, l > self._first)
-        batch_weight = len(X) if sample_weight is None else float(
-            sample_weight.astype(np.float64).sum())
+        if failure is not None:
+            raise failure
+        batch_weight = weight or (len(X) if sample_weight is None else float(
+            sample_weight.astype(np.float64).sum()))
         # what the update needs: applied now, or by update() once grads are reduced
-        self._pending = (batch_weight, kept, len(X))
+        self._pending = (batch_weight, kept, rows or len(X))
         if update:
             self._apply(lr, t, f" (the loss is {loss})")
         return loss
@@ -202,7 +228,9 @@ class NumpyNet:
         gamma, _ = self._pair(self.params, L)
         dgamma, dbeta = self._pair(self.grads, L)
         xhat, stats = keep
-        dgamma[...], dbeta[...], dx = F.batchnorm_backward(d, xhat, gamma, stats[2])
+        _, total, _, reduce = self.shard
+        dgamma[...], dbeta[...], dx = F.batchnorm_backward(d, xhat, gamma, stats[2], total,
+                                                           reduce if need_dx else None)
         return dx
 
     def _with_l2(self, g, wd):

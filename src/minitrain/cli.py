@@ -33,7 +33,7 @@ PROG = "minitrain"
 # the options of one invocation, not of the run it trains: a checkpoint keeps the
 # others, and --resume takes from the checkpoint those not given again
 SESSION_OPTIONS = {"resume", "checkpoint", "plot", "save", "export", "predict",
-                   "predict_output", "quiet", "threads"}
+                   "predict_output", "quiet", "threads", "distributed"}
 PATIENCE_VALIDATION_SPLIT = 0.1
 # an integer target with at most this many distinct values is taken for class labels
 MAX_GUESSED_CLASSES = 100
@@ -200,6 +200,10 @@ def build_parser():
     train.add_argument("--threads", type=_integer(1),
                        help="threads of the C core (default: OMP_NUM_THREADS, else all "
                             "cores)")
+    train.add_argument("--distributed", action="store_true",
+                       help="train data-parallel over the ranks of mpiexec (mpiexec -n 4 "
+                            "minitrain --distributed ...; the mpi extra): the same weights "
+                            "as one process; only rank 0 prints and writes files")
 
     out = p.add_argument_group("output")
     out.add_argument("--checkpoint", metavar="NPZ",
@@ -833,13 +837,14 @@ def _targets(d, y):
     return y.astype(np.int64) if d.loss == "cross_entropy" else y
 
 
-def _train(args, d, say, saved, model, opt, batch_size, callbacks):
+def _train(args, d, say, saved, model, opt, batch_size, callbacks, comm):
     n_val = f"{len(d.validation[0])} validation / " if d.validation else ""
     kind = f"{d.task}, {len(d.classes)} classes" if d.classes is not None else d.task
     if d.delimiter not in (None, ","):
         kind += f", {d.delimiter!r}-separated"
+    ranks = f" × {comm.Get_size()} ranks" if comm is not None else ""
     say(f"minitrain: {d.name} — {len(d.fit[0])} train / {n_val}{len(d.test[0])} test rows, "
-        f"{d.n_features} features, {kind}, {mt.get_num_threads()} threads")
+        f"{d.n_features} features, {kind}, {mt.get_num_threads()} threads{ranks}")
     if saved is not None:
         say(f"resuming {args.resume} after epoch {saved.epoch}")
     extras = (f", dropout {args.dropout:g}" if args.dropout else "") + (
@@ -852,7 +857,8 @@ def _train(args, d, say, saved, model, opt, batch_size, callbacks):
     try:
         return model.fit(*d.fit, epochs=args.epochs, batch_size=batch_size, optimizer=opt,
                          seed=args.seed, verbose=0, validation_data=d.validation,
-                         metrics=_metrics(d), callbacks=callbacks, resume_from=args.resume)
+                         metrics=_metrics(d), callbacks=callbacks, resume_from=args.resume,
+                         comm=comm)
     except FloatingPointError as err:
         lr = (opt or saved.optimizer).lr
         counts = (", or scale the counts down (--loss poisson takes them as they are)"
@@ -892,7 +898,18 @@ def _write_outputs(args, d, say, model, hist, run_options):
                        f"{err.strerror or err}") from None
 
 
-def _run(args, argv, say):
+def _comm(args):
+    """MPI.COMM_WORLD with --distributed, else None."""
+    if not args.distributed:
+        return None
+    if importlib.util.find_spec("mpi4py") is None:
+        raise CommandError("--distributed needs mpi4py and an MPI: pip install "
+                           "'minitrain[mpi]', then run mpiexec -n K minitrain --distributed")
+    from mpi4py import MPI
+    return MPI.COMM_WORLD
+
+
+def _run(args, argv, say, comm=None):
     warnings = []  # shown once every check has passed: an error is the only line then
     given = _given(argv)
     if args.threads is not None:
@@ -925,11 +942,12 @@ def _run(args, argv, say):
     if args.checkpoint:
         callbacks.append(mt.ModelCheckpoint(args.checkpoint))
 
-    # every check is done: the run begins
-    for message in warnings:
+    # every check is done: the run begins (over the ranks, only rank 0 speaks and writes)
+    root = comm is None or comm.Get_rank() == 0
+    for message in warnings if root else []:
         print(f"{PROG}: warning: {message}", file=sys.stderr, flush=True)
     t0 = time.perf_counter()
-    hist = _train(args, d, say, saved, model, opt, batch_size, callbacks)
+    hist = _train(args, d, say, saved, model, opt, batch_size, callbacks, comm)
     wall = time.perf_counter() - t0
     ran = hist.epochs - (saved.epoch if saved is not None else 0)
     if hist.stop_reason == "early_stopping":
@@ -947,6 +965,8 @@ def _run(args, argv, say):
         summary = f"test accuracy {result['accuracy']:.4f} · " + summary
     if "r2" in result:
         summary += f" · test r2 {result['r2']:.4f}"
+    if not root:
+        return 0
     _write_outputs(args, d, say, model, hist, run_options)
     print(f"{summary} · {ran} epochs in {wall:.2f} s "
           f"({1000 * wall / max(ran, 1):.1f} ms/epoch)", flush=True)
@@ -998,16 +1018,26 @@ def main(argv=None):
     options or the files: found before training starts) or 1 (the run failed)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
+    root = True  # the process that speaks: rank 0 of a --distributed run
+    if "--distributed" in argv and importlib.util.find_spec("mpi4py") is not None:
+        from mpi4py import MPI
+        root = MPI.COMM_WORLD.Get_rank() == 0
+        if not root:  # every rank finds the same mistake in the options; rank 0 says it
+            parser.error = lambda message: parser.exit(2)
     args = parser.parse_args(argv)
 
     def say(*parts):
-        if not args.quiet:
+        if not args.quiet and root:
             print(*parts, flush=True)
 
     try:
-        return _run(args, argv, say)
+        comm = _comm(args)
+        root = comm is None or comm.Get_rank() == 0
+        return _run(args, argv, say, comm)
     except CommandError as err:
-        parser.exit(err.status, f"{PROG}: error: {' '.join(str(err).split())}\n")
+        # every rank finds the same mistake (or the agreed failure): one line, from rank 0
+        parser.exit(err.status, f"{PROG}: error: {' '.join(str(err).split())}\n" if root
+                    else None)
     except BrokenPipeError:
         _quiet_stdout()
         return 1

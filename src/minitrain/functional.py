@@ -104,26 +104,30 @@ def _cap(loss, dtype):
     return np.clip(loss, -np.log1p(-eps), -np.log(eps))
 
 
-def _row_scale(loss, p, reduction, sample_weight):
-    """Weights w_i of the rows and the divisor of the batch loss: W = sum w_i, times
-    out for the mean reduction of the element-wise losses."""
+def _row_scale(loss, p, reduction, sample_weight, batch_weight=None):
+    """Weights w_i of the rows and the divisor of the batch loss: W = sum w_i (or
+    `batch_weight`, a global batch's of which p is a part), times out for the mean
+    reduction of the element-wise losses."""
     w = np.ones(len(p)) if sample_weight is None else sample_weight.astype(np.float64)
     total = float(len(p)) if sample_weight is None else w.sum()
+    if batch_weight:
+        total = float(batch_weight)
     if reduction == "mean" and loss != "cross_entropy":
         total *= p.shape[1]
     return w, total
 
 
-def loss_value(loss, p, y, reduction="mean", sample_weight=None):
+def loss_value(loss, p, y, reduction="mean", sample_weight=None, batch_weight=None):
     """Batch loss: the weighted mean over rows of the row losses, divided by the
-    number of outputs too for the mean reduction (except cross-entropy)."""
-    w, total = _row_scale(loss, p, reduction, sample_weight)
+    number of outputs too for the mean reduction (except cross-entropy); with
+    `batch_weight`, the share of a global batch of that weight."""
+    w, total = _row_scale(loss, p, reduction, sample_weight, batch_weight)
     return float((w * loss_rows(loss, p, y, reduction)).sum() * (1.0 / total))
 
 
-def loss_gradient(loss, p, y, reduction="mean", sample_weight=None):
+def loss_gradient(loss, p, y, reduction="mean", sample_weight=None, batch_weight=None):
     """d batch-loss / d p, computed in float64 and returned in p's dtype."""
-    w, total = _row_scale(loss, p, reduction, sample_weight)
+    w, total = _row_scale(loss, p, reduction, sample_weight, batch_weight)
     z = p.astype(np.float64)
     if loss == "cross_entropy":
         g = softmax(z)
@@ -167,15 +171,17 @@ def _word(v):
     return np.array([v % 2**64], dtype=_U64)
 
 
-def dropout_mask(seed, iteration, layer, shape, rate, dtype):
-    """The C core's dropout mask: 0 or ``1/(1-rate)`` for each element of `shape`.
+def dropout_mask(seed, iteration, layer, shape, rate, dtype, row0=0):
+    """The C core's dropout mask: 0 or ``1/(1-rate)`` for each element of `shape` (rows
+    `row0` onwards of a batch).
 
     Element ``e`` (row-major) is the ``e``-th output of the splitmix64 stream keyed by
     (seed, iteration, layer) and is dropped when its top 53 bits fall below
     ``rate * 2**53``: a counter-based draw, independent of how the work is split.
     """
     key = _mix64(_mix64(_mix64(_word(seed)) + _word(iteration)) + _word(layer))
-    e = np.arange(1, math.prod(shape) + 1, dtype=_U64)
+    first = row0 * shape[1] + 1
+    e = np.arange(first, first + math.prod(shape), dtype=_U64)
     u = _mix64(key + e * _U64(_GOLDEN))
     keep = (u >> _U64(11)) >= _U64(int(rate * 2.0**53))
     dtype = np.dtype(dtype)
@@ -211,12 +217,21 @@ def matmul(a, b, bf16=False):
 
 
 # --------------------------------------------------------------- batch norm
-def batchnorm_forward(x, gamma, beta, eps):
+def _summed(sums, reduce):
+    if reduce is not None:  # over the ranks, in place
+        reduce(sums)
+    return sums
+
+
+def batchnorm_forward(x, gamma, beta, eps, total=None, reduce=None):
     """Training mode over the rows of x (n, c): returns y, the normalised x and the
-    batch (mean, biased variance, 1/sqrt(var + eps)), each in x's dtype."""
+    batch (mean, biased variance, 1/sqrt(var + eps)), each in x's dtype. With `reduce`,
+    x is a part of a global batch of `total` rows, whose column sums reduce(sums) sums
+    over the parts in place."""
     x64 = x.astype(np.float64)
-    mean = x64.mean(axis=0)
-    var = ((x64 - mean) ** 2).mean(axis=0)
+    total = total or len(x)
+    mean = _summed(x64.sum(axis=0), reduce) / total
+    var = _summed(((x64 - mean) ** 2).sum(axis=0), reduce) / total
     t = x.dtype
     stats = (mean.astype(t), var.astype(t), (1 / np.sqrt(var + eps)).astype(t))
     xhat = (x - stats[0]) * stats[2]
@@ -229,14 +244,18 @@ def batchnorm_inference(x, gamma, beta, running_mean, running_var, eps):
     return gamma * ((x - running_mean) * invstd) + beta
 
 
-def batchnorm_backward(dy, xhat, gamma, invstd):
-    """Gradients (dgamma, dbeta, dx) of a training-mode batch norm from dy (n, c)."""
+def batchnorm_backward(dy, xhat, gamma, invstd, total=None, reduce=None):
+    """Gradients (dgamma, dbeta, dx) of a training-mode batch norm from dy (n, c): of the
+    part's rows for dgamma and dbeta; dx with the sums of the global batch of `total` rows
+    (reduce(sums) sums them over the parts in place)."""
     dy64 = dy.astype(np.float64)
     dbeta = dy64.sum(axis=0)
     dgamma = (dy64 * xhat).sum(axis=0)
-    n = len(dy)
+    sums = _summed(np.concatenate((dbeta, dgamma)), reduce)
+    sb, sg = sums[:len(dbeta)], sums[len(dbeta):]
+    n = total or len(dy)
     k = gamma.astype(np.float64) * invstd / n
-    dx = k * (n * dy64 - dbeta - xhat * dgamma)
+    dx = k * (n * dy64 - sb - xhat * sg)
     return dgamma.astype(dy.dtype), dbeta.astype(dy.dtype), dx.astype(dy.dtype)
 
 

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
-from . import evaluation, optimizers
+from . import distributed, evaluation, optimizers
 from . import functional as F
 from ._validation import check_int, check_targets, check_X
 from .backends import make_net
@@ -195,7 +195,10 @@ class Sequential(Trainer, Stateful):
         n_weights = sum(l.n_weights for l in self.layers)
         n_params = sum(l.n_params for l in self.layers)
         self.params_flat = np.zeros(n_params, dtype=self.dtype)
-        self.grads_flat = np.zeros(n_params, dtype=self.dtype)
+        # trailing slots carry a distributed iteration's loss and flags in the gradient's
+        # one all-reduce (minitrain.distributed)
+        self._grads_ext = np.zeros(n_params + distributed.SLOTS, dtype=self.dtype)
+        self.grads_flat = self._grads_ext[:n_params]
         self.state_flat = np.zeros(2 * n_params, dtype=self.dtype)
         self.buffers_flat = np.zeros(sum(l.n_buffers for l in self.layers), dtype=self.dtype)
         self._n_decay = n_weights

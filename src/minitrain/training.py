@@ -9,9 +9,9 @@ after an iteration, after an epoch or on a non-finite loss, when to stop — is 
 
 One iteration is "gradients are ready → (reduce) → update" in ``Runner.step``: with no
 reduction the core computes the gradient and updates in one pass (the fast path); with a
-``reduce`` (the all-reduce of a distributed fit) the gradient is computed, reduced in
-place, then applied by the backend's ``update(lr, t)``, which the NumPy twin has; the C
-core fuses its update into the step and has no such entry yet.
+``reduce`` (``minitrain.distributed.Reducer``, the all-reduce of a distributed fit) the
+rank computes the gradient of its part of the batch, the gradient is reduced in place,
+then applied by the backend's ``update(lr, t)``.
 
 ``Trainer`` is the training surface ``Sequential`` inherits (``fit``, ``train_step``,
 ``loss_and_gradient``, the optimizer's binding to the backend), as Keras' ``Model``
@@ -20,19 +20,20 @@ inherits its own from a trainer.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
 import sys
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike
 
-from . import checkpoint, evaluation, optimizers, threads
+from . import checkpoint, distributed, evaluation, optimizers, threads
 from ._validation import check_int, check_number, check_targets, check_X
 from .backends import make_net
 from .callbacks import Callback, CallbackList, ConvergenceCheck, EpochLine, ProgressBar
@@ -126,16 +127,15 @@ class Runner:
 
     def __init__(self, model: Any, plan: FitPlan, policy: Policy, X: Any, y: np.ndarray,
                  sample_weight: np.ndarray | None = None, rows: np.ndarray | None = None,
-                 reduce: Callable[[np.ndarray], None] | None = None) -> None:
+                 reduce: distributed.Reducer | None = None) -> None:
         self.model, self.plan, self.policy = model, plan, policy
         self.X, self.y, self.sample_weight = X, y, sample_weight
         self.rows = np.arange(plan.n_samples, dtype=np.int64) if rows is None else rows
         self.sparse = hasattr(X, "toarray")
-        # the seam of a distributed fit: reduce(grads_flat) all-reduces it in place, then
-        # the backend's update(lr, t) applies it
-        if reduce is not None and not hasattr(model._net, "update"):
-            raise NotImplementedError("this backend fuses the update into its step: it has "
-                                      "no separate update to apply a reduced gradient")
+        # the seam of a distributed fit: each rank's part of a batch, the all-reduce of the
+        # gradient, then the backend's update(lr, t)
+        if reduce is not None and (sample_weight is not None or self.sparse):
+            raise NotImplementedError("a distributed fit takes dense X without sample_weight")
         self.reduce = reduce
         # every call that uses the model's workspace holds its lock (see Sequential)
         self.lock = model._lock
@@ -165,9 +165,19 @@ class Runner:
         """One iteration on rows order[start:stop]: gradients → (reduce) → update."""
         if self.reduce is None:  # the core updates in the pass that computes the gradient
             return self._step_rows(order, start, stop, lr, t, iteration=iteration)
-        loss = self._step_rows(order, start, stop, 0.0, 0, False, iteration=iteration)
-        self.reduce(self.model.grads_flat)
-        self.net.update(lr, t)
+        lo, hi = self.reduce.part(start, stop)  # this rank's rows of the global batch
+        self.net.set_shard(lo - start, stop - start, stop - start, self.reduce.sums)
+        err, loss = None, 0.0
+        try:
+            loss = self._step_rows(order, lo, hi, 0.0, 0, False, iteration=iteration)
+        except (ValueError, FloatingPointError) as e:  # raised below, on every rank
+            err = e
+        loss = self.reduce(loss, err)  # sums grads_flat; raises a rank's error on every rank
+        try:
+            self.net.update(lr, t)
+        except FloatingPointError:  # the same summed gradient on every rank: all raise it
+            self.reduce.agreed = True
+            raise
         return loss
 
     def run_epoch(self, epoch: int) -> np.ndarray:
@@ -213,6 +223,8 @@ class Runner:
                     break
         finally:
             self.model._net.clear_data()  # do not keep the training set alive
+            if self.reduce is not None:
+                self.net.set_shard()  # later steps are one process's
 
 
 # ------------------------------------------------------------- Sequential.fit
@@ -222,8 +234,8 @@ class KerasPolicy(Policy):
     epoch, the optimizer (and its schedule) gives each update's rate, callbacks run,
     History records, ``max_time`` and callbacks stop."""
 
-    def __init__(self, model, fit):
-        self.model, self.fit = model, fit
+    def __init__(self, model, fit, reducer=None):
+        self.model, self.fit, self.reducer = model, fit, reducer
         self.optimizer = fit.optimizer
         self.on_iteration = fit.callbacks.on_iteration_end
         self.sizes = fit.plan.batch_sizes()
@@ -254,7 +266,10 @@ class KerasPolicy(Policy):
             logs = {"loss": loss, "lr": lr, "epoch": epoch, "batch": batch}
             for fn in self.on_iteration:
                 fn(model.iteration, logs)
-        if self.deadline is not None and time.perf_counter() >= self.deadline:
+        # in a distributed fit every rank stops at the iteration where one rank's clock
+        # passed the deadline (the all-reduce carried it), or the ranks would part
+        if self.deadline is not None and (self.reducer.late if self.reducer is not None
+                                          else time.perf_counter() >= self.deadline):
             model.stop_training, model.stop_reason = True, "max_time"
 
     def diverged(self, runner, err, epoch, batch):
@@ -274,16 +289,20 @@ class KerasPolicy(Policy):
     def epoch_logs(self, losses):
         """loss (sample-weighted mean over the epoch's iterations), metrics on the
         training rows, validation loss and metrics, lr, time."""
-        fit, model = self.fit, self.model
+        fit, model, reducer = self.fit, self.model, self.reducer
         sizes = self.sizes[:len(losses)]
         logs = {"loss": float(np.dot(losses, sizes) / sizes.sum())}
+        # a distributed fit: each rank evaluates a part of the rows
+        evaluate = evaluation.evaluate_rows if reducer is None else reducer.evaluate_rows
         if fit.metric_names:
-            logs.update(evaluation.evaluate_rows(model, fit.X, fit.y, fit.metric_rows,
-                                                 fit.metric_names, with_loss=False))
+            logs.update(evaluate(model, fit.X, fit.y, fit.metric_rows, fit.metric_names,
+                                 with_loss=False))
         if fit.validation is not None:
-            val = evaluation.evaluate_rows(model, *fit.validation, fit.metric_names)
+            val = evaluate(model, *fit.validation, fit.metric_names)
             logs.update(("val_" + k, v) for k, v in val.items())
-        logs.update(lr=self.optimizer.lr, time=time.perf_counter() - self.start_time)
+        elapsed = time.perf_counter() - self.start_time
+        logs.update(lr=self.optimizer.lr,
+                    time=elapsed if reducer is None else reducer.maximum(elapsed))
         return logs
 
 
@@ -449,7 +468,7 @@ class Trainer:
             metrics: str | Sequence[str] | None = "auto",
             callbacks: Sequence[Callback] | None = None, tol: float | None = None,
             n_iter_no_change: int = 10, max_time: float | None = None,
-            resume_from: str | os.PathLike | None = None) -> History:
+            resume_from: str | os.PathLike | None = None, comm: Any = None) -> History:
         """Train for `epochs` epochs of shuffled mini-batches.
 
         One epoch is ``ceil(N / batch_size)`` iterations (``floor`` with
@@ -528,6 +547,13 @@ class Trainer:
             optimizer's kind and hyper-parameters (pass ``optimizer=None`` to continue
             with the saved one), `batch_size`, `shuffle`, `drop_last`, and the number of
             training rows.
+        comm : mpi4py communicator, optional
+            Train data-parallel over its ranks (``MPI.COMM_WORLD`` under ``mpiexec``):
+            every rank calls ``fit`` with the same arguments and data; `batch_size` is the
+            global batch, each rank computes the gradient of a contiguous part of it, and
+            one all-reduce per iteration gives every rank the weights one process would
+            reach, to rounding. Only rank 0 prints and writes files; see
+            ``minitrain.distributed``.
 
         Returns
         -------
@@ -554,21 +580,37 @@ class Trainer:
         >>> hist.iterations_per_epoch, sorted(hist.history)
         (45, ['accuracy', 'loss', 'lr', 'time', 'val_accuracy', 'val_loss'])
         """
-        saved = checkpoint.read(resume_from) if resume_from is not None else None
-        run = plan_fit(self, X, y, epochs=epochs, batch_size=batch_size, optimizer=optimizer,
-                       shuffle=shuffle, drop_last=drop_last, seed=seed, verbose=verbose,
-                       validation_data=validation_data, validation_split=validation_split,
-                       metrics=metrics, callbacks=callbacks, tol=tol,
-                       n_iter_no_change=n_iter_no_change, max_time=max_time, saved=saved,
-                       resume_from=resume_from)
+        settings = dict(epochs=epochs, batch_size=batch_size, optimizer=optimizer,
+                        shuffle=shuffle, drop_last=drop_last, seed=seed, verbose=verbose,
+                        validation_data=validation_data, validation_split=validation_split,
+                        metrics=metrics, callbacks=callbacks, tol=tol,
+                        n_iter_no_change=n_iter_no_change, max_time=max_time)
+
+        def plan(settings):
+            saved = checkpoint.read(resume_from) if resume_from is not None else None
+            return plan_fit(self, X, y, saved=saved, resume_from=resume_from, **settings)
+
+        if comm is None:
+            return self._train(plan(settings))
+        # every rank checks its own call, then all agree: all train, or all raise
+        run = distributed.start(comm, self, plan, settings)
+        with distributed.quiet_logger(comm):
+            return self._train(run, distributed.Reducer(comm))
+
+    def _train(self, run, reducer=None):
         # every argument is checked: from here on the model changes
         self._begin_fit(run)
-        policy = KerasPolicy(self, run)
+        if reducer is not None:
+            reducer.bind(self)
+        policy = KerasPolicy(self, run, reducer)
         self.stop_training, self.stop_reason = False, None
         run.callbacks.call("on_train_begin")
-        run.callbacks.set_states(self._saved_callback_states if saved is not None else {})
+        run.callbacks.set_states(self._saved_callback_states if run.saved is not None else {})
         policy.deadline = None if run.max_time is None else time.perf_counter() + run.max_time
-        Runner(self, run.plan, policy, run.X, run.y, rows=run.rows).run()
+        if reducer is not None:
+            reducer.deadline = policy.deadline
+        with contextlib.nullcontext() if reducer is None else reducer.guard():
+            Runner(self, run.plan, policy, run.X, run.y, rows=run.rows, reduce=reducer).run()
         self.history.stop_reason = (self.stop_reason or "callback") if self.stop_training \
             else "completed"
         run.callbacks.call("on_train_end")

@@ -62,12 +62,35 @@ def test_runner_runs_the_plan_until_the_policy_stops():
     np.testing.assert_array_equal(model.params_flat, twin.params_flat)
 
 
-def test_a_reduction_needs_a_backend_with_a_separate_update():
+def test_a_reduction_takes_dense_rows_without_sample_weight():
     model = mt.Sequential([mt.Dense(2)], seed=0).build(3)
     X, y = model._check_xy(np.zeros((4, 3)), np.zeros(4, dtype=np.int64))
     plan = training.FitPlan(n_samples=4, batch_size=2, epochs=1)
-    with pytest.raises(NotImplementedError, match="no separate update"):
-        training.Runner(model, plan, _Recorder(1), X, y, reduce=lambda g: None)
+    with pytest.raises(NotImplementedError, match="without sample_weight"):
+        training.Runner(model, plan, _Recorder(1), X, y, sample_weight=np.ones(4),
+                        reduce=_OneRank(model))
+
+
+class _OneRank:
+    """The reduction of one rank (minitrain.distributed.Reducer's interface): the whole
+    batch is its part; `change(grads)` stands for the all-reduce."""
+
+    def __init__(self, model, change=None):
+        self.model, self.change, self.seen = model, change, []
+
+    def part(self, start, stop):
+        return start, stop
+
+    def sums(self, buf):
+        pass
+
+    def __call__(self, loss, err):
+        if err is not None:
+            raise err
+        self.seen.append(np.abs(self.model.grads_flat).sum())
+        if self.change is not None:
+            self.change(self.model.grads_flat)
+        return loss
 
 
 def test_sequential_fit_and_the_sklearn_solvers_run_through_the_runner(monkeypatch):
@@ -97,34 +120,31 @@ def test_sequential_fit_and_the_sklearn_solvers_run_through_the_runner(monkeypat
     assert not [n for n in ast.walk(tree) if isinstance(n, ast.Attribute) and n.attr == "_net"]
 
 
-def _seam_run(reduce, optimizer):
+def _seam_run(change, optimizer, backend="numpy", reduced=True):
     rng = np.random.default_rng(1)
     X, y = rng.normal(size=(30, 4)), rng.integers(0, 3, 30)
     model = mt.Sequential([mt.Dense(6, activation="relu"), mt.BatchNorm(), mt.Dense(3)],
-                          seed=0, dtype="float64", backend="numpy").build(4)
+                          seed=0, dtype="float64", backend=backend).build(4)
     model._use_optimizer(optimizer)
     X, y = model._check_xy(X, y)
     plan = training.FitPlan(n_samples=30, batch_size=8, epochs=2)
+    reduce = _OneRank(model, change) if reduced else None
     training.Runner(model, plan, _Recorder(2), X, y, reduce=reduce).run()
-    return model
+    return model, reduce
 
 
-def test_the_reduce_seam_sits_between_the_gradient_and_the_update():
-    seen = []
-
-    def identity(grads):
-        seen.append(np.abs(grads).sum())
-
-    fused = _seam_run(None, mt.Adam(lr=0.01))
-    reduced = _seam_run(identity, mt.Adam(lr=0.01))
-    assert len(seen) == 8 and all(s > 0 for s in seen)  # 2 epochs of 4 gradients
+@pytest.mark.parametrize("backend", ["numpy", "c"])
+def test_the_reduce_seam_sits_between_the_gradient_and_the_update(backend):
+    fused, _ = _seam_run(None, mt.Adam(lr=0.01), backend, reduced=False)
+    reduced, reduce = _seam_run(None, mt.Adam(lr=0.01), backend)
+    assert len(reduce.seen) == 8 and all(s > 0 for s in reduce.seen)  # 2 epochs of 4
     for name in ("params_flat", "state_flat", "buffers_flat"):
         np.testing.assert_array_equal(getattr(reduced, name), getattr(fused, name))
 
     def zero(grads):  # what the update reads is the reduced gradient
         grads[...] = 0
 
-    untouched = _seam_run(zero, mt.SGD(lr=0.1))
+    untouched, _ = _seam_run(zero, mt.SGD(lr=0.1), backend)
     start = mt.Sequential([mt.Dense(6, activation="relu"), mt.BatchNorm(), mt.Dense(3)],
-                          seed=0, dtype="float64", backend="numpy").build(4)
+                          seed=0, dtype="float64", backend=backend).build(4)
     np.testing.assert_array_equal(untouched.params_flat, start.params_flat)
