@@ -34,9 +34,9 @@ def initial_weights(widths, seed=0):
     return [(layer.W.copy(), layer.b.copy()) for layer in model.layers]
 
 
-def _minitrain_model(mt, widths, seed, backend):
+def _minitrain_model(mt, widths, seed, backend, dtype="float32"):
     layers = [mt.Dense(w, activation="relu") for w in widths[1:-1]] + [mt.Dense(widths[-1])]
-    model = mt.Sequential(layers, loss="cross_entropy", seed=seed, dtype="float32",
+    model = mt.Sequential(layers, loss="cross_entropy", seed=seed, dtype=dtype,
                           backend=backend)
     return model.build(widths[0])
 
@@ -79,6 +79,7 @@ class MinitrainPeer(Peer):
     modules = ("minitrain",)
     distributions = ("minitrain",)
     backend = "c"
+    dtype = "float32"
 
     def set_threads(self, n):
         import minitrain as mt
@@ -86,7 +87,13 @@ class MinitrainPeer(Peer):
         mt.set_num_threads(n)
 
     def trainer(self, weights, lr, momentum):
-        return MinitrainTrainer(self.backend, weights, lr, momentum)
+        return MinitrainTrainer(self.backend, weights, lr, momentum, self.dtype)
+
+
+class MinitrainBfloat16Peer(MinitrainPeer):
+    name = "minitrain-bf16"
+    label = "minitrain (C), mixed_bfloat16"
+    dtype = "mixed_bfloat16"
 
 
 class MinitrainNumpyPeer(MinitrainPeer):
@@ -96,11 +103,11 @@ class MinitrainNumpyPeer(MinitrainPeer):
 
 
 class MinitrainTrainer:
-    def __init__(self, backend, weights, lr, momentum):
+    def __init__(self, backend, weights, lr, momentum, dtype="float32"):
         import minitrain as mt
 
         widths = [weights[0][0].shape[0]] + [W.shape[1] for W, _ in weights]
-        self.model = _minitrain_model(mt, widths, 0, backend)
+        self.model = _minitrain_model(mt, widths, 0, backend, dtype)
         for layer, (W, b) in zip(self.model.layers, weights):
             layer.W[...] = W
             layer.b[...] = b
@@ -137,6 +144,14 @@ class TorchPeer(Peer):
 
     def trainer(self, weights, lr, momentum):
         return TorchTrainer(weights, lr, momentum)
+
+
+class TorchAutocastPeer(TorchPeer):
+    name = "torch-bf16"
+    label = "PyTorch eager, autocast bfloat16"
+
+    def trainer(self, weights, lr, momentum):
+        return TorchAutocastTrainer(weights, lr, momentum)
 
 
 class TorchDataLoaderPeer(TorchPeer):
@@ -186,6 +201,25 @@ class TorchTrainer:
         linears = [m for m in self.model if isinstance(m, self.torch.nn.Linear)]
         return [(l.weight.detach().numpy().T.copy(), l.bias.detach().numpy().copy())
                 for l in linears]
+
+
+class TorchAutocastTrainer(TorchTrainer):
+    """Mixed precision as PyTorch users write it on a CPU: the forward pass (and so the
+    products of backward) under torch.autocast("cpu", dtype=torch.bfloat16); float32
+    parameters, optimizer and loss."""
+
+    def _step(self, xb, yb):
+        torch = self.torch
+        self.optimizer.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = self.model(xb)
+        loss = torch.nn.functional.cross_entropy(logits.float(), yb)
+        loss.backward()
+        self.optimizer.step()
+
+    def predict(self, X):
+        with self.torch.no_grad(), self.torch.autocast("cpu", dtype=self.torch.bfloat16):
+            return self.model(self.torch.from_numpy(X)).argmax(dim=1).numpy()
 
 
 class TorchDataLoaderTrainer(TorchTrainer):
@@ -355,7 +389,7 @@ class SklearnTrainer:
 
 
 PEERS = [MinitrainPeer, MinitrainNumpyPeer, TorchPeer, TorchDataLoaderPeer, JaxPeer,
-         SklearnPeer, MinitrainSklearnPeer]
+         SklearnPeer, MinitrainSklearnPeer, MinitrainBfloat16Peer, TorchAutocastPeer]
 REFERENCE = "minitrain"
 
 

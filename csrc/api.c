@@ -54,6 +54,11 @@ int mt_gemm(int dtype, int isa, int trans_a, int trans_b, int64_t M, int64_t N, 
                : mt_gemm_alloc_f32(isa, trans_a, trans_b, M, N, K, A, B, C, accumulate);
 }
 
+int mt_gemm_bf16(int isa, int trans_a, int trans_b, int64_t M, int64_t N, int64_t K,
+                 const float *A, const float *B, float *C, int accumulate) {
+    return mt_gemm_alloc_bf16(isa, trans_a, trans_b, M, N, K, A, B, C, accumulate);
+}
+
 // Adding one to the exponent field carries into the top bit exactly when the field is all
 // ones (infinity, NaN): one branch-free pass of integer operations that vectorises, with
 // no temporary, where NumPy's isfinite(x).all() writes a mask and reads it back.

@@ -9,7 +9,8 @@ int mt_isa_default = MT_ISA_GENERIC;
 int mt_cpu_isa(void) {
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512f")) return MT_ISA_AVX512;
+    if (__builtin_cpu_supports("avx512f"))
+        return __builtin_cpu_supports("avx512bf16") ? MT_ISA_AVX512_BF16 : MT_ISA_AVX512;
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return MT_ISA_AVX2;
 #endif
     return MT_ISA_GENERIC;

@@ -26,7 +26,7 @@ static inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * 
 
 static const FN(mt_kernel) *kernel_for(int isa) {
 #if defined(__x86_64__) || defined(_M_X64)
-    if (isa == MT_ISA_AVX512) return &FN(mt_kernel_avx512);
+    if (isa >= MT_ISA_AVX512) return &FN(mt_kernel_avx512);
     if (isa == MT_ISA_AVX2) return &FN(mt_kernel_avx2);
 #endif
     (void)isa;
@@ -62,6 +62,10 @@ size_t FN(mt_gemm_pack_elems)(int64_t M, int64_t N, int64_t K) {
                       aligned_elems(K * round_up(N, ker->nr));
         most = need > most ? need : most;
     }
+#if !MT_DOUBLE
+    const size_t bf16 = mt_gemm_pack_elems_bf16(M, N, K);
+    most = bf16 > most ? bf16 : most;
+#endif
     return most;
 }
 
@@ -150,7 +154,7 @@ typedef uint32_t real_bits;
 #define EXP_ONE 0x00800000u
 #endif
 MT_TARGET_CLONES
-static void flag_nonfinite(const real *x, int64_t h, int64_t w, int64_t ld, int *flag) {
+void FN(mt_flag_nonfinite)(const real *x, int64_t h, int64_t w, int64_t ld, int *flag) {
     real_bits bad = 0;
     for (int64_t i = 0; i < h; i++) {
         const real_bits *u = (const real_bits *)(const void *)(x + i * ld);
@@ -193,7 +197,7 @@ static void pack_b(const plan *P, int64_t q0, int64_t q1) {
             for (int64_t k = 0; k < kc; k++)
                 for (int64_t c = 0; c < w; c++) sums[c] += panel[k * nr + c];
         }
-        if (op->ep->nonfinite) flag_nonfinite(sums, 1, w, w, op->ep->nonfinite);
+        if (op->ep->nonfinite) FN(mt_flag_nonfinite)(sums, 1, w, w, op->ep->nonfinite);
     }
 }
 
@@ -243,12 +247,12 @@ static void pack_job(const plan *P, int64_t j) {
     const int64_t j1 = min64(P->op.N, j0 + SUM_COLUMNS);
     column_sums_range(P->op.B, P->op.K, P->op.N, j0, j1, P->op.ep->b_sums);
     if (P->op.ep->nonfinite)
-        flag_nonfinite((const real *)P->op.ep->b_sums + j0, 1, j1 - j0, j1 - j0,
+        FN(mt_flag_nonfinite)((const real *)P->op.ep->b_sums + j0, 1, j1 - j0, j1 - j0,
                        P->op.ep->nonfinite);
 }
 
 // The epilogues no micro-kernel keeps in registers, on the tile the kernel just stored.
-static void tile_epilogue(const FN(mt_tile) *t) {
+void FN(mt_tile_epilogue)(const FN(mt_tile) *t) {
     for (int64_t i = 0; i < t->m; i++) {
         real *c = t->c + i * t->ldc;
         if (t->ep == MT_EP_FORWARD) {
@@ -318,15 +322,15 @@ static void run_tile(const plan *P, int64_t tile) {
                     t.za = (const real *)ep->a + off;
                 }
                 run(&t);
-                if (t.ep != MT_EP_NONE && !fused) tile_epilogue(&t);
+                if (t.ep != MT_EP_NONE && !fused) FN(mt_tile_epilogue)(&t);
             }
         }
     }
     // the finished macro-tile, still in this core's caches: one check per tile
     if (ep && ep->nonfinite) {
         const int64_t i0 = p0 * mr, j0 = q0 * nr;
-        flag_nonfinite(op->C + i0 * N + j0, min64(M, p1 * mr) - i0, min64(N, q1 * nr) - j0, N,
-                       ep->nonfinite);
+        FN(mt_flag_nonfinite)(op->C + i0 * N + j0, min64(M, p1 * mr) - i0,
+                              min64(N, q1 * nr) - j0, N, ep->nonfinite);
     }
 }
 
@@ -355,6 +359,12 @@ static void tile_job_of(const plan *P, int64_t j) {
 }
 
 void FN(mt_gemm_run)(const FN(mt_gemm_op) *ops, int n, const mt_gemm_ws *ws) {
+#if !MT_DOUBLE
+    if (ws->bf16) {
+        mt_gemm_run_bf16(ops, n, ws);
+        return;
+    }
+#endif
     const FN(mt_kernel) *ker = kernel_for(ws->isa);
     const int team = omp_get_num_threads();
     plan P[MAX_OPS];
@@ -389,7 +399,7 @@ int FN(mt_gemm_alloc)(int isa, int trans_a, int trans_b, int64_t M, int64_t N, i
     real *pack = aligned_alloc(MT_ALIGN, (bytes + MT_ALIGN) / MT_ALIGN * MT_ALIGN);
     if (!pack) return MT_ERR_NO_MEMORY;
     const FN(mt_gemm_op) op = {trans_a, trans_b, M, N, K, A, B, C, accumulate, NULL};
-    const mt_gemm_ws ws = {isa, pack};
+    const mt_gemm_ws ws = {.isa = isa, .pack = pack};
     mt_team = mt_team_size(0);
     const int parallel = mt_team > 1 && (double)M * N * K >= GEMM_SPLIT_FLOPS;
 #pragma omp parallel num_threads(mt_team) if (parallel)

@@ -98,6 +98,23 @@ size_t FN(mt_gemm_pack_elems)(int64_t M, int64_t N, int64_t K);
 // (or outside any parallel region, by one): the threads share the packing, then take
 // output macro-tiles one at a time, and return when every product is complete.
 void FN(mt_gemm_run)(const FN(mt_gemm_op) *ops, int n, const mt_gemm_ws *ws);
+
+// The epilogues no micro-kernel keeps in registers, on the tile the kernel just stored.
+void FN(mt_tile_epilogue)(const FN(mt_tile) *t);
+// *flag = 1 when one of the h x w elements of x (row stride ld) is not finite
+void FN(mt_flag_nonfinite)(const real *x, int64_t h, int64_t w, int64_t ld, int *flag);
+
+#if !MT_DOUBLE
+// bfloat16 products (gemm_bf16.c). Every ISA reduces over k in blocks of MT_BF16_KC (even):
+// the same roundings in the same order, so the same bits from each.
+#define MT_BF16_KC 512
+// the vdpbf16ps micro-kernel: packed panels of k pairs of bfloat16 (gemm_kernel.h)
+extern const mt_kernel_f32 mt_kernel_avx512_bf16;
+int64_t mt_pack_pairs_strided_avx512(const float *src, int64_t ls, int64_t h, int R,
+                                     int64_t pairs, uint32_t *dst);
+size_t mt_gemm_pack_elems_bf16(int64_t M, int64_t N, int64_t K);
+void mt_gemm_run_bf16(const mt_gemm_op_f32 *ops, int n, const mt_gemm_ws *ws);
+#endif
 #endif
 
 #endif

@@ -193,6 +193,50 @@ static void pack_b_rows(const real *src, int64_t rs, int64_t w, int64_t kc, real
         }
 }
 
+#ifdef V_DPBF16
+// bfloat16 products with V_DPBF16(acc, a, b) (vdpbf16ps: per lane, acc += the odd products
+// of a pair, then the even ones). Packed panels of k pairs: a[(q*MR + i)*2 + {0, 1}] =
+// op(A)(i, 2q + {0, 1}), b[(q*NR + j)*2 + {0, 1}] likewise, as bfloat16; kc is even.
+BF16_TARGET static void kernel_packed_bf16(const FN(mt_tile) *t) {
+    const int64_t pairs = t->kc / 2, m = t->m, n = t->n;
+    const int full = n >= NR;
+    vmask mk[NV];
+    for (int v = 0; v < NV; v++) mk[v] = M_FIRST(n - v * VL);
+    for (int64_t i = 0; i < m; i++) {
+        __builtin_prefetch(t->c + i * t->ldc, 1);
+        __builtin_prefetch(t->c + i * t->ldc + n - 1, 1);
+    }
+    vec acc[MR][NV];
+#pragma GCC unroll 32
+    for (int i = 0; i < MR; i++)
+#pragma GCC unroll 8
+        for (int v = 0; v < NV; v++) acc[i][v] = V_ZERO();
+    const int32_t *a = (const int32_t *)t->a, *b = (const int32_t *)t->b;
+    for (int64_t q = 0; q < pairs; q++) {
+        vint bv[NV];
+#pragma GCC unroll 8
+        for (int v = 0; v < NV; v++) bv[v] = VI_LOAD(b + v * VL);
+#pragma GCC unroll 32
+        for (int i = 0; i < MR; i++) {
+            const vint ai = VI_SET1(a[i]);
+#pragma GCC unroll 8
+            for (int v = 0; v < NV; v++) acc[i][v] = V_DPBF16(acc[i][v], ai, bv[v]);
+        }
+        a += MR;
+        b += NR;
+    }
+    const int fused = mt_ep_in_registers(t->ep, t->act);
+    const vec alpha = V_SET1(t->alpha);
+#pragma GCC unroll 32
+    for (int i = 0; i < MR; i++) {
+        if (i >= m) break;
+#pragma GCC unroll 8
+        for (int v = 0; v < NV; v++)
+            if (v * VL < n) store_vec(t, i, v, acc[i][v], mk[v], full, fused, alpha);
+    }
+}
+#endif
+
 // the descriptor FN(mt_kernel_<isa>) of these functions, with their cache blocking
 #define KERNEL_DESCRIPTOR(isa, KC, MC, NC)                                                 \
     const FN(mt_kernel) FN(mt_kernel_##isa) = {                                            \

@@ -78,8 +78,14 @@ typedef enum {
 // while the others wait at a barrier.
 typedef int (*mt_reduce_fn)(void *ctx, double *buf, int64_t n);
 
-// Instruction sets of the GEMM micro-kernels, in increasing order.
-typedef enum { MT_ISA_GENERIC = 0, MT_ISA_AVX2 = 1, MT_ISA_AVX512 = 2 } mt_isa;
+// Instruction sets of the GEMM micro-kernels, in increasing order. AVX512_BF16 adds
+// vdpbf16ps for the bfloat16 products; float32 and float64 use the AVX-512F kernels there.
+typedef enum {
+    MT_ISA_GENERIC = 0,
+    MT_ISA_AVX2 = 1,
+    MT_ISA_AVX512 = 2,
+    MT_ISA_AVX512_BF16 = 3,
+} mt_isa;
 
 typedef struct {
     int kind;          // mt_layer_kind
@@ -131,6 +137,9 @@ typedef struct {
                            // per net, so no other thread can change a fit's roundings
     int threads;           // the team in "auto" thread mode (<= 0: every core), chosen by
                            // the caller's controller; ignored when the count is fixed
+    int bf16;              // float32 only, 1: mixed bfloat16, the dense layers' products take
+                           // their inputs rounded to bfloat16 and accumulate in float32;
+                           // everything else (and every buffer) stays float32
     // The shard of a data-parallel iteration: the n rows of a call are the rows
     // [shard_row0, shard_row0 + n) of a global batch split over the ranks. All zero (and
     // reduce NULL): the call's rows are the whole batch.
@@ -180,6 +189,12 @@ int mt_forward(mt_net *net, const void *X, const int64_t *idx, int64_t n, void *
 // workspace's, through the typed entry points in gemm.h).
 int mt_gemm(int dtype, int isa, int trans_a, int trans_b, int64_t M, int64_t N, int64_t K,
             const void *A, const void *B, void *C, int accumulate);
+
+// The same product in float32 with its inputs rounded to bfloat16 (nearest even,
+// denormals to zero), accumulated in float32 as vdpbf16ps does: per pair of k, the odd
+// product first. The same bits with every isa and thread count.
+int mt_gemm_bf16(int isa, int trans_a, int trans_b, int64_t M, int64_t N, int64_t K,
+                 const float *A, const float *B, float *C, int accumulate);
 
 // 1 when the n elements of x (dtype) are all finite, else 0. Reads x once; a large x
 // (millions of elements) with the threads of the current count, outside a parallel region.

@@ -63,6 +63,7 @@ typedef struct {
     void *pack;  // mt_gemm_pack_elems of its products, 64-byte aligned
     int *nonfinite; // set to 1 (never cleared here) when a parameter gradient the layers
                     // compute holds an infinity or a NaN: checked as each tile is stored
+    int bf16;    // float32 products with bfloat16 inputs (mt_net.bf16)
 } mt_gemm_ws;
 
 // What the threads of an update share (optim.c): per chunk of the gradient, whether it
@@ -86,6 +87,8 @@ typedef struct {
                          real *out);
 
 MT_DECLARE_TYPED(float, f32)
+int mt_gemm_alloc_bf16(int isa, int trans_a, int trans_b, int64_t M, int64_t N, int64_t K,
+                       const float *A, const float *B, float *C, int accumulate);
 MT_DECLARE_TYPED(double, f64)
 
 #ifdef MT_REAL_SOURCE

@@ -69,7 +69,7 @@ static size_t layout(const mt_net *net, int64_t rows, char *base, workspace *ws)
         }
     at = carve(&off, pack * es);
     if (base) {
-        ws->gemm = (mt_gemm_ws){net->isa, base + at, &ws->nonfinite};
+        ws->gemm = (mt_gemm_ws){net->isa, base + at, &ws->nonfinite, !MT_DOUBLE && net->bf16};
         ws->pending = 0;
     }
     return off;
@@ -91,6 +91,7 @@ void FN(mt_lay_out)(mt_net *net) {
 static workspace *laid_out(mt_net *net) {
     workspace *ws = net->work;
     ws->gemm.isa = net->isa;
+    ws->gemm.bf16 = !MT_DOUBLE && net->bf16;
     return ws;
 }
 

@@ -28,7 +28,7 @@ cdef extern from "minitrain.h":
     int MT_OK, MT_ERR_NONFINITE_LOSS, MT_ERR_BATCH_TOO_LARGE, MT_ERR_NO_MEMORY
     int MT_ERR_BAD_LABEL, MT_ERR_NONFINITE_GRADIENT, MT_ERR_REDUCE, MT_ERR_NO_GRADIENT
     ctypedef int (*mt_reduce_fn)(void *ctx, double *buf, int64_t n) noexcept
-    int MT_ISA_GENERIC, MT_ISA_AVX2, MT_ISA_AVX512
+    int MT_ISA_GENERIC, MT_ISA_AVX2, MT_ISA_AVX512, MT_ISA_AVX512_BF16
     ctypedef struct mt_layer:
         int kind
         int act
@@ -66,6 +66,7 @@ cdef extern from "minitrain.h":
         double l2_term
         int isa
         int threads
+        int bf16
         int64_t shard_row0, shard_rows
         double shard_weight
         mt_reduce_fn reduce
@@ -77,6 +78,8 @@ cdef extern from "minitrain.h":
     int mt_forward(mt_net *net, const void *X, const int64_t *idx, int64_t n, void *out) nogil
     int mt_gemm(int dtype, int isa, int trans_a, int trans_b, int64_t M, int64_t N,
                 int64_t K, const void *A, const void *B, void *C, int accumulate) nogil
+    int mt_gemm_bf16(int isa, int trans_a, int trans_b, int64_t M, int64_t N, int64_t K,
+                     const float *A, const float *B, float *C, int accumulate) nogil
     int mt_all_finite(int dtype, const void *x, int64_t n) nogil
     void mt_prepare(mt_net *net)
     void mt_lay_out(mt_net *net)
@@ -109,7 +112,8 @@ CODES = {
                "batch_too_large": MT_ERR_BATCH_TOO_LARGE, "no_memory": MT_ERR_NO_MEMORY,
                "bad_label": MT_ERR_BAD_LABEL, "nonfinite_gradient": MT_ERR_NONFINITE_GRADIENT,
                "reduce": MT_ERR_REDUCE, "no_gradient": MT_ERR_NO_GRADIENT},
-    "isa": {"generic": MT_ISA_GENERIC, "avx2": MT_ISA_AVX2, "avx512": MT_ISA_AVX512},
+    "isa": {"generic": MT_ISA_GENERIC, "avx2": MT_ISA_AVX2, "avx512": MT_ISA_AVX512,
+            "avx512_bf16": MT_ISA_AVX512_BF16},
 }
 
 # the instruction sets of the GEMM micro-kernels, lowest first
@@ -279,6 +283,8 @@ cdef class Net:
     (minitrain.h): ``kind`` (a name of CODES["layer"]), ``in``, ``out`` and, by kind,
     ``act`` (a name of CODES["activation"]; default identity), ``act_param``, ``w_off``,
     ``b_off``, ``rate``, ``momentum``, ``eps``, ``s_off`` (absent fields are 0).
+    dtype: float32, float64, or "mixed_bfloat16": float32 buffers, the dense layers'
+    products with inputs rounded to bfloat16 (``bf16``).
     params, grads: flat arrays of n_params; state: the optimizer's flat state;
     buffers: non-trainable state (batchnorm running statistics), None when no layer
     has any; seed: keys the dropout masks (with the iteration, layer and element).
@@ -290,6 +296,7 @@ cdef class Net:
     cdef mt_net net
     cdef mt_optim opt
     cdef readonly object dtype
+    cdef readonly bint bf16
     cdef object _params, _grads, _state, _buffers, _work
     cdef cnp.ndarray _X, _y  # typed: step_rows reads their shape and data from the structs
     cdef object _w
@@ -326,9 +333,10 @@ cdef class Net:
 
     def __init__(self, dtype, loss, layers, params, grads, state, buffers=None,
                  seed=0):
-        dtype = np.dtype(dtype)
+        bf16 = isinstance(dtype, str) and dtype == "mixed_bfloat16"
+        dtype = np.dtype(np.float32 if bf16 else dtype)
         if dtype not in (np.float32, np.float64):
-            raise TypeError("dtype must be float32 or float64")
+            raise TypeError("dtype must be float32, float64 or \"mixed_bfloat16\"")
         if not 0 < len(layers) <= MT_MAX_LAYERS:
             raise ValueError(f"a network has 1 to {MT_MAX_LAYERS} layers")
         cdef int loss_code = _code("loss", loss, "loss")
@@ -349,6 +357,8 @@ cdef class Net:
         self._acquire()
         try:
             self.dtype = dtype
+            self.bf16 = bf16
+            self.net.bf16 = bf16
             self.net.dtype = MT_FLOAT64 if dtype == np.float64 else MT_FLOAT32
             self.net.loss = loss_code
             self.net.reduction = MT_REDUCE_MEAN
@@ -656,13 +666,16 @@ cdef class Net:
         _check_status(status)
 
 
-def gemm(A, B, bint trans_a=False, bint trans_b=False, C=None, isa=None):
+def gemm(A, B, bint trans_a=False, bint trans_b=False, C=None, isa=None, bint bf16=False):
     """C = op(A) · op(B) with the core's GEMM (C accumulated into when given), with the
-    micro-kernels of `isa` (default: isa()), for this call only. For tests and
+    micro-kernels of `isa` (default: isa()), for this call only. bf16: float32 operands
+    rounded to bfloat16, products accumulated in float32 (mixed_bfloat16's). For tests and
     benchmarks: the packing buffer is allocated per call."""
     dtype = A.dtype if isinstance(A, np.ndarray) else None
     if dtype not in (np.float32, np.float64):
         raise TypeError("A must be a float32 or float64 array")
+    if bf16 and dtype != np.float32:
+        raise TypeError("A must be a float32 array for bf16 products")
     _require(A, dtype, 2, "A")
     _require(B, dtype, 2, "B")
     cdef int64_t M = A.shape[1] if trans_a else A.shape[0]
@@ -685,7 +698,11 @@ def gemm(A, B, bint trans_a=False, bint trans_b=False, C=None, isa=None):
     cdef void *c = ptr(C)
     cdef int ta = trans_a, tb = trans_b, acc = accumulate, status
     with nogil:
-        status = mt_gemm(dt, code, ta, tb, M, N, K, a, b, c, acc)
+        if bf16:
+            status = mt_gemm_bf16(code, ta, tb, M, N, K, <const float *>a, <const float *>b,
+                                  <float *>c, acc)
+        else:
+            status = mt_gemm(dt, code, ta, tb, M, N, K, a, b, c, acc)
     _check_status(status)
     return C
 

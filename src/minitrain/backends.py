@@ -36,7 +36,9 @@ class NumpyNet:
     checked where they are used, and nothing is updated unless the gradient is finite."""
 
     def __init__(self, dtype, loss, layers, params, grads, state, buffers=None, seed=0):
-        self.dtype = np.dtype(dtype)
+        # mixed_bfloat16: float32 buffers, bfloat16 inputs to the dense layers' products
+        self.bf16 = isinstance(dtype, str) and dtype == F.MIXED_BFLOAT16
+        self.dtype = F.DTYPES[dtype] if self.bf16 else np.dtype(dtype)
         self.loss = loss
         # the mt_layer fields (absent ones 0, as in the binding; kind and activation names)
         self.layers = [{**_LAYER_DEFAULTS, "act": "identity", **spec} for spec in layers]
@@ -114,7 +116,7 @@ class NumpyNet:
             kind, keep = L["kind"], None
             if kind == "dense":
                 W, b = self._pair(self.params, L)
-                keep = X @ W + b
+                keep = F.matmul(X, W, self.bf16) + b
                 X = F.activation_forward(L["act"], L["act_param"], keep)
             elif kind == "activation":
                 X = F.activation_forward(L["act"], L["act_param"], X)
@@ -217,8 +219,8 @@ class NumpyNet:
             W, _ = self._pair(self.params, L)
             dW, db = self._pair(self.grads, L)
             db[...] = d.sum(axis=0)
-            dW[...] = x.T @ d
-            return d @ W.T if need_dx else None
+            dW[...] = F.matmul(x.T, d, self.bf16)
+            return F.matmul(d, W.T, self.bf16) if need_dx else None
         if kind == "activation":
             return d * F.activation_derivative(L["act"], L["act_param"], x, a)
         if kind == "dropout":
@@ -356,9 +358,9 @@ def cpu_info() -> dict:
     Returns
     -------
     dict
-        ``isa``: the instruction set of its GEMM micro-kernels (``"avx512"``,
-        ``"avx2"`` or ``"generic"``; the best the CPU supports unless lowered with the
-        environment variable ``MINITRAIN_ISA``), or None without the extension;
+        ``isa``: the instruction set of its GEMM micro-kernels (``"avx512_bf16"``,
+        ``"avx512"``, ``"avx2"`` or ``"generic"``; the best the CPU supports unless
+        lowered with the environment variable ``MINITRAIN_ISA``), or None without the extension;
         ``available_isas``: those this CPU can run; ``num_threads``.
     """
     if _core is None:

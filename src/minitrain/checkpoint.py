@@ -32,6 +32,7 @@ import numpy as np
 
 from . import layers as layers_module
 from . import optimizers
+from .functional import DTYPES
 from ._validation import check_int
 from .history import History
 
@@ -303,7 +304,8 @@ def _flat_sizes(cfg, layers):
 
 def _check_shapes(members, cfg, layers):
     """Every model.* member has the shape and dtype the header's architecture implies."""
-    dtype = np.dtype(cfg["dtype"])
+    name = cfg["dtype"]  # mixed_bfloat16 keeps float32 buffers
+    dtype = DTYPES[name] if isinstance(name, str) and name in DTYPES else np.dtype(name)
     sizes = _flat_sizes(cfg, layers)
     saved = {k[len("model."):]: m for k, m in members.items() if k.startswith("model.")}
     if set(saved) != set(sizes):

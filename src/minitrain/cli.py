@@ -165,8 +165,10 @@ def build_parser():
                        + _REGRESSION_LOSSES, default="auto",
                        help="auto: cross_entropy for classification, mse for regression; "
                             "binary_cross_entropy takes two classes, poisson counts >= 0")
-    model.add_argument("--dtype", choices=("float32", "float64"), default="float32",
-                       help="precision of the parameters and the arithmetic")
+    model.add_argument("--dtype", choices=("float32", "float64", "mixed_bfloat16"),
+                       default="float32",
+                       help="precision of the parameters and the arithmetic; "
+                            "mixed_bfloat16: float32 parameters, products of bfloat16 inputs")
     model.add_argument("--backend", choices=("c", "numpy"), default="c",
                        help="c: the C/OpenMP core; numpy: the pure-NumPy reference")
 

@@ -17,7 +17,8 @@ loss                       outputs
 
 Labels and predictions of a one-output model are 1-D, as ``predict`` returns them.
 The input ``X`` has a dynamic batch dimension and the model's dtype (a float64 model
-exports in float64). Needs the ``onnx`` extra: ``pip install "minitrain[onnx]"``.
+exports in float64; a mixed_bfloat16 model exports its float32 master weights and
+computes in float32, so its outputs differ from ``predict``'s by bfloat16 rounding). Needs the ``onnx`` extra: ``pip install "minitrain[onnx]"``.
 """
 
 import functools

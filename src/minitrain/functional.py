@@ -188,6 +188,34 @@ def dropout_mask(seed, iteration, layer, shape, rate, dtype, row0=0):
     return np.where(keep, dtype.type(1 / (1 - rate)), dtype.type(0)).reshape(shape)
 
 
+# --------------------------------------------------------------- bfloat16
+# The dtype names a model accepts: the buffers' dtype, by name. "mixed_bfloat16" (Keras'
+# policy name) keeps float32 buffers and rounds the inputs of the dense layers' products
+# to bfloat16, accumulating in float32.
+MIXED_BFLOAT16 = "mixed_bfloat16"
+DTYPES = {"float32": np.dtype(np.float32), "float64": np.dtype(np.float64),
+          MIXED_BFLOAT16: np.dtype(np.float32)}
+
+
+def round_bfloat16(x):
+    """float32 x rounded to bfloat16 (returned as float32), as the C core rounds the
+    inputs of its products: to nearest, ties to even; a NaN stays NaN (made quiet);
+    denormals become zeros of their sign (vdpbf16ps reads them so)."""
+    u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
+    one, top = np.uint32(1), np.uint32(16)
+    # a carry out of the top bit only happens for NaNs, which the next line replaces
+    rounded = (u + np.uint32(0x7FFF) + ((u >> top) & one)) >> top
+    r = np.where((u & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000),
+                 (u >> top) | np.uint32(0x40), rounded)
+    r = np.where((u & np.uint32(0x7F800000)) == 0, (u >> top) & np.uint32(0x8000), r)
+    return (r.astype(np.uint32) << top).view(np.float32).reshape(np.shape(x))
+
+
+def matmul(a, b, bf16=False):
+    """a @ b; with `bf16` both rounded to bfloat16 first, accumulated in float32."""
+    return round_bfloat16(a) @ round_bfloat16(b) if bf16 else a @ b
+
+
 # --------------------------------------------------------------- batch norm
 def _summed(sums, reduce):
     if reduce is not None:  # over the ranks, in place

@@ -21,7 +21,6 @@ from .training import Trainer
 
 logger = logging.getLogger("minitrain")
 
-_FLOAT_DTYPES = (np.float32, np.float64)
 _FUSED_OUTPUT = {"cross_entropy": "softmax", "binary_cross_entropy": "sigmoid"}
 
 
@@ -42,8 +41,11 @@ class Sequential(Trainer, Stateful):
         (counts; the prediction is exp of the last layer's output).
     seed : int or None, default None
         Seeds the one ``numpy.random.Generator`` behind initialisation and shuffling.
-    dtype : {"float32", "float64"}, default "float32"
-        The dtype of the parameters and of the computation.
+    dtype : {"float32", "float64", "mixed_bfloat16"}, default "float32"
+        The dtype of the parameters and of the computation; ``"mixed_bfloat16"`` (Keras'
+        policy name) keeps float32 parameters, gradients, optimizer state, activations
+        and loss, and rounds the inputs of the dense layers' products to bfloat16
+        (accumulated in float32; ``vdpbf16ps`` where the CPU has AVX512_BF16).
     backend : {"c", "numpy"}, default "c"
         The C core, or the pure-NumPy reference (same maths and random streams).
     optimizer : Optimizer or str, optional
@@ -65,6 +67,9 @@ class Sequential(Trainer, Stateful):
         The record of the current (or last) fit; checkpoints keep it.
     n_features_in_ : int or None
         The input width, once built.
+    dtype_policy : str
+        The `dtype` given: ``dtype`` is that of the buffers (float32 for
+        ``"mixed_bfloat16"``).
 
     Notes
     -----
@@ -95,11 +100,18 @@ class Sequential(Trainer, Stateful):
         name = F.LOSS_ALIASES.get(loss, loss)
         if name not in F.LOSSES:
             raise ValueError(f"loss must be one of {sorted(F.LOSSES)}, got {loss!r}")
-        if np.dtype(dtype) not in _FLOAT_DTYPES:
-            raise TypeError(f"dtype must be float32 or float64, got {dtype!r}")
+        policy = dtype if isinstance(dtype, str) and dtype in F.DTYPES else None
+        if policy is None:
+            try:
+                policy = np.dtype(dtype).name
+            except TypeError:
+                pass
+        if policy not in F.DTYPES:
+            raise TypeError(f"dtype must be one of {sorted(F.DTYPES)}, got {dtype!r}")
         self.loss = name
         self.seed = seed
-        self.dtype = np.dtype(dtype)
+        self.dtype = F.DTYPES[policy]
+        self.dtype_policy = policy
         self.backend = backend
         self.optimizer = optimizers.get(optimizer or optimizers.SGD())
         self.rng = np.random.default_rng(seed)
@@ -204,7 +216,7 @@ class Sequential(Trainer, Stateful):
             self.dropout_seed = int(self.rng.integers(2**63))
         self.n_features_in_ = n_features
         self._layer_spec = spec  # what another backend's net over these buffers needs
-        self._net = make_net(self.backend, self.dtype, self.loss, spec,
+        self._net = make_net(self.backend, self.dtype_policy, self.loss, spec,
                              self.params_flat, self.grads_flat, self.state_flat,
                              self.buffers_flat, self.dropout_seed)
         self._net_optimizer = None

@@ -133,7 +133,7 @@ class Stateful:
 
     def _config(self):
         """The architecture and settings that define the model, as JSON values."""
-        return {"class": type(self).__name__, "loss": self.loss, "dtype": self.dtype.name,
+        return {"class": type(self).__name__, "loss": self.loss, "dtype": self.dtype_policy,
                 "backend": self.backend, "seed": self.seed, "dropout_seed": self.dropout_seed,
                 "n_features_in": self.n_features_in_,
                 "layers": [layer.get_config() for layer in self.layers]}

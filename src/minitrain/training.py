@@ -428,7 +428,7 @@ class Trainer:
     def _twin(self, finite_only=True):
         """The NumPy backend's network over this model's buffers, set up as its own is;
         `finite_only=False` makes it update through a non-finite loss."""
-        net = make_net("numpy", self.dtype, self.loss, self._layer_spec,
+        net = make_net("numpy", self.dtype_policy, self.loss, self._layer_spec,
                        self.params_flat, self.grads_flat, self.state_flat,
                        self.buffers_flat, self.dropout_seed)
         net.set_reduction(self._reduction)

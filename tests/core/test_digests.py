@@ -46,7 +46,7 @@ def _sequential(dtype, optimizer, extra=(), **fit):
     def run(tmp_path):
         X, y = _data()
         model = _net(dtype, extra)
-        model.fit(X.astype(dtype), y, epochs=3, batch_size=16, optimizer=optimizer(),
+        model.fit(X.astype(model.dtype), y, epochs=3, batch_size=16, optimizer=optimizer(),
                   verbose=0, **fit)
         return _model_digest(model)
     return run
@@ -192,6 +192,23 @@ DIGESTS = {'avx2': {'f32_adam': '124d004d37f98c3b2516898d1b7b10b5',
              'skl_reg_lbfgs': 'dd4975f7cdf7a38cd5cedf90cda00d51',
              'skl_reg_sgd_invscaling': '9f9b47ddc9c84b0143edaec99a63641a',
              'skl_reg_sgd_sparse': '23c7ca726f838dd0d67ee8b12336909a'}}
+# AVX512_BF16 adds only the bfloat16 products: float32 and float64 run the AVX-512F kernels
+DIGESTS["avx512_bf16"] = DIGESTS["avx512"]
+
+# mixed_bfloat16 rounds the same way on every instruction set (csrc/gemm_bf16.c): one table
+# for all, which also checks that every ISA gives these bits
+BF16_CASES = {
+    "bf16_sgd_momentum": _sequential("mixed_bfloat16", lambda: mt.SGD(lr=0.05, momentum=0.9)),
+    "bf16_adam_batchnorm_dropout": _sequential(
+        "mixed_bfloat16", lambda: mt.Adam(lr=0.01), (mt.BatchNorm(), mt.Dropout(0.1))),
+    "bf16_tanh_sigmoid_gelu": _sequential(
+        "mixed_bfloat16", lambda: mt.Adam(lr=0.01),
+        (mt.Dense(16, activation="tanh"), mt.Dense(16, activation="sigmoid"),
+         mt.Dense(16, activation="gelu"), mt.Dense(16, activation="leaky_relu"))),
+}
+BF16_DIGESTS = {'bf16_adam_batchnorm_dropout': '5cec7d2c2c3e926fd2be45ebdee6aeef',
+                'bf16_sgd_momentum': '1444a5d62aef16ff2461ebdd6d09daca',
+                'bf16_tanh_sigmoid_gelu': 'cc85b84ad885efe20cedbf9de05787d2'}
 
 
 @pytest.fixture(params=_core.available_isas())
@@ -217,6 +234,12 @@ def test_final_weights_unchanged(case, isa, threads, tmp_path):
     assert CASES[case](tmp_path) == DIGESTS[isa][case]
 
 
+@pytest.mark.parametrize("case", sorted(BF16_CASES))
+def test_mixed_bfloat16_weights_unchanged_and_the_same_on_every_isa(case, isa, threads,
+                                                                     tmp_path):
+    assert BF16_CASES[case](tmp_path) == BF16_DIGESTS[case]
+
+
 def _record():
     import pprint
     import tempfile
@@ -227,6 +250,10 @@ def _record():
         with tempfile.TemporaryDirectory() as tmp:
             from pathlib import Path
             table[isa] = {case: CASES[case](Path(tmp)) for case in sorted(CASES)}
+        with tempfile.TemporaryDirectory() as tmp:
+            from pathlib import Path
+            bf16 = {case: BF16_CASES[case](Path(tmp)) for case in sorted(BF16_CASES)}
+        print(isa, "mixed_bfloat16:", bf16)
     _core.set_isa(previous)
     pprint.pprint(table, width=100)
 

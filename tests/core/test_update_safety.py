@@ -172,12 +172,14 @@ OVERFLOWS = {  # name: (features, x scale, first layer scale, last layer scale, 
 
 @pytest.mark.parametrize("case", list(OVERFLOWS))
 @pytest.mark.parametrize("threads", [1, 2])
-def test_a_gradient_that_overflows_in_one_place_changes_nothing(case, threads):
+@pytest.mark.parametrize("dtype", ["float32", "mixed_bfloat16"])
+def test_a_gradient_that_overflows_in_one_place_changes_nothing(case, threads, dtype):
     features, xs, first, last, batchnorm = OVERFLOWS[case]
     rng = np.random.default_rng(0)
     X, y = _positive(rng, (256, features), xs), np.zeros((256, 1), np.float32)
     model = mt.Sequential([mt.BatchNorm() if batchnorm else mt.Dense(64), mt.Dense(1)],
-                          loss="mse", seed=0, optimizer=mt.SGD(lr=1e-30, momentum=0.5))
+                          loss="mse", seed=0, optimizer=mt.SGD(lr=1e-30, momentum=0.5),
+                          dtype=dtype)
     model.build(features)
     for layer, scale in zip(model.layers, (first, last)):
         if isinstance(layer, mt.Dense):

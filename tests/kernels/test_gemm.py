@@ -139,7 +139,7 @@ def test_the_c_codes_come_from_the_header_by_the_python_names():
     assert set(codes["optimizer"]) == {optimizers.SGD_KIND, optimizers.ADAM_KIND,
                                        optimizers.GRADIENT_KIND}
     assert set(codes["style"]) == {optimizers.STYLE_TORCH, optimizers.STYLE_SKLEARN}
-    assert _core.ISAS == tuple(codes["isa"]) == ("generic", "avx2", "avx512")
+    assert _core.ISAS == tuple(codes["isa"]) == ("generic", "avx2", "avx512", "avx512_bf16")
     # every table is an enum of minitrain.h: distinct codes from 0 up
     for table in codes.values():
         assert sorted(table.values()) == list(range(len(table)))
