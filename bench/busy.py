@@ -326,6 +326,9 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true", help="tiny sizes, one repetition")
     p.add_argument("--reps", type=int)
     p.add_argument("--out", help="write busy_core.json and busy_core.md here")
+    p.add_argument("--workloads", help="comma-separated subset of "
+                   + ", ".join(MINITRAIN_WORKLOADS))
+    p.add_argument("--peers", help="comma-separated subset of minitrain, torch")
     p.add_argument("--worker", nargs=3, help=argparse.SUPPRESS)
     p.add_argument("--config", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -337,6 +340,15 @@ def main(argv=None):
     cfg = BusyConfig.quick() if args.quick else BusyConfig()
     if args.reps:
         cfg.reps = args.reps
+    for name, known in (("workloads", MINITRAIN_WORKLOADS), ("peers", ("minitrain", "torch"))):
+        chosen = getattr(args, name)
+        if chosen:
+            chosen = tuple(chosen.split(","))
+            unknown = sorted(set(chosen) - set(known))
+            if unknown:
+                p.error(f"--{name}: unknown {', '.join(unknown)}; choose from "
+                        f"{', '.join(known)}")
+            setattr(cfg, name, chosen)
     result = run(cfg, log=lambda line: print(line, file=sys.stderr, flush=True))
     text = markdown(result)
     if args.out:
