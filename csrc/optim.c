@@ -134,7 +134,6 @@ static void check_and_update(const update_args *args, double clip_norm, int chec
     else if (!checked) // else mt_optim_result reads no flag either
         check_chunks(g, n, chunk, chunks, 0, s->bad, s->norm_part);
     for (int c = 0; c < (clip ? NORM_CHUNKS : checked ? 0 : chunks); c++)
-    for (int c = 0; c < (clip ? NORM_CHUNKS : chunks); c++)
         if (s->bad[c]) return;
     update_args u = *args;
     if (clip) {
