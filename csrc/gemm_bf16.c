@@ -350,7 +350,6 @@ static void pack_job_of(const plan *P, int n, int64_t j) {
 }
 
 // tile job j of the products P (in order)
-
 static void tile_job_of(const plan *P, int64_t j) {
     int o = 0;
     while (j >= P[o].tiles) j -= P[o].tiles, o++;
