@@ -182,7 +182,7 @@ typedef struct {
     mt_gemm_op_f32 op;
     uint32_t *Ap, *Bp;
     int64_t Mp, Np, rp, cp, tr, tc, tiles_n, tiles;
-    int64_t a_jobs, b_jobs;
+    int64_t a_jobs, b_jobs, b_slices; // packing jobs; k slices of each B group
 } plan;
 
 static inline int64_t kw(const plan *P, int64_t k) { return P->hw ? k / 2 : k; }
@@ -220,6 +220,11 @@ static uint32_t *plan_op(plan *P, const mt_kernel_f32 *ker, int hw, const mt_gem
     const int64_t gb = op->trans_b ? 1 : GROUP_LANES / ker->nr;
     P->a_jobs = K > 0 ? (P->rp + ga - 1) / ga : 0;
     P->b_jobs = K > 0 || (op->ep && op->ep->b_sums) ? (P->cp + gb - 1) / gb : 0;
+    // a row-major B of one group (a weight matrix of a few hundred columns) would be
+    // packed by one thread while the others wait: its rows are split between the team
+    // instead, whole rows still read in one sweep
+    P->b_slices = !op->trans_b && P->b_jobs < team && K >= 2 * team ? team : 1;
+    P->b_jobs *= P->b_slices;
     P->tiles_n = (P->cp + tc - 1) / tc;
     P->tiles = (P->rp + tr - 1) / tr * P->tiles_n;
     return pack;
@@ -238,18 +243,28 @@ static void pack_job(const plan *P, int64_t j) {
     const float *src = j < P->a_jobs ? op->A : op->B;
     uint32_t *packed = j < P->a_jobs ? P->Ap : P->Bp;
     const int64_t Lp = j < P->a_jobs ? P->Mp : P->Np;
-    if (j >= P->a_jobs) j -= P->a_jobs;
+    int64_t k0 = 0, k1 = K; // the job's k slice, even bounds but the last
+    if (j >= P->a_jobs) {
+        j -= P->a_jobs;
+        const int64_t s = j % P->b_slices, pairs = round_up(K, 2) / 2;
+        j /= P->b_slices;
+        k0 = 2 * (pairs * s / P->b_slices);
+        k1 = min64(K, 2 * (pairs * (s + 1) / P->b_slices));
+    }
     const int64_t per = trans ? GROUP_LANES / R : 1;                // panels of the job
     const int64_t x0 = j * per * R, w = min64(per * R, L - x0);
     for (int64_t pc = 0; pc < K; pc += KC) {
         const int64_t kc = min64(KC, K - pc), panel = kw(P, round_up(kc, 2)) * R;
         uint32_t *dst = packed + kw(P, pc) * Lp + j * per * panel;
+        const int64_t a = k0 > pc ? k0 - pc : 0, b = min64(kc, k1 - pc); // slice's k in block
+        if (a >= b) continue;
         if (trans) // op(X)(x, k) = src[x + k*L]
-            pack_pairs_rows(src + x0 + pc * L, L, w, R, kc, P->hw, dst, panel);
+            pack_pairs_rows(src + x0 + (pc + a) * L, L, w, R, b - a, P->hw,
+                            dst + kw(P, a) * R, panel);
         else // op(X)(x, k) = src[x*K + k]
             pack_pairs(src + x0 * K + pc, K, w, R, kc, P->hw, dst);
     }
-    if (packed == P->Bp && op->ep && op->ep->b_sums) {
+    if (packed == P->Bp && op->ep && op->ep->b_sums && k0 == 0) {
         const int64_t ls = op->trans_b ? K : 1, ks = op->trans_b ? 1 : N;
         float *sums = (float *)op->ep->b_sums + x0;
         column_sums(op->B + x0 * ls, ls, ks, w, K, sums);
@@ -321,13 +336,20 @@ static void run_tile(const plan *P, int64_t tile) {
 
 enum { MAX_OPS = 2 };
 
-// packing job j of the products P (in order), and their tile job j
-static void pack_job_of(const plan *P, int64_t j) {
+// packing job j of the products P: the B jobs of every product first, then the A jobs
+// (as gemm.c: a B job is many A panels' work, and taken last it keeps the team waiting)
+static void pack_job_of(const plan *P, int n, int64_t j) {
+    for (int o = 0; o < n; j -= P[o].b_jobs, o++)
+        if (j < P[o].b_jobs) {
+            pack_job(&P[o], P[o].a_jobs + j);
+            return;
+        }
     int o = 0;
-    while (j >= P[o].a_jobs + P[o].b_jobs) j -= P[o].a_jobs + P[o].b_jobs, o++;
+    while (j >= P[o].a_jobs) j -= P[o].a_jobs, o++;
     pack_job(&P[o], j);
 }
 
+// tile job j of the products P (in order)
 static void tile_job_of(const plan *P, int64_t j) {
     int o = 0;
     while (j >= P[o].tiles) j -= P[o].tiles, o++;
@@ -355,11 +377,11 @@ void mt_gemm_run_bf16(const mt_gemm_op_f32 *ops, int n, const mt_gemm_ws *ws) {
     // one thread runs the same loops without worksharing (its set-up shows on small
     // products), a team shares them: packing, a barrier, then the tiles
     if (team == 1) {
-        for (int64_t j = 0; j < jobs; j++) pack_job_of(P, j);
+        for (int64_t j = 0; j < jobs; j++) pack_job_of(P, n, j);
         for (int64_t j = 0; j < tiles; j++) tile_job_of(P, j);
     } else {
 #pragma omp for schedule(dynamic, 1)
-        for (int64_t j = 0; j < jobs; j++) pack_job_of(P, j);
+        for (int64_t j = 0; j < jobs; j++) pack_job_of(P, n, j);
 #pragma omp for schedule(dynamic, 1)
         for (int64_t j = 0; j < tiles; j++) tile_job_of(P, j);
     }
