@@ -193,7 +193,7 @@ class Runner:
             stop = min(start + batch_size, n)
             with lock:
                 lr, t, iteration = policy.rate()
-                t0 = ctl.start()
+                t0 = ctl.start(stop - start)
                 try:
                     loss = self.step(order, start, stop, lr, t, iteration)
                 except FloatingPointError as err:
@@ -447,7 +447,7 @@ class Trainer:
                               style=optimizers.STYLE_SKLEARN)
             self._net.reserve(X.shape[0])
             ctl = threads.controller(self)
-            t0 = ctl.start()
+            t0 = ctl.start(X.shape[0])
             # the "update" of the gradient kind only adds the penalty to the gradient
             loss = self._net.step(X, y, 0.0, 0, True, sample_weight=sample_weight)
             ctl.stop(t0)
@@ -678,7 +678,7 @@ class Trainer:
             net = self._net
             net.reserve(X.shape[0])
             ctl = threads.controller(self)
-            t0 = ctl.start()
+            t0 = ctl.start(X.shape[0])
             loss = net.step(X, y, lr, opt.iterations + 1, iteration=self.iteration)
             ctl.stop(t0)
             opt.iterations += 1
