@@ -5,8 +5,12 @@ minitrain's results do not depend on the thread count, so the count of a trainin
 may change at any iteration without changing a bit of the weights. In "auto" mode (the
 default) a `ThreadController` times the loop's iterations, compares the team sizes it may
 use now and then, and keeps the faster: on a quiet machine every core, with a core taken
-by another process one thread. An explicit ``set_num_threads(n)``, ``OMP_NUM_THREADS`` or
-a threadpoolctl limit fixes the count and the controller steps aside.
+by another process one thread. What a comparison found is a property of the machine, not
+of one model, so the controllers of a process share it: a new net (the next estimator
+fit, a second model) starts at the team found recently for iterations of its size and
+compares again when that finding expires. An explicit ``set_num_threads(n)``,
+``OMP_NUM_THREADS`` or a threadpoolctl limit fixes the count and the controller steps
+aside.
 """
 
 import contextlib
