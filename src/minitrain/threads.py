@@ -237,7 +237,13 @@ class ThreadController:
         self._recent = []
         median = _median(recent)
         if self.best_time is None:  # the first window at an inherited team
+            # slower by half than the finding's time, scaled to this net's work: the
+            # machine changed since (a core taken after two threads were found faster)
+            found = self.inherited
+            expected = found.times[self.team] * self.work / found.work
             self.best_time, self.inherited = median, None
+            if median > self.slowdown * expected:
+                self._until = now
         # every `probe` iterations: has the chosen size slowed down, or is a check due?
         if now >= self._until or median > self.slowdown * self.best_time:
             # time the others again; the chosen size keeps its recent median

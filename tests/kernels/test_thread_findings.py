@@ -311,3 +311,15 @@ def test_every_estimator_path_goes_through_the_controller_and_one_blas_thread(mo
         est.score(X, y)
         est.predict_proba(X[:5])
         assert calls["forward"] == 3
+
+
+def test_an_inherited_team_that_became_slow_is_checked_at_once(machine):
+    state, new, run = machine
+    quiet(state)
+    run(new(), 30)
+    assert T.recall(3 * ROWS * ROW_WORK, state["clock"]).team == 2
+    busy(state)  # a core taken since: two threads three times slower than found
+    second = new()
+    teams = run(second, 20)
+    assert teams[:5] == [2] * 5 and 1 in teams[5:12] and second.team == 1
+    assert T.recall(3 * ROWS * ROW_WORK, state["clock"]).team == 1
