@@ -485,6 +485,9 @@ class _BaseMLP(BaseEstimator):
         if sp.issparse(X):  # made dense chunk of rows by chunk, a few MB at a time
             X = X.tocsr()
             rows = max(1, min(rows, _DENSE_CHUNK_ELEMENTS // X.shape[1]))
+        # an estimator made or unpickled in this process predicts on the team found for
+        # passes of this size, not on every core of a machine that has one taken
+        threads.controller(model).forward_team(min(rows, X.shape[0]))
         out = evaluation.forward_rows(model, X, None, batch_size=rows, step=rows, finite=False)
         return F.output_transform(model.loss, out)
 
