@@ -80,17 +80,28 @@ def worker(args):
     hist = model.fit(X, y, epochs=args.epochs, batch_size=batch, optimizer=opt, verbose=0,
                      metrics=None, comm=on)
     epoch = statistics.median(hist.history["time"])
+    half = None
+    if comm.Get_size() == 1:
+        # one rank's share of the work of 2 ranks, without them: the epoch at half the batch
+        # (twice the iterations). T1 / this is the efficiency 2 ranks would reach with a free
+        # all-reduce and no contention between them: what the per-iteration costs that do not
+        # shrink with the batch (the update, the weights' reads) leave.
+        half = statistics.median(model.fit(X, y, epochs=args.epochs, batch_size=batch // 2,
+                                           optimizer=opt, verbose=0,
+                                           metrics=None).history["time"])
     alone = []
     buf = np.zeros(model.params_flat.size + distributed.SLOTS, dtype=np.float32)
-    for _ in range(10):
+    for i in range(220):  # the first 20 warm the shared-memory channel up
         comm.Barrier()
         t0 = time.perf_counter()
         comm.Allreduce(MPI.IN_PLACE, buf)
-        alone.append(time.perf_counter() - t0)
+        if i >= 20:
+            alone.append(time.perf_counter() - t0)
     if comm.Get_rank() == 0:
         print(json.dumps({
             "model": args.model, "ranks": comm.Get_size(), "epoch_s": epoch,
             "iterations": hist.iterations_per_epoch, "params": int(model.params_flat.size),
+            "half_batch_epoch_s": half,
             "reduce_in_fit_s": statistics.median(reduce_times) if reduce_times else 0.0,
             "allreduce_alone_s": statistics.median(alone)}))
 
@@ -155,11 +166,13 @@ def run(args):
         t1 = statistics.median(r["epoch_s"] for r in one)
         t2 = statistics.median(r["epoch_s"] for r in two)
         t1_2 = statistics.median(r["epoch_s"] for r in threaded)
+        half = statistics.median(r["half_batch_epoch_s"] for r in one)
         results["models"][name] = {
             "shape": "-".join(map(str, (MODELS[name][1], *MODELS[name][0], MODELS[name][2]))),
             "batch": MODELS[name][3], "rows": MODELS[name][4],
             "iterations": two[0]["iterations"], "params": two[0]["params"],
             "T1_s": t1, "T2_s": t2, "efficiency": t1 / (2 * t2), "T1_2threads_s": t1_2,
+            "half_batch_epoch_s": half, "bound": t1 / half,
             "compute_per_iteration_1_rank_s": t1 / two[0]["iterations"],
             "reduce_in_fit_s": statistics.median(r["reduce_in_fit_s"] for r in two),
             "allreduce_alone_s": statistics.median(r["allreduce_alone_s"] for r in two)}
@@ -172,13 +185,20 @@ def run(args):
 
 def table(results):
     lines = ["| model | global batch | iterations/epoch | T1 (1 process × 1 thread) | "
-             "T2 (2 ranks × 1 thread) | efficiency T1/(2·T2) | all-reduce per iteration "
-             "(in the fit / alone) | 1 process × 2 threads |", "|---|---|---|---|---|---|---|---|"]
+             "T2 (2 ranks × 1 thread) | efficiency T1/(2·T2) | bound without communication "
+             "| all-reduce per iteration (in the fit / alone) | 1 process × 2 threads |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in results["models"].values():
         lines.append(f"| {r['shape']} | {r['batch']} | {r['iterations']} | {r['T1_s']:.3f} s "
                      f"| {r['T2_s']:.3f} s | {100 * r['efficiency']:.0f} % | "
+                     f"{100 * r['bound']:.0f} % | "
                      f"{1e3 * r['reduce_in_fit_s']:.2f} / {1e3 * r['allreduce_alone_s']:.2f} ms | "
                      f"{r['T1_2threads_s']:.3f} s |")
+    lines.append("\nThe bound without communication is T1 ÷ the 1-process epoch at half the "
+                 "batch (each rank's share of the work, alone): the efficiency 2 ranks would "
+                 "reach if the all-reduce took no time and the ranks did not share caches and "
+                 "memory bandwidth. The all-reduce in the fit includes the wait for the slower "
+                 "rank; alone, it is the median of 200 after a barrier.")
     lines.append(f"\n{results['date']}, load average {results['load'][0]:.1f} before and "
                  f"{results['load'][1]:.1f} after the runs, on {os.cpu_count()} cores")
     for o in results["overlap"]:
