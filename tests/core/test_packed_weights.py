@@ -1,0 +1,234 @@
+"""mixed_bfloat16 keeps copies of the weight matrices packed by the update pass: a step reads
+them only when the weights are as the net's last update left them, so that a fit gives
+the bits of one that packs the float32 weights in every product, whatever wrote them."""
+
+import numpy as np
+import pytest
+
+import minitrain as mt
+from minitrain import training
+
+_core = pytest.importorskip("minitrain._core")
+
+MIXED = "mixed_bfloat16"
+
+
+@pytest.fixture(params=[1, 2])
+def threads(request):
+    previous = mt.get_num_threads()
+    mt.set_num_threads(request.param)
+    yield request.param
+    mt.set_num_threads(previous)
+
+
+@pytest.fixture
+def reads(monkeypatch):
+    """Whether each step of a fit read the copies (appended as the runner steps)."""
+    seen = []
+    step = training.Runner.step
+
+    def recorded(self, *args, **kwargs):
+        loss = step(self, *args, **kwargs)
+        seen.append(self.net.copies_read)
+        return loss
+
+    monkeypatch.setattr(training.Runner, "step", recorded)
+    return seen
+
+
+def _without_copies(monkeypatch):
+    """From here on the runner never vouches for the weights: every product packs them."""
+    use_net = training.Runner.use_net
+
+    def never(self, net):
+        use_net(self, net)
+        self.marks = False
+
+    monkeypatch.setattr(training.Runner, "use_net", never)
+
+
+def _data(n=192, d=1030, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(n, d)).astype(np.float32), rng.integers(0, 10, n)
+
+
+def _model(widths=(515, 33)):
+    # odd widths (an odd k of both layouts, a last panel short of NR lanes) and more than
+    # one k block of 512 in both layouts of the first two matrices
+    layers = [mt.Dense(w, activation=a) for w, a in zip(widths, ("relu", "tanh"))]
+    return mt.Sequential(layers + [mt.Dense(10)], seed=0, dtype=MIXED)
+
+
+def _fit(model, X, y, epochs=2, callbacks=(), optimizer=None):
+    opt = optimizer or mt.Adam(lr=0.01, weight_decay=0.01, clip_norm=5.0)
+    hist = model.fit(X, y, epochs=epochs, batch_size=48, optimizer=opt, verbose=0,
+                     callbacks=list(callbacks))
+    return model.params_flat.copy(), hist.history["loss"], list(hist.iteration_loss)
+
+
+@pytest.fixture(params=_core.available_isas())
+def isa(request):
+    previous = _core.isa()
+    _core.set_isa(request.param)
+    yield request.param
+    _core.set_isa(previous)
+
+
+@pytest.mark.parametrize("optimizer", [lambda: mt.SGD(lr=0.05, momentum=0.9, nesterov=True),
+                                       lambda: mt.AdamW(lr=0.01, weight_decay=0.1,
+                                                        clip_norm=5.0)])
+def test_a_fit_reading_the_copies_gives_the_bits_of_packing_the_weights(
+        isa, threads, reads, monkeypatch, optimizer):
+    X, y = _data()
+    with_copies = _fit(_model(), X, y, optimizer=optimizer())
+    # 4 iterations per epoch: all but each epoch's first read the copies
+    assert reads == [False, True, True, True] * 2
+    reads.clear()
+    _without_copies(monkeypatch)
+    without = _fit(_model(), X, y, optimizer=optimizer())
+    assert reads == [False] * 8
+    np.testing.assert_array_equal(with_copies[0], without[0])
+    assert with_copies[1:] == without[1:]
+
+
+class _Writes(mt.Callback):
+    """Halves the first layer's W at the end of epoch `epoch` (no batch hook: within an
+    epoch the runner may still vouch for the weights)."""
+
+    def __init__(self, epoch):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == self.epoch:
+            self.model.layers[0].W[...] *= 0.5
+
+
+class _WritesAtIteration(mt.Callback):
+    """Halves the first layer's W at the end of iteration `at` (a batch hook)."""
+
+    def __init__(self, at):
+        super().__init__()
+        self.at = at
+
+    def on_iteration_end(self, iteration, logs=None):
+        if iteration == self.at:
+            self.model.layers[0].W[...] *= 0.5
+
+
+@pytest.mark.parametrize("callback", [lambda: _Writes(epoch=1), lambda: _WritesAtIteration(2)],
+                         ids=["epoch_hook", "batch_hook"])
+def test_a_callback_writing_the_weights_gives_the_bits_of_packing_them(
+        threads, reads, monkeypatch, callback):
+    X, y = _data()
+    with_copies = _fit(_model(), X, y, callbacks=[callback()])
+    used = list(reads)
+    reads.clear()
+    _without_copies(monkeypatch)
+    without = _fit(_model(), X, y, callbacks=[callback()])
+    np.testing.assert_array_equal(with_copies[0], without[0])
+    assert with_copies[1:] == without[1:]
+    # an epoch hook leaves the copies in use within each epoch; a batch hook, nowhere
+    assert used == ([False, True, True, True] * 2 if isinstance(callback(), _Writes)
+                    else [False] * 8)
+
+
+def test_set_weights_set_state_and_train_step_between_fits(threads, reads, monkeypatch):
+    X, y = _data()
+
+    def run():
+        model = _model()
+        _fit(model, X, y, epochs=1)
+        saved = model.get_state()
+        _fit(model, X, y, epochs=2)
+        model.set_weights({k: v * 0.75 for k, v in model.get_weights().items()})
+        _fit(model, X, y, epochs=3)
+        model.train_step(X[:48], y[:48])
+        model.layers[1].W[...] = 0.01
+        model.train_step(X[48:96], y[48:96])
+        _fit(model, X, y, epochs=4)
+        model.set_state(saved)  # what resume does too
+        return _fit(model, X, y, epochs=2)
+
+    with_copies = run()
+    assert sum(reads) == (1 + 2 + 3 + 4 + 2) * 3  # all but the first of each epoch
+    _without_copies(monkeypatch)
+    without = run()
+    np.testing.assert_array_equal(with_copies[0], without[0])
+    assert with_copies[1:] == without[1:]
+
+
+def _net_pair():
+    """Two identical bf16 regression models with their core nets ready for step_rows on
+    X, y, and a step whose gradient overflows (the loss finite, the update refused)."""
+    X, _ = _data(96)
+    y = np.random.default_rng(1).normal(size=(96, 1)).astype(np.float32)
+    pair = []
+    for _ in range(2):
+        model = mt.Sequential([mt.Dense(515, activation="relu"), mt.Dense(33, activation="tanh"),
+                               mt.Dense(1)], loss="mse", seed=0, dtype=MIXED)
+        model.build(X.shape[1])
+        model._use_optimizer(mt.SGD(lr=0.01, momentum=0.9))
+        net = model._net
+        assert net.packs_weights
+        net.reserve(48)
+        net.set_data(X, y)
+        pair.append((model, net))
+
+    def refused(model, net, t, unchanged=False):
+        before = model.params_flat.copy()
+        net.set_data(X, np.full((96, 1), 3e38, dtype=np.float32))
+        with pytest.raises(FloatingPointError, match="gradient is not finite"):
+            net.step_rows(np.arange(48), 0, 48, 0.01, t, unchanged=unchanged)
+        net.set_data(X, y)
+        np.testing.assert_array_equal(model.params_flat, before)
+
+    return pair, np.arange(96, dtype=np.int64), refused
+
+
+def test_the_copies_are_not_read_after_an_unchecked_write_and_a_refused_update():
+    [(a, net_a), (b, net_b)], idx, refused = _net_pair()
+    # the same calls on both; only a's last step is told that nothing wrote the weights
+    for model, net in ((a, net_a), (b, net_b)):
+        net.step_rows(idx, 0, 48, 0.01, 1)
+        model.layers[0].W[...] *= 0.5  # behind the copies' back
+        refused(model, net, 2)  # (not told either: the write came before it)
+    # true for a: nothing wrote the weights since that (refused) update; but the copies
+    # were not known to match the weights when it ran, and it wrote none
+    net_a.step_rows(idx, 48, 96, 0.01, 2, unchanged=True)
+    assert not net_a.copies_read
+    net_b.step_rows(idx, 48, 96, 0.01, 2)
+    np.testing.assert_array_equal(a.params_flat, b.params_flat)
+
+
+def test_a_refused_update_leaves_copies_that_match_the_weights():
+    [(a, net_a), (b, net_b)], idx, refused = _net_pair()
+    for model, net, mark in ((a, net_a, True), (b, net_b, False)):
+        net.step_rows(idx, 0, 48, 0.01, 1)
+        refused(model, net, 2, unchanged=mark)
+        assert net.copies_read == mark
+        net.step_rows(idx, 48, 96, 0.01, 2, unchanged=mark)
+        assert net.copies_read == mark
+        net.step_rows(idx, 0, 48, 0.01, 3, unchanged=mark)
+        assert net.copies_read == mark
+    np.testing.assert_array_equal(a.params_flat, b.params_flat)
+
+
+def test_the_copies_are_not_read_after_a_new_workspace_or_another_isa():
+    [(a, net), _], idx, _ = _net_pair()
+    net.step_rows(idx, 0, 48, 0.05, 1)
+    net.reserve(96)  # a new workspace: no copies yet
+    net.step_rows(idx, 0, 96, 0.05, 2, unchanged=True)
+    assert not net.copies_read
+    net.step_rows(idx, 0, 96, 0.05, 3, unchanged=True)
+    assert net.copies_read
+    isas = _core.available_isas()
+    if len(isas) > 1:  # copies in the layout of another ISA's products
+        net.isa = isas[0] if net.isa != isas[0] else isas[1]
+        net.step_rows(idx, 0, 96, 0.05, 4, unchanged=True)
+        assert not net.copies_read
+
+
+def test_a_float32_net_keeps_no_copies():
+    model = mt.Sequential([mt.Dense(8)], seed=0).build(4)
+    assert not model._net.packs_weights
