@@ -234,3 +234,22 @@ def test_the_copies_are_not_read_after_a_new_workspace_or_another_isa():
 def test_a_float32_net_keeps_no_copies():
     model = mt.Sequential([mt.Dense(8)], seed=0).build(4)
     assert not model._net.packs_weights
+
+
+def test_the_update_of_a_distributed_fit_writes_the_copies(threads, reads, monkeypatch):
+    # one rank: the gradient of the step, its all-reduce, then mt_update, which writes them
+    MPI = pytest.importorskip("mpi4py.MPI")
+    X, y = _data()
+
+    def run(comm):
+        model = _model()
+        hist = model.fit(X, y, epochs=2, batch_size=48, optimizer=mt.SGD(lr=0.05, momentum=0.9),
+                         verbose=0, comm=comm, metrics=None)
+        return model.params_flat.copy(), hist.history["loss"]
+
+    with_copies = run(MPI.COMM_SELF)
+    assert reads == [False, True, True, True] * 2
+    _without_copies(monkeypatch)
+    for without in (run(MPI.COMM_SELF), run(None)):
+        np.testing.assert_array_equal(with_copies[0], without[0])
+        np.testing.assert_allclose(with_copies[1], without[1], rtol=1e-13)
