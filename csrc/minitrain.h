@@ -147,6 +147,10 @@ typedef struct {
                            // instead of packing W again; never set it otherwise: a copy
                            // older than the weights would train a different model
     int copies_read;       // out, set by mt_step: 1 when its products read those copies
+    int pack_copies;       // bf16, in, for the next mt_step only (which clears it): 1 when
+                           // its update (there or in mt_update) is to write the copies,
+                           // because the caller means to vouch for the weights in the step
+                           // after it; else the update skips that work
     // The shard of a data-parallel iteration: the n rows of a call are the rows
     // [shard_row0, shard_row0 + n) of a global batch split over the ranks. All zero (and
     // reduce NULL): the call's rows are the whole batch.

@@ -77,8 +77,9 @@ typedef struct {
     uint32_t *fwd, *bwd;  // op(B) of X·W; of dZ·Wᵀ (NULL: no dX is computed below)
 } mt_packed_w;
 typedef struct {
-    int isa; // of the layout
-    int n;   // matrices with copies (0: none)
+    int isa;   // of the layout
+    int n;     // matrices with copies (0: none)
+    int write; // the update writes them (else it only splits the parameters as it would)
     mt_packed_w w[MT_MAX_LAYERS];
 } mt_packed_weights;
 

@@ -269,10 +269,10 @@ static const mt_packed_weights *copies_of(const workspace *ws) {
     return ws->gemm.bf16 && ws->packed.n > 0 ? &ws->packed : NULL;
 }
 
-// After an update: the copies hold the weights it wrote (an update of the "gradient" kind
-// writes neither).
+// After an update: the copies hold the weights it wrote, or are older than the weights
+// when it did not write them (an update of the "gradient" kind writes neither).
 static void updated(workspace *ws, const mt_optim *opt) {
-    if (copies_of(ws) && opt->kind != MT_OPT_GRADIENT) ws->packed_valid = 1;
+    if (copies_of(ws) && opt->kind != MT_OPT_GRADIENT) ws->packed_valid = ws->packed.write;
 }
 
 // gather, forward, loss, backward and (with opt) the update's checks and pass of one
@@ -348,6 +348,9 @@ int FN(mt_step)(mt_net *net, const real *X, const void *y, const int64_t *idx, i
     net->weights_unchanged = 0;
     net->copies_read = copies;
     if (!copies) ws->packed_valid = 0;
+    // (for this step's update, here or in mt_update)
+    ws->packed.write = net->pack_copies;
+    net->pack_copies = 0;
     // one parallel region for the iteration's passes, the update's included: its threads
     // meet at the barriers the data flow needs, never fork or join in between (no region
     // for one thread: entering one costs a fraction of a microsecond even when inactive)

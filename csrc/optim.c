@@ -155,7 +155,7 @@ static void update_pieces(const update_args *u, real *p, real *g, real *state, i
     for (int c = 0; c < pieces; c++) {
         part[c] = update_range(u, p, g, state, state + n, pc[c].lo, pc[c].hi);
 #if !MT_DOUBLE
-        if (pc[c].m < 0 || u->kind == MT_OPT_GRADIENT) continue;
+        if (pc[c].m < 0 || u->kind == MT_OPT_GRADIENT || !pw->write) continue;
         const mt_packed_w *w = &pw->w[pc[c].m];
         const int64_t r0 = (pc[c].lo - w->off) / w->out, r1 = (pc[c].hi - w->off) / w->out;
         mt_gemm_pack_b_rows_bf16(pw->isa, 0, w->in, w->out, p + w->off, r0, r1, w->fwd);

@@ -172,11 +172,12 @@ class Runner:
                              sample_weight=w)
 
     def step(self, order: np.ndarray, start: int, stop: int, lr: float, t: int,
-             iteration: int) -> float:
-        """One iteration on rows order[start:stop]: gradients → (reduce) → update."""
+             iteration: int, pack: bool = False) -> float:
+        """One iteration on rows order[start:stop]: gradients → (reduce) → update (which
+        with `pack` writes the weights' copies for the next step: ``use_net``)."""
         # self.unchanged is for this step only: whatever happens next, the following step
         # has it only if the loop says so again
-        mark = {"unchanged": True} if self.marks and self.unchanged else {}
+        mark = {"unchanged": self.unchanged, "pack": pack} if self.marks else {}
         self.unchanged = False
         if self.reduce is None:  # the core updates in the pass that computes the gradient
             return self._step_rows(order, start, stop, lr, t, iteration=iteration, **mark)
@@ -215,7 +216,9 @@ class Runner:
                 t0 = ctl.start()
                 try:
                     self.unchanged = quiet and follows
-                    loss = self.step(order, start, stop, lr, t, iteration)
+                    # the copies are worth writing for a next step of this loop
+                    loss = self.step(order, start, stop, lr, t, iteration,
+                                     pack=quiet and done + 1 < steps)
                     follows = True
                 except FloatingPointError as err:
                     follows = False

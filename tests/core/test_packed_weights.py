@@ -181,7 +181,8 @@ def _net_pair():
         before = model.params_flat.copy()
         net.set_data(X, np.full((96, 1), 3e38, dtype=np.float32))
         with pytest.raises(FloatingPointError, match="gradient is not finite"):
-            net.step_rows(np.arange(48), 0, 48, 0.01, t, unchanged=unchanged)
+            net.step_rows(np.arange(48), 0, 48, 0.01, t, unchanged=unchanged,
+                          pack=True)
         net.set_data(X, y)
         np.testing.assert_array_equal(model.params_flat, before)
 
@@ -192,42 +193,46 @@ def test_the_copies_are_not_read_after_an_unchecked_write_and_a_refused_update()
     [(a, net_a), (b, net_b)], idx, refused = _net_pair()
     # the same calls on both; only a's last step is told that nothing wrote the weights
     for model, net in ((a, net_a), (b, net_b)):
-        net.step_rows(idx, 0, 48, 0.01, 1)
+        net.step_rows(idx, 0, 48, 0.01, 1, pack=True)
         model.layers[0].W[...] *= 0.5  # behind the copies' back
         refused(model, net, 2)  # (not told either: the write came before it)
     # true for a: nothing wrote the weights since that (refused) update; but the copies
     # were not known to match the weights when it ran, and it wrote none
-    net_a.step_rows(idx, 48, 96, 0.01, 2, unchanged=True)
+    net_a.step_rows(idx, 48, 96, 0.01, 2, unchanged=True, pack=True)
     assert not net_a.copies_read
-    net_b.step_rows(idx, 48, 96, 0.01, 2)
+    net_b.step_rows(idx, 48, 96, 0.01, 2, pack=True)
     np.testing.assert_array_equal(a.params_flat, b.params_flat)
 
 
 def test_a_refused_update_leaves_copies_that_match_the_weights():
     [(a, net_a), (b, net_b)], idx, refused = _net_pair()
     for model, net, mark in ((a, net_a, True), (b, net_b, False)):
-        net.step_rows(idx, 0, 48, 0.01, 1)
+        net.step_rows(idx, 0, 48, 0.01, 1, pack=True)
         refused(model, net, 2, unchanged=mark)
         assert net.copies_read == mark
-        net.step_rows(idx, 48, 96, 0.01, 2, unchanged=mark)
+        net.step_rows(idx, 48, 96, 0.01, 2, unchanged=mark, pack=True)
         assert net.copies_read == mark
-        net.step_rows(idx, 0, 48, 0.01, 3, unchanged=mark)
+        net.step_rows(idx, 0, 48, 0.01, 3, unchanged=mark, pack=True)
         assert net.copies_read == mark
     np.testing.assert_array_equal(a.params_flat, b.params_flat)
 
 
 def test_the_copies_are_not_read_after_a_new_workspace_or_another_isa():
     [(a, net), _], idx, _ = _net_pair()
-    net.step_rows(idx, 0, 48, 0.05, 1)
+    net.step_rows(idx, 0, 48, 0.05, 1, pack=True)
     net.reserve(96)  # a new workspace: no copies yet
-    net.step_rows(idx, 0, 96, 0.05, 2, unchanged=True)
+    net.step_rows(idx, 0, 96, 0.05, 2, unchanged=True, pack=True)
     assert not net.copies_read
-    net.step_rows(idx, 0, 96, 0.05, 3, unchanged=True)
+    net.step_rows(idx, 0, 96, 0.05, 3, unchanged=True)  # whose update writes no copies
+    assert net.copies_read
+    net.step_rows(idx, 0, 96, 0.05, 4, unchanged=True, pack=True)
+    assert not net.copies_read  # they are older than the weights
+    net.step_rows(idx, 0, 96, 0.05, 5, unchanged=True, pack=True)
     assert net.copies_read
     isas = _core.available_isas()
     if len(isas) > 1:  # copies in the layout of another ISA's products
         net.isa = isas[0] if net.isa != isas[0] else isas[1]
-        net.step_rows(idx, 0, 96, 0.05, 4, unchanged=True)
+        net.step_rows(idx, 0, 96, 0.05, 6, unchanged=True, pack=True)
         assert not net.copies_read
 
 
