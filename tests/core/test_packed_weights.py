@@ -258,3 +258,25 @@ def test_the_update_of_a_distributed_fit_writes_the_copies(threads, reads, monke
     for without in (run(MPI.COMM_SELF), run(None)):
         np.testing.assert_array_equal(with_copies[0], without[0])
         np.testing.assert_allclose(with_copies[1], without[1], rtol=1e-13)
+
+
+def test_resume_on_a_model_that_trained_on_gives_the_bits_of_packing(tmp_path, reads,
+                                                                     monkeypatch):
+    X, y = _data()
+    path = tmp_path / "run.mt"
+
+    def run():
+        model = _model()
+        _fit(model, X, y, epochs=1)
+        model.save(path)
+        _fit(model, X, y, epochs=2)  # the copies now hold later weights than the file's
+        hist = model.fit(X, y, epochs=3, batch_size=48, verbose=0, resume_from=path,
+                         optimizer=mt.Adam(lr=0.01, weight_decay=0.01, clip_norm=5.0))
+        return model.params_flat.copy(), hist.history["loss"]
+
+    with_copies = run()
+    assert reads[-8:] == [False, True, True, True] * 2  # the resumed epochs 2 and 3
+    _without_copies(monkeypatch)
+    without = run()
+    np.testing.assert_array_equal(with_copies[0], without[0])
+    assert with_copies[1] == without[1]
