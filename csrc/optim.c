@@ -131,7 +131,8 @@ static int split_of(int64_t n, int64_t chunk, const mt_packed_weights *pw, piece
     int64_t at = 0;
     for (int m = 0;; m++) {
         const int64_t end = m < nm ? pw->w[m].off : n;
-        for (; at < end; at += chunk) pc[k++] = (piece){at, at + chunk < end ? at + chunk : end, -1};
+        for (; at < end; at += chunk)
+            pc[k++] = (piece){at, at + chunk < end ? at + chunk : end, -1};
         if (m == nm) return k;
 #if !MT_DOUBLE
         const mt_packed_w *w = &pw->w[m];
