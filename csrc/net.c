@@ -48,10 +48,15 @@ static int first_trained(const mt_net *net) {
     return first;
 }
 
+// Weights from which a matrix gets a copy: 1 MB of float32, a core's L2. A smaller W is
+// packed from the cache by the products, and writing its copies in the update costs as
+// much as they save (measured on the MNIST-shaped net, whose matrices are all smaller).
+#define COPY_MIN_WEIGHTS (1 << 18)
+
 // bf16: the packed copies of the dense layers' W in the layout of net->isa's products,
-// for the matrices in ascending order of their offsets (the update's split takes them in
-// that order); the rare W that does not follow the one before it has none and is packed by
-// each product as without copies
+// for the large matrices in ascending order of their offsets (the update's split takes
+// them in that order); the rare W that does not follow the one before it has none and is
+// packed by each product as without copies
 static void lay_out_copies(const mt_net *net, size_t *off, char *base, workspace *ws) {
     if (base) {
         ws->packed = (mt_packed_weights){.isa = net->isa};
@@ -65,7 +70,8 @@ static void lay_out_copies(const mt_net *net, size_t *off, char *base, workspace
     int64_t end = 0;
     for (int l = 0; l < net->nlayers; l++) {
         const mt_layer *L = &net->layers[l];
-        if (L->kind != MT_LAYER_DENSE || L->w_off < end) continue;
+        if (L->kind != MT_LAYER_DENSE || L->w_off < end || L->in * L->out < COPY_MIN_WEIGHTS)
+            continue;
         end = L->w_off + L->in * L->out;
         const size_t fwd = carve(off, mt_gemm_packed_b_words_bf16(net->isa, L->in, L->out) * 4);
         const size_t bwd =

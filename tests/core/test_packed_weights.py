@@ -52,9 +52,10 @@ def _data(n=192, d=1030, seed=0):
     return rng.normal(size=(n, d)).astype(np.float32), rng.integers(0, 10, n)
 
 
-def _model(widths=(515, 33)):
-    # odd widths (an odd k of both layouts, a last panel short of NR lanes) and more than
-    # one k block of 512 in both layouts of the first two matrices
+def _model(widths=(515, 515)):
+    # copies for the two first matrices (at least 2**18 weights each; the last has none):
+    # odd widths (an odd k of both layouts, a last panel short of NR lanes), more than one
+    # k block of 512 in each layout
     layers = [mt.Dense(w, activation=a) for w, a in zip(widths, ("relu", "tanh"))]
     return mt.Sequential(layers + [mt.Dense(10)], seed=0, dtype=MIXED)
 
@@ -167,8 +168,9 @@ def _net_pair():
     y = np.random.default_rng(1).normal(size=(96, 1)).astype(np.float32)
     pair = []
     for _ in range(2):
-        model = mt.Sequential([mt.Dense(515, activation="relu"), mt.Dense(33, activation="tanh"),
-                               mt.Dense(1)], loss="mse", seed=0, dtype=MIXED)
+        model = mt.Sequential([mt.Dense(515, activation="relu"),
+                               mt.Dense(515, activation="tanh"), mt.Dense(1)], loss="mse",
+                               seed=0, dtype=MIXED)
         model.build(X.shape[1])
         model._use_optimizer(mt.SGD(lr=0.01, momentum=0.9))
         net = model._net
@@ -236,9 +238,20 @@ def test_the_copies_are_not_read_after_a_new_workspace_or_another_isa():
         assert not net.copies_read
 
 
-def test_a_float32_net_keeps_no_copies():
-    model = mt.Sequential([mt.Dense(8)], seed=0).build(4)
-    assert not model._net.packs_weights
+def test_small_matrices_and_float32_nets_keep_no_copies():
+    # below 2**18 weights a matrix is packed from the cache: its copies would not pay
+    X, y = _data(64, 300)
+    model = mt.Sequential([mt.Dense(256, activation="relu"), mt.Dense(10)], seed=0,
+                          dtype=MIXED).build(300)
+    model._use_optimizer(mt.SGD(lr=0.05))
+    net = model._net
+    net.reserve(32)
+    net.set_data(X, y)
+    idx = np.arange(64, dtype=np.int64)
+    for t in (1, 2, 3):
+        net.step_rows(idx, 0, 32, 0.05, t, unchanged=t > 1, pack=True)
+        assert not net.copies_read
+    assert not mt.Sequential([mt.Dense(8)], seed=0).build(4)._net.packs_weights
 
 
 def test_the_update_of_a_distributed_fit_writes_the_copies(threads, reads, monkeypatch):
