@@ -266,11 +266,12 @@ class KerasPolicy(Policy):
         self.sizes = fit.plan.batch_sizes()
         self.deadline = None  # set when the run starts
         # between iterations run the iteration callbacks (as Keras, only those that
-        # override the hook) and the rate's schedule: quiet when every one is the
-        # library's own and none writes the weights
+        # override the hook) and the optimizer's rate (its schedule): quiet when every one
+        # is the library's own, none of which writes the weights
         schedule = self.optimizer.lr_schedule
         self.quiet = (all(type(getattr(fn, "__self__", None)) is ProgressBar
                           for fn in self.on_iteration)
+                      and type(self.optimizer).__module__ == optimizers.__name__
                       and (schedule is None or type(schedule).__module__ == schedules.__name__))
 
     @property

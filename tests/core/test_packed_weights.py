@@ -293,3 +293,39 @@ def test_resume_on_a_model_that_trained_on_gives_the_bits_of_packing(tmp_path, r
     without = run()
     np.testing.assert_array_equal(with_copies[0], without[0])
     assert with_copies[1] == without[1]
+
+
+class _Halving(mt.schedules.Schedule):
+    """A user's schedule: code of the user's between iterations (this one writes W)."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def __call__(self, t):
+        if t == 3:
+            self.model.layers[0].W[...] *= 0.5
+        return 0.01
+
+    def get_config(self):
+        return {}
+
+
+def test_a_user_schedule_or_optimizer_class_is_user_code_between_iterations(reads):
+    X, y = _data()
+
+    class MySGD(mt.SGD):
+        pass
+
+    def run(make):
+        model = _model()
+        model.build(X.shape[1])
+        _fit(model, X, y, epochs=1, optimizer=make(model))
+        return model.params_flat.copy()
+
+    for make in (lambda m: mt.SGD(lr=_Halving(m)), lambda m: MySGD(lr=0.01)):
+        reads.clear()
+        run(make)
+        assert reads == [False] * 4
+    reads.clear()
+    run(lambda m: mt.SGD(lr=mt.schedules.ExponentialDecay(0.01, 10, 0.5)))
+    assert reads == [False, True, True, True]  # the library's schedules are not
