@@ -88,6 +88,8 @@ typedef struct {
     real *C;
     int accumulate;
     const mt_epilogue *ep;
+    const void *packed_b; // or NULL: op(B) already packed as the plan packs it (bf16 only,
+                          // mt_gemm_pack_b_rows_bf16; no b_sums then)
 } FN(mt_gemm_op);
 
 // Elements of packing buffer that mt_gemm_run needs for the product op (any ISA).
@@ -113,6 +115,15 @@ extern const mt_kernel_f32 mt_kernel_avx512_bf16;
 int64_t mt_pack_pairs_strided_avx512(const float *src, int64_t ls, int64_t h, int R,
                                      int64_t pairs, uint32_t *dst);
 size_t mt_gemm_pack_elems_bf16(int64_t M, int64_t N, int64_t K);
+// A copy of op(B) (K, N) packed once as the products of `isa` pack it, for products that
+// take it pre-packed (mt_gemm_op.packed_b): its size in 32-bit words (independent of M
+// and of the team), the rows of the stored B one packing unit holds (trans_b = 0: B
+// stored (K, N), a pair of rows; 1: B stored (N, K), a panel of NR rows), and the writer
+// of rows [r0, r1) of the stored B, r0 and r1 whole units (or r1 the last row).
+size_t mt_gemm_packed_b_words_bf16(int isa, int64_t K, int64_t N);
+int mt_gemm_pack_unit_bf16(int isa, int trans_b);
+void mt_gemm_pack_b_rows_bf16(int isa, int trans_b, int64_t K, int64_t N, const float *B,
+                              int64_t r0, int64_t r1, uint32_t *dst);
 void mt_gemm_run_bf16(const mt_gemm_op_f32 *ops, int n, const mt_gemm_ws *ws);
 #endif
 #endif

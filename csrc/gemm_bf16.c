@@ -199,8 +199,8 @@ static uint32_t *plan_op(plan *P, const mt_kernel_f32 *ker, int hw, const mt_gem
     const int64_t K2 = round_up(K, 2);
     P->Ap = pack;
     pack += aligned_words(kw(P, K2) * P->Mp);
-    P->Bp = pack;
-    pack += aligned_words(kw(P, K2) * P->Np);
+    P->Bp = op->packed_b ? (uint32_t *)op->packed_b : pack;
+    if (!op->packed_b) pack += aligned_words(kw(P, K2) * P->Np);
     // as gemm.c: A blocks in L2, B panels in L3, then split to a few tiles per thread
     int64_t tr = min64((ker->mc + ker->mr - 1) / ker->mr, P->rp);
     int64_t tc = min64(ker->nc / ker->nr, P->cp);
@@ -219,7 +219,8 @@ static uint32_t *plan_op(plan *P, const mt_kernel_f32 *ker, int hw, const mt_gem
     const int64_t ga = op->trans_a ? GROUP_LANES / ker->mr : 1;
     const int64_t gb = op->trans_b ? 1 : GROUP_LANES / ker->nr;
     P->a_jobs = K > 0 ? (P->rp + ga - 1) / ga : 0;
-    P->b_jobs = K > 0 || (op->ep && op->ep->b_sums) ? (P->cp + gb - 1) / gb : 0;
+    P->b_jobs = !op->packed_b && (K > 0 || (op->ep && op->ep->b_sums)) ? (P->cp + gb - 1) / gb
+                                                                         : 0;
     // a row-major B of one group (a weight matrix of a few hundred columns) would be
     // packed by one thread while the others wait: its rows are split between the team
     // instead, whole rows still read in one sweep
@@ -269,6 +270,47 @@ static void pack_job(const plan *P, int64_t j) {
         float *sums = (float *)op->ep->b_sums + x0;
         column_sums(op->B + x0 * ls, ls, ks, w, K, sums);
         if (op->ep->nonfinite) mt_flag_nonfinite_f32(sums, 1, w, w, op->ep->nonfinite);
+    }
+}
+
+size_t mt_gemm_packed_b_words_bf16(int isa, int64_t K, int64_t N) {
+    int hw;
+    const mt_kernel_f32 *ker = kernel_for(isa, &hw);
+    const int64_t K2 = round_up(K, 2);
+    return aligned_words((hw ? K2 / 2 : K2) * round_up(N, ker->nr));
+}
+
+int mt_gemm_pack_unit_bf16(int isa, int trans_b) {
+    int hw;
+    return trans_b ? kernel_for(isa, &hw)->nr : 2;
+}
+
+// rows [r0, r1) of B (K, N), or of B (N, K) for trans_b, into the packed op(B) at dst: the
+// words pack_job writes for them, so that a product reading dst computes what it would
+// have computed packing B itself
+void mt_gemm_pack_b_rows_bf16(int isa, int trans_b, int64_t K, int64_t N, const float *B,
+                              int64_t r0, int64_t r1, uint32_t *dst) {
+    int hw;
+    const mt_kernel_f32 *ker = kernel_for(isa, &hw);
+    const int R = ker->nr;
+    const int64_t Np = round_up(N, R), KC = MT_BF16_KC, group = GROUP_LANES / R * R;
+    const int64_t words = hw ? 1 : 2; // per lane and pair of k
+    if (!trans_b) { // rows are k, lanes contiguous: the pairs of the rows, panel by panel
+        for (int64_t pc = r0 / KC * KC; pc < r1; pc += KC) {
+            const int64_t kc = min64(KC, K - pc), panel = round_up(kc, 2) / 2 * words * R;
+            const int64_t a = r0 > pc ? r0 - pc : 0, b = min64(r1 - pc, kc);
+            uint32_t *block = dst + pc / 2 * words * Np + a / 2 * words * R;
+            for (int64_t x0 = 0; x0 < N; x0 += group)
+                pack_pairs_rows(B + (pc + a) * N + x0, N, min64(group, N - x0), R, b - a, hw,
+                                block + x0 / R * panel, panel);
+        }
+    } else { // rows are lanes, k contiguous: whole panels of R lanes
+        for (int64_t x0 = r0; x0 < r1; x0 += R)
+            for (int64_t pc = 0; pc < K; pc += KC) {
+                const int64_t kc = min64(KC, K - pc), panel = round_up(kc, 2) / 2 * words * R;
+                pack_pairs(B + x0 * K + pc, K, min64(R, N - x0), R, kc, hw,
+                           dst + pc / 2 * words * Np + x0 / R * panel);
+            }
     }
 }
 

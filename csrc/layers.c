@@ -10,7 +10,8 @@ void FN(mt_dense_forward)(const mt_layer *L, const real *params, const real *X, 
                           real *A, int64_t n, const mt_gemm_ws *g) {
     const mt_epilogue ep = {.kind = MT_EP_FORWARD, .act = L->act, .alpha = L->act_param,
                             .bias = params + L->b_off, .out = A};
-    const FN(mt_gemm_op) op = {0, 0, n, L->out, L->in, X, params + L->w_off, Z, 0, &ep};
+    const FN(mt_gemm_op) op = {0, 0, n, L->out, L->in, X, params + L->w_off, Z, 0, &ep,
+                               g->packed_w};
     FN(mt_gemm_run)(&op, 1, g);
 }
 
@@ -47,7 +48,7 @@ void FN(mt_dense_backward)(const mt_layer *L, const real *params, real *grads,
     // dW and dX are independent: one packing phase and one tile phase for both
     const FN(mt_gemm_op) ops[2] = {
         {1, 0, in, out, n, X, dZ, grads + L->w_off, 0, &sums},
-        {0, 1, n, in, out, dZ, params + L->w_off, dX, 0, &ep}};
+        {0, 1, n, in, out, dZ, params + L->w_off, dX, 0, &ep, g->packed_wt}};
     FN(mt_gemm_run)(ops, dX ? 2 : 1, g);
 }
 

@@ -140,6 +140,17 @@ typedef struct {
     int bf16;              // float32 only, 1: mixed bfloat16, the dense layers' products take
                            // their inputs rounded to bfloat16 and accumulate in float32;
                            // everything else (and every buffer) stays float32
+    int weights_unchanged; // bf16, in, for the next mt_step only (which clears it): 1 when
+                           // the caller knows that nothing has written the weights since
+                           // this net's last update, so that the step's products may read
+                           // the bfloat16 copies of W that update wrote (in the workspace)
+                           // instead of packing W again; never set it otherwise: a copy
+                           // older than the weights would train a different model
+    int copies_read;       // out, set by mt_step: 1 when its products read those copies
+    int pack_copies;       // bf16, in, for the next mt_step only (which clears it): 1 when
+                           // its update (there or in mt_update) is to write the copies,
+                           // because the caller means to vouch for the weights in the step
+                           // after it; else the update skips that work
     // The shard of a data-parallel iteration: the n rows of a call are the rows
     // [shard_row0, shard_row0 + n) of a global batch split over the ranks. All zero (and
     // reduce NULL): the call's rows are the whole batch.

@@ -64,14 +64,33 @@ typedef struct {
     int *nonfinite; // set to 1 (never cleared here) when a parameter gradient the layers
                     // compute holds an infinity or a NaN: checked as each tile is stored
     int bf16;    // float32 products with bfloat16 inputs (mt_net.bf16)
+    // bf16, or NULL: a dense layer's W packed as op(B) of X·W and of dZ·Wᵀ by the update
+    // (mt_packed_weights), set by the iteration for the layer whose products it runs
+    const void *packed_w, *packed_wt;
 } mt_gemm_ws;
+
+// The copies of the weight matrices of a bf16 net in the layout its products pack W into
+// (mt_gemm_pack_b_rows_bf16 with isa), written by the update pass as it writes W, so that
+// an iteration whose weights are as the last update left them packs no weight matrix.
+typedef struct {
+    int64_t off, in, out; // W (in, out) at params + off; ascending, disjoint offsets
+    uint32_t *fwd, *bwd;  // op(B) of X·W; of dZ·Wᵀ (NULL: no dX is computed below)
+} mt_packed_w;
+typedef struct {
+    int isa;   // of the layout
+    int n;     // matrices with copies (0: none)
+    int write; // the update writes them (else it only splits the parameters as it would)
+    mt_packed_w w[MT_MAX_LAYERS];
+} mt_packed_weights;
 
 // What the threads of an update share (optim.c): per chunk of the gradient, whether it
 // holds a non-finite value, clipping's Σ g² and the update's Σ p² (scikit-learn's L2 term)
 enum { MT_UPDATE_CHUNKS = 256 };
 typedef struct {
     int bad[MT_UPDATE_CHUNKS];
-    double norm_part[MT_UPDATE_CHUNKS], part[MT_UPDATE_CHUNKS];
+    // part: per piece of the update's split (fixed chunks, or with packed copies the
+    // whole packing units of each weight matrix and chunks in between: optim.c)
+    double norm_part[MT_UPDATE_CHUNKS], part[MT_UPDATE_CHUNKS + 2 * MT_MAX_LAYERS + 2];
 } mt_update_scratch;
 
 #define MT_DECLARE_TYPED(real, sfx)                                                        \
@@ -134,9 +153,13 @@ int FN(mt_loss_forward_backward)(const mt_net *net, const real *P, const void *y
                                  const int64_t *idx, real *dP, int64_t n, int64_t out,
                                  double *rowloss, int *bad_label, double *batch_loss,
                                  double *batch_weight);
-// optim.c (returns MT_OK or MT_ERR_NONFINITE_GRADIENT, then with nothing written)
+// optim.c (returns MT_OK or MT_ERR_NONFINITE_GRADIENT, then with nothing written).
+// pw (float32 only, or NULL): copies of the weight matrices the update writes from the
+// new weights (none for MT_OPT_GRADIENT), in the same pass; its split of the parameters
+// follows pw's matrices, so pass the same pw (or NULL) to every call of one net.
 int FN(mt_optim_update)(const mt_optim *o, real *params, real *grads, real *state,
-                        int64_t n, double batch_weight, double *l2_term);
+                        int64_t n, double batch_weight, const mt_packed_weights *pw,
+                        double *l2_term);
 // The same update in two parts, for the parallel region of an iteration: every thread of
 // the team runs mt_optim_update_team on one scratch (shared); once the team is done,
 // mt_optim_result gives mt_optim_update's status and *l2_term.
@@ -144,9 +167,10 @@ int FN(mt_optim_update)(const mt_optim *o, real *params, real *grads, real *stat
 // check (unless it clips: the norm takes a pass anyway).
 void FN(mt_optim_update_team)(const mt_optim *o, real *params, real *grads,
                               real *state, int64_t n, double batch_weight, int checked,
-                              mt_update_scratch *s);
+                              const mt_packed_weights *pw, mt_update_scratch *s);
 int FN(mt_optim_result)(const mt_optim *o, int64_t n, double batch_weight, int checked,
-                        const mt_update_scratch *s, double *l2_term);
+                        const mt_packed_weights *pw, const mt_update_scratch *s,
+                        double *l2_term);
 #endif
 
 #endif

@@ -23,12 +23,70 @@ typedef struct {
     int64_t rows;               // rows of the (global) batch: batchnorm's running variance
     double weight;              // weight of the (global) batch: scikit-learn's L2 term
     int status;                 // of the reduce hook, shared by the step's team
+    // bf16: the weight matrices' copies packed by the update (in the layout of
+    // packed.isa), copy[l] the one of layer l (-1: none); packed_valid: they hold the
+    // weights as the last update left them, which the products of a step may read instead
+    // of packing W when the caller also vouches that nothing wrote W since
+    // (mt_net.weights_unchanged)
+    mt_packed_weights packed;
+    int copy[MT_MAX_LAYERS];
+    int packed_valid;
 } workspace;
 
 static size_t carve(size_t *off, size_t bytes) {
     size_t at = *off;
     *off += (bytes + MT_ALIGN - 1) / MT_ALIGN * MT_ALIGN;
     return at;
+}
+
+// The first layer whose parameters get a gradient: no dX is computed below it
+static int first_trained(const mt_net *net) {
+    int first = 0;
+    while (first < net->nlayers - 1 && net->layers[first].kind != MT_LAYER_DENSE &&
+           net->layers[first].kind != MT_LAYER_BATCHNORM)
+        first++;
+    return first;
+}
+
+// Weights from which a matrix gets a copy: 1 MB of float32, a core's L2. A smaller W is
+// packed from the cache by the products, and writing its copies in the update costs as
+// much as they save (measured on the MNIST-shaped net, whose matrices are all smaller).
+#define COPY_MIN_WEIGHTS (1 << 18)
+
+// bf16: the packed copies of the dense layers' W in the layout of net->isa's products,
+// for the large matrices in ascending order of their offsets (the update's split takes
+// them in that order); the rare W that does not follow the one before it has none and is
+// packed by each product as without copies
+static void lay_out_copies(const mt_net *net, size_t *off, char *base, workspace *ws) {
+    if (base) {
+        ws->packed = (mt_packed_weights){.isa = net->isa};
+        ws->packed_valid = 0;
+        for (int l = 0; l < MT_MAX_LAYERS; l++) ws->copy[l] = -1;
+    }
+#if !MT_DOUBLE
+    if (!net->bf16) return;
+    const int first = first_trained(net);
+    int n = 0;
+    int64_t end = 0;
+    for (int l = 0; l < net->nlayers; l++) {
+        const mt_layer *L = &net->layers[l];
+        if (L->kind != MT_LAYER_DENSE || L->w_off < end || L->in * L->out < COPY_MIN_WEIGHTS)
+            continue;
+        end = L->w_off + L->in * L->out;
+        const size_t fwd = carve(off, mt_gemm_packed_b_words_bf16(net->isa, L->in, L->out) * 4);
+        const size_t bwd =
+            l == first ? 0 : carve(off, mt_gemm_packed_b_words_bf16(net->isa, L->out, L->in) * 4);
+        if (base) {
+            ws->packed.w[n] = (mt_packed_w){L->w_off, L->in, L->out, (uint32_t *)(base + fwd),
+                                            l == first ? NULL : (uint32_t *)(base + bwd)};
+            ws->copy[l] = n;
+        }
+        n++;
+    }
+    if (base) ws->packed.n = n;
+#else
+    (void)net, (void)off;
+#endif
 }
 
 // Lays the workspace out for batches of up to `rows`; returns its size in bytes.
@@ -72,6 +130,7 @@ static size_t layout(const mt_net *net, int64_t rows, char *base, workspace *ws)
         ws->gemm = (mt_gemm_ws){net->isa, base + at, &ws->nonfinite, !MT_DOUBLE && net->bf16};
         ws->pending = 0;
     }
+    lay_out_copies(net, &off, base, ws);
     return off;
 }
 
@@ -115,15 +174,19 @@ static const real *gather(const mt_net *net, workspace *ws, const real *X,
 // and normalises with batch statistics (both of the global batch whose shard x is);
 // inference skips dropout (the next layer reads the dropout layer's input) and normalises
 // with the running statistics.
+// With `copies`, a dense layer's X·W reads the packed copy of W the last update wrote.
 static const real *forward(mt_net *net, workspace *ws, const real *x, int64_t n,
-                           int training, int64_t iteration) {
+                           int training, int64_t iteration, int copies) {
     const real *input = x;
     for (int l = 0; l < net->nlayers; l++) {
         const mt_layer *L = &net->layers[l];
         switch (L->kind) {
-        case MT_LAYER_DENSE:
-            FN(mt_dense_forward)(L, net->params, input, ws->z[l], ws->a[l], n, &ws->gemm);
+        case MT_LAYER_DENSE: {
+            mt_gemm_ws g = ws->gemm;
+            if (copies && ws->copy[l] >= 0) g.packed_w = ws->packed.w[ws->copy[l]].fwd;
+            FN(mt_dense_forward)(L, net->params, input, ws->z[l], ws->a[l], n, &g);
             break;
+        }
         case MT_LAYER_ACTIVATION:
             FN(mt_activation_forward)(L, input, ws->a[l], n);
             break;
@@ -146,8 +209,9 @@ static const real *forward(mt_net *net, workspace *ws, const real *x, int64_t n,
 }
 
 // dA (n, out_l) of layer l -> its parameter gradients, and dX (n, in_l) unless NULL
+// (with `copies`, a dense layer's dZ·Wᵀ reads the packed copy of Wᵀ the last update wrote)
 static void backward_layer(mt_net *net, workspace *ws, int l, const real *input, real *dA,
-                           real *dX, int64_t n) {
+                           real *dX, int64_t n, int copies) {
     const mt_layer *L = &net->layers[l];
     switch (L->kind) {
     case MT_LAYER_DENSE: {
@@ -158,8 +222,10 @@ static void backward_layer(mt_net *net, workspace *ws, int l, const real *input,
             FN(mt_act_backward)(L, ws->z[l], ws->a[l], dA, n);
         const mt_layer *below = l > 0 && net->layers[l - 1].dact_above ? &net->layers[l - 1]
                                                                         : NULL;
+        mt_gemm_ws g = ws->gemm;
+        if (copies && ws->copy[l] >= 0) g.packed_wt = ws->packed.w[ws->copy[l]].bwd;
         FN(mt_dense_backward)(L, net->params, net->grads, input, dA, dX, n, below,
-                              below ? ws->z[l - 1] : NULL, &ws->gemm);
+                              below ? ws->z[l - 1] : NULL, &g);
         break;
     }
     case MT_LAYER_ACTIVATION:
@@ -204,16 +270,27 @@ static int team_for(const mt_net *net, int64_t n, int training) {
     return mt_team;
 }
 
+// the copies an update writes (NULL: none)
+static const mt_packed_weights *copies_of(const workspace *ws) {
+    return ws->gemm.bf16 && ws->packed.n > 0 ? &ws->packed : NULL;
+}
+
+// After an update: the copies hold the weights it wrote, or are older than the weights
+// when it did not write them (an update of the "gradient" kind writes neither).
+static void updated(workspace *ws, const mt_optim *opt) {
+    if (copies_of(ws) && opt->kind != MT_OPT_GRADIENT) ws->packed_valid = ws->packed.write;
+}
+
 // gather, forward, loss, backward and (with opt) the update's checks and pass of one
 // iteration: run by every thread of the team, whose passes share the work; each thread
 // computes the (cheap, serial) batch loss itself from the row losses, in the same order,
 // so all agree without a broadcast
 static void step_passes(mt_net *net, workspace *ws, const real *X, const void *y,
                         const int64_t *idx, int64_t n, int64_t iteration, const mt_optim *opt,
-                        mt_update_scratch *update, double *loss, double *batch_weight,
-                        int *bad_label) {
+                        int copies, mt_update_scratch *update, double *loss,
+                        double *batch_weight, int *bad_label) {
     const real *x = gather(net, ws, X, idx, n);
-    const real *P = forward(net, ws, x, n, 1, iteration);
+    const real *P = forward(net, ws, x, n, 1, iteration, copies);
     const int last = net->nlayers - 1;
     const int64_t out = net->layers[last].out;
     double value, bw;
@@ -228,14 +305,11 @@ static void step_passes(mt_net *net, workspace *ws, const real *X, const void *y
     // calls; the failure is returned after them, and agreed on before any update
     if ((status != MT_OK || !isfinite(value)) && !net->reduce) return;
     // below the first layer with parameters no gradient is needed
-    int first = 0;
-    while (first < last && net->layers[first].kind != MT_LAYER_DENSE &&
-           net->layers[first].kind != MT_LAYER_BATCHNORM)
-        first++;
+    const int first = first_trained(net);
     int cur = 0;
     for (int l = last; l >= first; l--) {
         real *dx = l > first ? ws->d[1 - cur] : NULL;
-        backward_layer(net, ws, l, l > 0 ? ws->a[l - 1] : x, ws->d[cur], dx, n);
+        backward_layer(net, ws, l, l > 0 ? ws->a[l - 1] : x, ws->d[cur], dx, n, copies);
         cur = 1 - cur;
     }
     // in the same region: the last backward pass ended at a barrier, so the whole gradient
@@ -247,7 +321,7 @@ static void step_passes(mt_net *net, workspace *ws, const real *X, const void *y
     // (a failed step reaches here only with a reduce hook: it updates nothing)
     if (opt && !nonfinite && status == MT_OK && isfinite(value) && ws->status == MT_OK)
         FN(mt_optim_update_team)(opt, net->params, net->grads, net->state, net->n_params, bw,
-                                 1, update);
+                                 1, copies_of(ws), update);
 }
 
 // the batchnorm running statistics, after the update of the step ws describes
@@ -272,16 +346,27 @@ int FN(mt_step)(mt_net *net, const real *X, const void *y, const int64_t *idx, i
     int bad_label = 0; // shared by the team: see mt_loss_forward_backward
     mt_update_scratch update; // shared by the team
     ws->nonfinite = 0;
+    // the copies are read only on the caller's word that nothing wrote the weights since
+    // the update that wrote the copies, given for this call alone; without it they are
+    // not known to match the weights until an update writes them again
+    const int copies = net->weights_unchanged && ws->packed_valid && copies_of(ws) &&
+                       ws->packed.isa == net->isa;
+    net->weights_unchanged = 0;
+    net->copies_read = copies;
+    if (!copies) ws->packed_valid = 0;
+    // (for this step's update, here or in mt_update)
+    ws->packed.write = net->pack_copies;
+    net->pack_copies = 0;
     // one parallel region for the iteration's passes, the update's included: its threads
     // meet at the barriers the data flow needs, never fork or join in between (no region
     // for one thread: entering one costs a fraction of a microsecond even when inactive)
     if (team > 1) {
 #pragma omp parallel num_threads(team)
-        step_passes(net, ws, X, y, idx, n, iteration, opt, &update, loss, &batch_weight,
-                    &bad_label);
+        step_passes(net, ws, X, y, idx, n, iteration, opt, copies, &update, loss,
+                    &batch_weight, &bad_label);
     } else {
-        step_passes(net, ws, X, y, idx, n, iteration, opt, &update, loss, &batch_weight,
-                    &bad_label);
+        step_passes(net, ws, X, y, idx, n, iteration, opt, copies, &update, loss,
+                    &batch_weight, &bad_label);
     }
     ws->weight = batch_weight;
     if (ws->status != MT_OK) return ws->status;
@@ -292,10 +377,11 @@ int FN(mt_step)(mt_net *net, const real *X, const void *y, const int64_t *idx, i
         return MT_OK;
     }
     if (ws->nonfinite) return MT_ERR_NONFINITE_GRADIENT;
-    const int status = FN(mt_optim_result)(opt, net->n_params, batch_weight, 1, &update,
-                                           &net->l2_term);
+    const int status = FN(mt_optim_result)(opt, net->n_params, batch_weight, 1,
+                                           copies_of(ws), &update, &net->l2_term);
     if (status != MT_OK || opt->kind == MT_OPT_GRADIENT)
         return status; // the running statistics stay with the parameters
+    updated(ws, opt);
     update_running(net, ws);
     return MT_OK;
 }
@@ -308,9 +394,11 @@ int FN(mt_update)(mt_net *net, const mt_optim *opt) {
     mt_team = ws->team;
     // the gradient was summed over the ranks since the step: checked again, whole
     const int status = FN(mt_optim_update)(opt, net->params, net->grads, net->state,
-                                           net->n_params, ws->weight, &net->l2_term);
+                                           net->n_params, ws->weight, copies_of(ws),
+                                           &net->l2_term);
     if (status != MT_OK || opt->kind == MT_OPT_GRADIENT)
         return status; // the running statistics stay with the parameters
+    updated(ws, opt);
     update_running(net, ws);
     return MT_OK;
 }
@@ -323,12 +411,12 @@ int FN(mt_forward)(mt_net *net, const real *X, const int64_t *idx, int64_t n, re
     if (team > 1) {
 #pragma omp parallel num_threads(team)
         {
-            const real *p = forward(net, ws, gather(net, ws, X, idx, n), n, 0, 0);
+            const real *p = forward(net, ws, gather(net, ws, X, idx, n), n, 0, 0, 0);
 #pragma omp master
             P = p;
         }
     } else {
-        P = forward(net, ws, gather(net, ws, X, idx, n), n, 0, 0);
+        P = forward(net, ws, gather(net, ws, X, idx, n), n, 0, 0, 0);
     }
     memcpy(out, P, (size_t)(n * net->layers[net->nlayers - 1].out) * sizeof(real));
     return MT_OK;

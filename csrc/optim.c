@@ -2,7 +2,7 @@
 // iteration checked each gradient tile as it was stored), then one fused pass over the flat
 // parameter, gradient and state buffers.
 #define MT_REAL_SOURCE
-#include "mt_internal.h"
+#include "gemm.h"
 #include <math.h>
 
 #define NORM_CHUNKS MT_UPDATE_CHUNKS
@@ -111,13 +111,60 @@ static double update_range(const update_args *u, real *restrict p, real *restric
     return sq;
 }
 
-// part[c] = update_range of chunk c, for the chunks of the n parameters; threads split them
-static void update_chunks(const update_args *u, real *p, real *g, real *state, int64_t n,
-                          int64_t chunk, int chunks, double *part) {
+// One piece of the update's split: the parameters [lo, hi); with m >= 0, whole rows of
+// weight matrix m of the packed copies, whose copies the piece writes.
+typedef struct {
+    int64_t lo, hi;
+    int m;
+} piece;
+enum { MAX_PIECES = MT_UPDATE_CHUNKS + 2 * MT_MAX_LAYERS + 2 };
+
+// The split of the n parameters into pieces, fixed whatever the thread count: chunks of
+// `chunk`; with copies (pw), each of their weight matrices in pieces of whole packing units
+// of both layouts (pairs of rows, NR-row panels) of at least a chunk, so that the piece
+// writes its rows' copies from the weights it has just updated, still in its core's cache,
+// and no two threads write one unit; chunks between the matrices. Returns the count (at
+// most n/chunk + 2 per matrix + 1: within MAX_PIECES).
+static int split_of(int64_t n, int64_t chunk, const mt_packed_weights *pw, piece *pc) {
+    int k = 0;
+    const int nm = pw ? pw->n : 0;
+    int64_t at = 0;
+    for (int m = 0;; m++) {
+        const int64_t end = m < nm ? pw->w[m].off : n;
+        for (; at < end; at += chunk)
+            pc[k++] = (piece){at, at + chunk < end ? at + chunk : end, -1};
+        if (m == nm) return k;
+#if !MT_DOUBLE
+        const mt_packed_w *w = &pw->w[m];
+        const int64_t panel = mt_gemm_pack_unit_bf16(pw->isa, 1);
+        const int64_t unit = panel % 2 ? 2 * panel : panel;
+        const int64_t rows = ((chunk + w->out - 1) / w->out + unit - 1) / unit * unit;
+        for (int64_t r = 0; r < w->in; r += rows) {
+            const int64_t r1 = r + rows < w->in ? r + rows : w->in;
+            pc[k++] = (piece){w->off + r * w->out, w->off + r1 * w->out, m};
+        }
+        at = w->off + w->in * w->out;
+#endif
+    }
+}
+
+// part[c] = update_range of piece c; threads split the pieces
+static void update_pieces(const update_args *u, real *p, real *g, real *state, int64_t n,
+                          const piece *pc, int pieces, const mt_packed_weights *pw,
+                          double *part) {
 #pragma omp for schedule(static) nowait
-    for (int c = 0; c < chunks; c++) {
-        const int64_t lo = c * chunk, hi = lo + chunk < n ? lo + chunk : n;
-        part[c] = update_range(u, p, g, state, state + n, lo, hi);
+    for (int c = 0; c < pieces; c++) {
+        part[c] = update_range(u, p, g, state, state + n, pc[c].lo, pc[c].hi);
+#if !MT_DOUBLE
+        if (pc[c].m < 0 || u->kind == MT_OPT_GRADIENT || !pw->write) continue;
+        const mt_packed_w *w = &pw->w[pc[c].m];
+        const int64_t r0 = (pc[c].lo - w->off) / w->out, r1 = (pc[c].hi - w->off) / w->out;
+        mt_gemm_pack_b_rows_bf16(pw->isa, 0, w->in, w->out, p + w->off, r0, r1, w->fwd);
+        if (w->bwd)
+            mt_gemm_pack_b_rows_bf16(pw->isa, 1, w->out, w->in, p + w->off, r0, r1, w->bwd);
+#else
+        (void)pw;
+#endif
     }
 }
 
@@ -126,7 +173,8 @@ static void update_chunks(const update_args *u, real *p, real *g, real *state, i
 // takes the same branch.
 static void check_and_update(const update_args *args, double clip_norm, int checked,
                              real *p, real *g, real *state, int64_t n, int64_t chunk,
-                             int chunks, mt_update_scratch *s) {
+                             int chunks, const mt_packed_weights *pw,
+                             mt_update_scratch *s) {
     const int clip = clip_norm > 0;
     const int64_t norm_chunk = (n + NORM_CHUNKS - 1) / NORM_CHUNKS;
     if (clip)
@@ -142,7 +190,9 @@ static void check_and_update(const update_args *args, double clip_norm, int chec
         const double norm = sqrt(sq);
         if (norm > clip_norm) u.gscale = (real)(clip_norm / norm);
     }
-    update_chunks(&u, p, g, state, n, chunk, chunks, s->part);
+    piece pc[MAX_PIECES];
+    const int pieces = split_of(n, chunk, pw, pc);
+    update_pieces(&u, p, g, state, n, pc, pieces, pw, s->part);
 }
 
 // The hyperparameters of the update after a batch of weight batch_weight; *wd = the weight
@@ -182,16 +232,17 @@ static int64_t chunk_of(int64_t n) {
 
 void FN(mt_optim_update_team)(const mt_optim *o, real *p, real *g, real *state,
                               int64_t n, double batch_weight, int checked,
-                              mt_update_scratch *s) {
+                              const mt_packed_weights *pw, mt_update_scratch *s) {
     double wd;
     const update_args u = args_of(o, batch_weight, &wd);
     const int64_t chunk = chunk_of(n);
     check_and_update(&u, o->clip_norm, checked, p, g, state, n, chunk,
-                     (int)((n + chunk - 1) / chunk), s);
+                     (int)((n + chunk - 1) / chunk), pw, s);
 }
 
 int FN(mt_optim_result)(const mt_optim *o, int64_t n, double batch_weight, int checked,
-                        const mt_update_scratch *s, double *l2_term) {
+                        const mt_packed_weights *pw, const mt_update_scratch *s,
+                        double *l2_term) {
     const int64_t chunk = chunk_of(n);
     const int chunks = (int)((n + chunk - 1) / chunk);
     *l2_term = 0;
@@ -200,7 +251,9 @@ int FN(mt_optim_result)(const mt_optim *o, int64_t n, double batch_weight, int c
     if (o->style != MT_OPT_STYLE_SKLEARN) return MT_OK;
     double wd, sq = 0;
     args_of(o, batch_weight, &wd);
-    for (int c = 0; c < chunks; c++) sq += s->part[c];
+    piece pc[MAX_PIECES];
+    const int pieces = split_of(n, chunk, pw, pc);
+    for (int c = 0; c < pieces; c++) sq += s->part[c];
     *l2_term = 0.5 * wd * sq;
     return MT_OK;
 }
@@ -213,9 +266,10 @@ int FN(mt_optim_result)(const mt_optim *o, int64_t n, double batch_weight, int c
 // MT_OPT_GRADIENT updates nothing: g gets the L2 penalty's gradient added, as the updates
 // add it, and *l2_term is its loss term, as above.
 int FN(mt_optim_update)(const mt_optim *o, real *p, real *g, real *state, int64_t n,
-                        double batch_weight, double *l2_term) {
+                        double batch_weight, const mt_packed_weights *pw,
+                        double *l2_term) {
     mt_update_scratch s;
     MT_PARALLEL_IF(n >= MT_PAR_ELEMS,
-                   FN(mt_optim_update_team)(o, p, g, state, n, batch_weight, 0, &s));
-    return FN(mt_optim_result)(o, n, batch_weight, 0, &s, l2_term);
+                   FN(mt_optim_update_team)(o, p, g, state, n, batch_weight, 0, pw, &s));
+    return FN(mt_optim_result)(o, n, batch_weight, 0, pw, &s, l2_term);
 }

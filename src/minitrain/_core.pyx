@@ -67,6 +67,9 @@ cdef extern from "minitrain.h":
         int isa
         int threads
         int bf16
+        int weights_unchanged
+        int copies_read
+        int pack_copies
         int64_t shard_row0, shard_rows
         double shard_weight
         mt_reduce_fn reduce
@@ -311,6 +314,7 @@ cdef class Net:
         self.net.nlayers = 0
         self.net.max_batch = 0
         self.net.work = NULL
+        self.net.weights_unchanged = self.net.copies_read = self.net.pack_copies = 0
         self.net.reduce = NULL
         self.net.reduce_ctx = NULL
         self.net.shard_row0 = self.net.shard_rows = 0
@@ -394,6 +398,17 @@ cdef class Net:
     @property
     def max_batch(self):
         return self.net.max_batch
+
+    @property
+    def packs_weights(self):
+        """True when updates can keep bfloat16 copies of the weight matrices, packed as
+        the products take them (mixed_bfloat16): see ``step_rows``' pack and unchanged."""
+        return bool(self.bf16)
+
+    @property
+    def copies_read(self):
+        """True when the last step's products read the weights' packed copies."""
+        return bool(self.net.copies_read)
 
     @property
     def isa(self):
@@ -559,7 +574,7 @@ cdef class Net:
 
     cdef double _run(self, const void *X, const void *y, object w, const int64_t *idx,
                      int64_t n, double lr, int64_t t, bint update,
-                     int64_t iteration) except? -1:
+                     int64_t iteration, bint unchanged=False, bint pack=False) except? -1:
         # with the lock held
         cdef double loss = 0
         cdef int status
@@ -577,6 +592,8 @@ cdef class Net:
             self.opt.t = t
             opt = &self.opt
         self.net.sample_weight = NULL if w is None else ptr(w)
+        # for this step only: mt_step clears both
+        self.net.weights_unchanged, self.net.pack_copies = unchanged, pack
         with nogil:
             status = mt_step(&self.net, X, y, idx, n, iteration, opt, &loss)
         if status == MT_ERR_REDUCE:
@@ -604,9 +621,14 @@ cdef class Net:
         _check_status(status)
 
     def step_rows(self, idx, int64_t start, int64_t stop, double lr, int64_t t,
-                  bint update=True, int64_t iteration=0):
+                  bint update=True, int64_t iteration=0, bint unchanged=False,
+                  bint pack=False):
         """One iteration on the rows idx[start:stop] of the data given to set_data;
-        `iteration` keys the dropout masks."""
+        `iteration` keys the dropout masks. With ``packs_weights``: pack, the step's update
+        (here, or in ``update``) writes the packed copies of the weights, for a next step
+        given unchanged: the caller's word that nothing has written the parameters since
+        this Net's last update, which then reads the copies if that update wrote them;
+        when in doubt, False."""
         _require(idx, INT64, 1, "idx")
         if not 0 <= start < stop <= cnp.PyArray_DIMS(<cnp.ndarray>idx)[0]:
             raise ValueError("start:stop outside idx")
@@ -622,7 +644,7 @@ cdef class Net:
                 if chosen[i] < 0 or chosen[i] >= rows:
                     raise ValueError(f"idx holds row {chosen[i]} outside [0, {rows})")
             return self._run(ptr(self._X), ptr(self._y), self._w, chosen, stop - start, lr,
-                             t, update, iteration)
+                             t, update, iteration, unchanged, pack)
         finally:
             self._release()
 

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
-from . import checkpoint, distributed, evaluation, optimizers, threads
+from . import checkpoint, distributed, evaluation, optimizers, schedules, threads
 from ._validation import check_int, check_number, check_targets, check_X
 from .backends import make_net
 from .callbacks import Callback, CallbackList, ConvergenceCheck, EpochLine, ProgressBar
@@ -89,6 +89,11 @@ class Policy:
     """A front's decisions about a fit; the defaults are those of a plain loop."""
 
     stop_training = False
+    # True when no code but the library's runs from one iteration's update to the next
+    # iteration of the epoch (``rate`` and ``iteration_end`` included), so that nothing
+    # can write the weights in between: the runner then lets the core reuse what the update
+    # packed of them (mixed_bfloat16). False whenever a user's function may run there.
+    quiet = False
 
     def order(self, rows: np.ndarray) -> np.ndarray:
         """The rows of the next epoch, in the order of its batches."""
@@ -139,6 +144,7 @@ class Runner:
         self.reduce = reduce
         # every call that uses the model's workspace holds its lock (see Sequential)
         self.lock = model._lock
+        self.unchanged = False
         # times the iterations to choose the thread count (set_num_threads("auto"))
         self.controller = threads.controller(model)
         with self.lock:
@@ -148,6 +154,11 @@ class Runner:
     def use_net(self, net: Any) -> None:
         """Train with `net` (a backend over the model's buffers) from the next step."""
         self.net = net
+        # a core net of mixed_bfloat16 keeps copies of the weights packed by its updates,
+        # which its next step may read when the runner vouches that nothing wrote the
+        # weights in between (self.unchanged); a new net has not updated them yet
+        self.marks = bool(getattr(net, "packs_weights", False)) and not self.sparse
+        self.unchanged = False
         if self.sparse:
             self._step_rows = self._sparse_step
         else:  # the core gathers the rows of each batch
@@ -161,15 +172,20 @@ class Runner:
                              sample_weight=w)
 
     def step(self, order: np.ndarray, start: int, stop: int, lr: float, t: int,
-             iteration: int) -> float:
-        """One iteration on rows order[start:stop]: gradients → (reduce) → update."""
+             iteration: int, pack: bool = False) -> float:
+        """One iteration on rows order[start:stop]: gradients → (reduce) → update (which
+        with `pack` writes the weights' copies for the next step: ``use_net``)."""
+        # self.unchanged is for this step only: whatever happens next, the following step
+        # has it only if the loop says so again
+        mark = {"unchanged": self.unchanged, "pack": pack} if self.marks else {}
+        self.unchanged = False
         if self.reduce is None:  # the core updates in the pass that computes the gradient
-            return self._step_rows(order, start, stop, lr, t, iteration=iteration)
+            return self._step_rows(order, start, stop, lr, t, iteration=iteration, **mark)
         lo, hi = self.reduce.part(start, stop)  # this rank's rows of the global batch
         self.net.set_shard(lo - start, stop - start, stop - start, self.reduce.sums)
         err, loss = None, 0.0
         try:
-            loss = self._step_rows(order, lo, hi, 0.0, 0, False, iteration=iteration)
+            loss = self._step_rows(order, lo, hi, 0.0, 0, False, iteration=iteration, **mark)
         except (ValueError, FloatingPointError) as e:  # raised below, on every rank
             err = e
         loss = self.reduce(loss, err)  # sums grads_flat; raises a rank's error on every rank
@@ -191,6 +207,10 @@ class Runner:
         lock, ctl, rate, updated = self.lock, self.controller, policy.rate, policy.updated
         iteration_end = policy.iteration_end
         fused = self.reduce is None  # the core updates in the pass that computes the gradient
+        # the epoch's first step follows the epoch's callbacks (and whatever ran since the
+        # last fit): only a step right after another of this loop, with nothing but the
+        # library's code in between, is told that the weights are as the update left them
+        quiet, follows = policy.quiet, False
         while done < steps and not policy.stop_training:
             start = done * batch_size
             stop = start + batch_size if start + batch_size < n else n
@@ -198,11 +218,18 @@ class Runner:
                 lr, t, iteration = rate()
                 t0 = ctl.start(stop - start)
                 try:
-                    if fused:  # `step` without its frame; the net may change (use_net)
+                    # `step` without its frame (the net may change: use_net), unless the
+                    # net keeps weight copies that the step must be told about
+                    if fused and not self.marks:
                         loss = self._step_rows(order, start, stop, lr, t, True, iteration)
                     else:
-                        loss = self.step(order, start, stop, lr, t, iteration)
+                        self.unchanged = quiet and follows
+                        # the copies are worth writing for a next step of this loop
+                        loss = self.step(order, start, stop, lr, t, iteration,
+                                         pack=quiet and done + 1 < steps)
+                    follows = True
                 except FloatingPointError as err:
+                    follows = False
                     self._retry = (order, start, stop, lr, t, iteration)
                     loss = policy.diverged(self, err, epoch, done + 1)
                 ctl.stop(t0)
@@ -246,6 +273,14 @@ class KerasPolicy(Policy):
         self.on_iteration = fit.callbacks.on_iteration_end
         self.sizes = fit.plan.batch_sizes()
         self.deadline = None  # set when the run starts
+        # between iterations run the iteration callbacks (as Keras, only those that
+        # override the hook) and the optimizer's rate (its schedule): quiet when every one
+        # is the library's own, none of which writes the weights
+        schedule = self.optimizer.lr_schedule
+        self.quiet = (all(type(getattr(fn, "__self__", None)) is ProgressBar
+                          for fn in self.on_iteration)
+                      and type(self.optimizer).__module__ == optimizers.__name__
+                      and (schedule is None or type(schedule).__module__ == schedules.__name__))
 
     @property
     def stop_training(self):
