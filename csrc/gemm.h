@@ -88,10 +88,52 @@ typedef struct {
     real *C;
     int accumulate;
     const mt_epilogue *ep;
+    const void *packed_b; // or NULL: op(B) already packed as the plan packs it
 } FN(mt_gemm_op);
 
 // Elements of packing buffer that mt_gemm_run needs for the product op (any ISA).
 size_t FN(mt_gemm_pack_elems)(int64_t M, int64_t N, int64_t K);
+
+typedef struct FN(mt_packing) FN(mt_packing);
+
+// One product laid out for the two phases of mt_gemm_run (gemm.c). Packed panels are
+// counted in words of sizeof(real) bytes (bfloat16 pairs: a uint32_t each), kw(k) =
+// k / fmt->k_per_word words per lane for k values: the k block at pc of packed op(A)
+// starts at Ap + kw(pc)*Mp, its row panel p at + p*kw(kc)*MR (kc rounded up to
+// fmt->k_align); likewise Bp + kw(pc)*Np + q*kw(kc)*NR for op(B).
+typedef struct {
+    const FN(mt_kernel) *ker;
+    const FN(mt_packing) *fmt;
+    FN(mt_gemm_op) op;
+    int pack_a, pack_b;
+    real *Ap, *Bp;
+    int64_t kc;               // k block
+    int64_t Mp, Np;           // M, N rounded up to MR, NR
+    int64_t rp, cp;           // row, column panels
+    int64_t tr, tc;           // row, column panels per macro-tile
+    int64_t tiles_m, tiles_n; // macro-tiles down, across
+    int64_t a_per, b_per;     // panels one packing job takes
+    int64_t b_slices;         // k slices of each group of B panels
+    int64_t a_jobs, b_jobs, sum_jobs, tiles;
+} FN(mt_plan);
+
+// How the operands of a product are packed for its micro-kernel: as they are (gemm.c),
+// or rounded to bfloat16 (gemm_bf16.c). The driver is the same for every format.
+struct FN(mt_packing) {
+    int64_t kc;      // k block whatever the ISA, or 0: the micro-kernel's
+    int k_align;     // each k block padded with zeros to a multiple of this
+    int k_per_word;  // k values a word holds per lane
+    int always;      // both operands packed whatever the shapes (rounded there)
+    int group_a;     // a job packs several A panels when op(A) is contiguous across rows
+    int slice_b;     // a lone group of row-major B panels may be split in k between jobs
+    int ftz;         // runs with flush-to-zero and denormals-are-zero
+    int dact_after;  // tanh' and sigmoid' applied by mt_tile_epilogue, not the kernel
+    // row panels [p0, p1) of op(A), every k block
+    void (*pack_a)(const FN(mt_plan) *P, int64_t p0, int64_t p1);
+    // column panels [q0, q1) of op(B), k in [k0, k1) (k0 and k1 on k_align but K); when
+    // k0 == 0, also their column sums over every k into ep->b_sums
+    void (*pack_b)(const FN(mt_plan) *P, int64_t q0, int64_t q1, int64_t k0, int64_t k1);
+};
 
 // The n independent products ops[0..n) with the micro-kernels of ws->isa; ws->pack holds
 // the sum of their mt_gemm_pack_elems, 64-byte aligned. Called by every thread of a team
@@ -112,8 +154,9 @@ void FN(mt_flag_nonfinite)(const real *x, int64_t h, int64_t w, int64_t ld, int 
 extern const mt_kernel_f32 mt_kernel_avx512_bf16;
 int64_t mt_pack_pairs_strided_avx512(const float *src, int64_t ls, int64_t h, int R,
                                      int64_t pairs, uint32_t *dst);
-size_t mt_gemm_pack_elems_bf16(int64_t M, int64_t N, int64_t K);
-void mt_gemm_run_bf16(const mt_gemm_op_f32 *ops, int n, const mt_gemm_ws *ws);
+// the packing of mt_kernel_avx512_bf16 (pairs of bfloat16 per word), and that of the
+// float32 kernels emulating it (a float per k, the two k of every pair swapped)
+extern const mt_packing_f32 mt_packing_bf16_pairs, mt_packing_bf16_emulated;
 #endif
 #endif
 
