@@ -99,6 +99,19 @@ size_t FN(mt_gemm_pack_elems)(int64_t M, int64_t N, int64_t K) {
 
 static inline int64_t kw(const FN(mt_plan) *P, int64_t k) { return k / P->fmt->k_per_word; }
 
+// The jobs that pack op(B) into P->Bp
+static void plan_b_jobs(FN(mt_plan) *P, int team) {
+    const FN(mt_gemm_op) *op = &P->op;
+    const int64_t K = op->K;
+    P->b_per = op->trans_b ? 1 : PACK_LANES / P->ker->nr;
+    const int64_t groups = K > 0 ? (P->cp + P->b_per - 1) / P->b_per : 0;
+    // a row-major B of one group (a weight matrix of a few hundred columns) would be
+    // packed by one thread while the others wait: its rows are split between the team
+    // instead, whole rows still read in one sweep
+    P->b_slices = P->fmt->slice_b && !op->trans_b && groups < team && K >= 2 * team ? team : 1;
+    P->b_jobs = groups * P->b_slices;
+}
+
 // Which operands to pack, where, and the macro-tiles for a team of `team` threads.
 static real *plan_op(FN(mt_plan) *P, const FN(mt_kernel) *ker, const FN(mt_packing) *fmt,
                      const FN(mt_gemm_op) *op, real *pack, int team) {
@@ -137,13 +150,7 @@ static real *plan_op(FN(mt_plan) *P, const FN(mt_kernel) *ker, const FN(mt_packi
     } else if (P->pack_b) {
         P->Bp = pack;
         pack += aligned_elems(words * P->Np);
-        P->b_per = op->trans_b ? 1 : PACK_LANES / ker->nr;
-        const int64_t groups = K > 0 ? (P->cp + P->b_per - 1) / P->b_per : 0;
-        // a row-major B of one group (a weight matrix of a few hundred columns) would be
-        // packed by one thread while the others wait: its rows are split between the team
-        // instead, whole rows still read in one sweep
-        P->b_slices = fmt->slice_b && !op->trans_b && groups < team && K >= 2 * team ? team : 1;
-        P->b_jobs = groups * P->b_slices;
+        plan_b_jobs(P, team);
     }
     // column sums no packing job takes: of an in-place B, a pre-packed one, or K == 0
     if (P->b_jobs == 0 && op->ep && op->ep->b_sums) P->sum_jobs = (N + SUM_COLUMNS - 1) / SUM_COLUMNS;
@@ -449,31 +456,66 @@ void FN(mt_gemm_run)(const FN(mt_gemm_op) *ops, int n, const mt_gemm_ws *ws) {
 #endif
 }
 
-// C = op(A) op(B) (+ C) on a team of its own, with a packing buffer of its own
-static int gemm_alloc(int isa, int bf16, const FN(mt_gemm_op) *op) {
+void FN(mt_gemm_pack_b)(const FN(mt_gemm_op) *op, const mt_gemm_ws *ws, void *dst) {
+    const FN(mt_packing) *fmt;
+    const FN(mt_kernel) *ker = kernel_for(ws->isa, ws->bf16, &fmt);
+    FN(mt_gemm_op) bare = *op;
+    bare.ep = NULL;
+    bare.packed_b = NULL;
+    FN(mt_plan) P;
+    plan_op(&P, ker, fmt, &bare, dst, 1);
+    if (bare.M <= 0 || bare.N <= 0) return;
+    P.Bp = dst;
+    plan_b_jobs(&P, 1);
+#if defined(__x86_64__) || defined(_M_X64)
+    const unsigned csr = _mm_getcsr();
+    if (fmt->ftz) _mm_setcsr(csr | 0x8040u);
+#endif
+    for (int64_t j = 0; j < P.b_jobs; j++) pack_job(&P, P.a_jobs + j);
+#if defined(__x86_64__) || defined(_M_X64)
+    if (fmt->ftz) _mm_setcsr(csr);
+#endif
+}
+
+// C = op(A) op(B) (+ C) on a team of its own, with a packing buffer of its own; with
+// prepack_b, op(B) packed first into a buffer of its own, which the product then reads
+static int gemm_alloc(int isa, int bf16, const FN(mt_gemm_op) *op, int prepack_b) {
     const size_t bytes = FN(mt_gemm_pack_elems)(op->M, op->N, op->K) * sizeof(real);
-    real *pack = aligned_alloc(MT_ALIGN, (bytes + MT_ALIGN) / MT_ALIGN * MT_ALIGN);
-    if (!pack) return MT_ERR_NO_MEMORY;
+    const size_t size = (bytes + MT_ALIGN) / MT_ALIGN * MT_ALIGN;
+    real *pack = aligned_alloc(MT_ALIGN, size);
+    real *packed_b = prepack_b ? aligned_alloc(MT_ALIGN, size) : NULL;
+    if (!pack || (prepack_b && !packed_b)) {
+        free(pack);
+        free(packed_b);
+        return MT_ERR_NO_MEMORY;
+    }
     const mt_gemm_ws ws = {.isa = isa, .pack = pack, .bf16 = bf16};
+    FN(mt_gemm_op) run = *op;
+    if (prepack_b) {
+        FN(mt_gemm_pack_b)(op, &ws, packed_b);
+        run.packed_b = packed_b;
+    }
     mt_team = mt_team_size(0);
     const int parallel = mt_team > 1 && (double)op->M * op->N * op->K >= GEMM_SPLIT_FLOPS;
 #pragma omp parallel num_threads(mt_team) if (parallel)
-    FN(mt_gemm_run)(op, 1, &ws);
+    FN(mt_gemm_run)(&run, 1, &ws);
     mt_team_used(parallel ? mt_team : 1);
     free(pack);
+    free(packed_b);
     return MT_OK;
 }
 
 int FN(mt_gemm_alloc)(int isa, int trans_a, int trans_b, int64_t M, int64_t N, int64_t K,
                       const real *A, const real *B, real *C, int accumulate) {
     const FN(mt_gemm_op) op = {trans_a, trans_b, M, N, K, A, B, C, accumulate, NULL, NULL};
-    return gemm_alloc(isa, 0, &op);
+    return gemm_alloc(isa, 0, &op, 0);
 }
 
 #if !MT_DOUBLE
 int mt_gemm_alloc_bf16(int isa, int trans_a, int trans_b, int64_t M, int64_t N, int64_t K,
-                       const float *A, const float *B, float *C, int accumulate) {
+                       const float *A, const float *B, float *C, int accumulate,
+                       int prepack_b) {
     const mt_gemm_op_f32 op = {trans_a, trans_b, M, N, K, A, B, C, accumulate, NULL, NULL};
-    return gemm_alloc(isa, 1, &op);
+    return gemm_alloc(isa, 1, &op, prepack_b);
 }
 #endif

@@ -135,6 +135,10 @@ struct FN(mt_packing) {
     void (*pack_b)(const FN(mt_plan) *P, int64_t q0, int64_t q1, int64_t k0, int64_t k1);
 };
 
+// op(B) of op into dst (as many elements as mt_gemm_pack_elems gives), by this thread,
+// as mt_gemm_run with the micro-kernels of ws packs it: what op.packed_b points at
+void FN(mt_gemm_pack_b)(const FN(mt_gemm_op) *op, const mt_gemm_ws *ws, void *dst);
+
 // The n independent products ops[0..n) with the micro-kernels of ws->isa; ws->pack holds
 // the sum of their mt_gemm_pack_elems, 64-byte aligned. Called by every thread of a team
 // (or outside any parallel region, by one): the threads share the packing, then take

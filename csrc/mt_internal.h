@@ -88,7 +88,8 @@ typedef struct {
 
 MT_DECLARE_TYPED(float, f32)
 int mt_gemm_alloc_bf16(int isa, int trans_a, int trans_b, int64_t M, int64_t N, int64_t K,
-                       const float *A, const float *B, float *C, int accumulate);
+                       const float *A, const float *B, float *C, int accumulate,
+                       int prepack_b);
 MT_DECLARE_TYPED(double, f64)
 
 #ifdef MT_REAL_SOURCE
