@@ -21,6 +21,7 @@
 #include "gemm.h"
 #include "activation.h"
 #include <omp.h>
+#include <sched.h>
 #include <stdint.h>
 #include <stdlib.h>
 #if defined(__x86_64__) || defined(_M_X64)
@@ -412,12 +413,41 @@ static void pack_job_of(const FN(mt_plan) *P, int n, int64_t j) {
     pack_job(&P[o], j);
 }
 
-// tile (or column-sums) job j of the products P (in order)
-static void tile_job_of(const FN(mt_plan) *P, int64_t j) {
+// Returns once the packing jobs [j0, j1) are done. Spins briefly, then yields the core:
+// the thread packing them may be waiting for it.
+static void wait_ready(int *ready, int64_t j0, int64_t j1) {
+    for (int64_t j = j0; j < j1; j++)
+        for (int spins = 0; !__atomic_load_n(&ready[j], __ATOMIC_ACQUIRE); spins++) {
+            if (spins < 2000) {
+#if defined(__x86_64__) || defined(_M_X64)
+                _mm_pause();
+#endif
+            } else {
+                sched_yield();
+            }
+        }
+}
+
+// tile (or column-sums) job j of the products P (in order); with ready, once the packing
+// jobs of the panels it reads are done
+static void tile_job_of(const FN(mt_plan) *P, int64_t j, int *ready) {
     int o = 0;
     while (j >= P[o].tiles + P[o].sum_jobs) j -= P[o].tiles + P[o].sum_jobs, o++;
-    if (j < P[o].tiles) run_tile(&P[o], j);
-    else pack_job(&P[o], P[o].a_jobs + P[o].b_jobs + j - P[o].tiles);
+    P += o;
+    if (j >= P->tiles) {
+        pack_job(P, P->a_jobs + P->b_jobs + j - P->tiles);
+        return;
+    }
+    if (ready) {
+        const int64_t p0 = j / P->tiles_n * P->tr, p1 = min64(P->rp, p0 + P->tr);
+        const int64_t q0 = j % P->tiles_n * P->tc, q1 = min64(P->cp, q0 + P->tc);
+        if (P->b_jobs)
+            wait_ready(ready, P->b_first + q0 / P->b_per * P->b_slices,
+                       P->b_first + ((q1 - 1) / P->b_per + 1) * P->b_slices);
+        if (P->a_jobs)
+            wait_ready(ready, P->a_first + p0 / P->a_per, P->a_first + (p1 - 1) / P->a_per + 1);
+    }
+    run_tile(P, j);
 }
 
 void FN(mt_gemm_run)(const FN(mt_gemm_op) *ops, int n, const mt_gemm_ws *ws) {
@@ -429,27 +459,52 @@ void FN(mt_gemm_run)(const FN(mt_gemm_op) *ops, int n, const mt_gemm_ws *ws) {
     int64_t jobs = 0, tiles = 0;
     for (int o = 0; o < n; o++) {
         pack = plan_op(&P[o], ker, fmt, &ops[o], pack, team);
-        jobs += P[o].a_jobs + P[o].b_jobs;
+        P[o].b_first = jobs; // pack_job_of's order: every product's B jobs, then the A jobs
+        jobs += P[o].b_jobs;
         tiles += P[o].tiles + P[o].sum_jobs;
+    }
+    for (int o = 0; o < n; o++) {
+        P[o].a_first = jobs;
+        jobs += P[o].a_jobs;
     }
 #if defined(__x86_64__) || defined(_M_X64)
     // per thread; restored before returning
     const unsigned csr = _mm_getcsr();
     if (fmt->ftz) _mm_setcsr(csr | 0x8040u);
 #endif
-    // tiles wait for the packed panels; column sums of an in-place B need no barrier.
+    // Tiles wait for the packed panels they read; column sums of an in-place B for nothing.
     // One thread runs the same loops without worksharing, whose set-up costs show on a
     // small iteration.
+    mt_gemm_sync *s = ws->sync;
     if (team == 1) {
         for (int64_t j = 0; j < jobs; j++) pack_job_of(P, n, j);
-        for (int64_t j = 0; j < tiles; j++) tile_job_of(P, j);
+        for (int64_t j = 0; j < tiles; j++) tile_job_of(P, j, NULL);
+    } else if (jobs > 0 && s && jobs <= MT_GEMM_READY) {
+        // One loop, its jobs handed out in order: a tile is taken after every packing job
+        // (and those never wait), so each panel it waits for is being packed; a thread
+        // done packing starts the tiles whose panels are ready instead of waiting for the
+        // slowest packing job. The thread that finishes the last tile clears the flags,
+        // before the loop's closing barrier lets any thread into the next product.
+#pragma omp for schedule(monotonic : dynamic, 1)
+        for (int64_t j = 0; j < jobs + tiles; j++) {
+            if (j < jobs) {
+                pack_job_of(P, n, j);
+                __atomic_store_n(&s->ready[j], 1, __ATOMIC_RELEASE);
+                continue;
+            }
+            tile_job_of(P, j - jobs, s->ready);
+            if (__atomic_add_fetch(&s->done, 1, __ATOMIC_ACQ_REL) == tiles) {
+                for (int64_t i = 0; i < jobs; i++) s->ready[i] = 0;
+                s->done = 0;
+            }
+        }
     } else {
         if (jobs > 0) {
 #pragma omp for schedule(dynamic, 1)
             for (int64_t j = 0; j < jobs; j++) pack_job_of(P, n, j);
         }
 #pragma omp for schedule(dynamic, 1)
-        for (int64_t j = 0; j < tiles; j++) tile_job_of(P, j);
+        for (int64_t j = 0; j < tiles; j++) tile_job_of(P, j, NULL);
     }
 #if defined(__x86_64__) || defined(_M_X64)
     if (fmt->ftz) _mm_setcsr(csr);
@@ -489,7 +544,8 @@ static int gemm_alloc(int isa, int bf16, const FN(mt_gemm_op) *op, int prepack_b
         free(packed_b);
         return MT_ERR_NO_MEMORY;
     }
-    const mt_gemm_ws ws = {.isa = isa, .pack = pack, .bf16 = bf16};
+    mt_gemm_sync sync = {0};
+    const mt_gemm_ws ws = {.isa = isa, .pack = pack, .bf16 = bf16, .sync = &sync};
     FN(mt_gemm_op) run = *op;
     if (prepack_b) {
         FN(mt_gemm_pack_b)(op, &ws, packed_b);

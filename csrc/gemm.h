@@ -115,6 +115,7 @@ typedef struct {
     int64_t a_per, b_per;     // panels one packing job takes
     int64_t b_slices;         // k slices of each group of B panels
     int64_t a_jobs, b_jobs, sum_jobs, tiles;
+    int64_t a_first, b_first; // the indices of its first A and B jobs among every product's
 } FN(mt_plan);
 
 // How the operands of a product are packed for its micro-kernel: as they are (gemm.c),

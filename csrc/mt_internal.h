@@ -57,6 +57,15 @@ void mt_team_used(int team);
 // MT_ERR_REDUCE when the hook fails; once it has failed the hook is not called again.
 void mt_allreduce(const mt_net *net, double *buf, int64_t n, int *status);
 
+// What the threads of a team share to start output tiles as soon as the panels they read
+// are packed, rather than after a barrier (gemm.c). Zeros when no product is under way.
+enum { MT_GEMM_READY = 1024 };
+typedef struct {
+    int done;                     // tiles (and column-sums jobs) finished
+    int pad[MT_ALIGN / sizeof(int) - 1];
+    int ready[MT_GEMM_READY];     // 1: packing job j is done
+} mt_gemm_sync;
+
 // The GEMM micro-kernels and packing buffer of a call (gemm.c)
 typedef struct {
     int isa;     // mt_isa
@@ -64,6 +73,7 @@ typedef struct {
     int *nonfinite; // set to 1 (never cleared here) when a parameter gradient the layers
                     // compute holds an infinity or a NaN: checked as each tile is stored
     int bf16;    // float32 products with bfloat16 inputs (mt_net.bf16)
+    mt_gemm_sync *sync; // or NULL: the tiles wait for all of the packing at a barrier
 } mt_gemm_ws;
 
 // What the threads of an update share (optim.c): per chunk of the gradient, whether it

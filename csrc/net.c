@@ -68,8 +68,11 @@ static size_t layout(const mt_net *net, int64_t rows, char *base, workspace *ws)
             pack = need > pack ? need : pack;
         }
     at = carve(&off, pack * es);
+    const size_t sync = carve(&off, sizeof(mt_gemm_sync));
     if (base) {
-        ws->gemm = (mt_gemm_ws){net->isa, base + at, &ws->nonfinite, !MT_DOUBLE && net->bf16};
+        memset(base + sync, 0, sizeof(mt_gemm_sync));
+        ws->gemm = (mt_gemm_ws){net->isa, base + at, &ws->nonfinite, !MT_DOUBLE && net->bf16,
+                                (mt_gemm_sync *)(base + sync)};
         ws->pending = 0;
     }
     return off;
