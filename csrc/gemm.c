@@ -428,12 +428,9 @@ static void wait_ready(int *ready, int64_t j0, int64_t j1) {
         }
 }
 
-// tile (or column-sums) job j of the products P (in order); with ready, once the packing
-// jobs of the panels it reads are done
-static void tile_job_of(const FN(mt_plan) *P, int64_t j, int *ready) {
-    int o = 0;
-    while (j >= P[o].tiles + P[o].sum_jobs) j -= P[o].tiles + P[o].sum_jobs, o++;
-    P += o;
+// macro-tile (or column-sums) job j of P; with ready, once the packing jobs of the panels
+// it reads are done
+static void tile_job(const FN(mt_plan) *P, int64_t j, int *ready) {
     if (j >= P->tiles) {
         pack_job(P, P->a_jobs + P->b_jobs + j - P->tiles);
         return;
@@ -448,6 +445,56 @@ static void tile_job_of(const FN(mt_plan) *P, int64_t j, int *ready) {
             wait_ready(ready, P->a_first + p0 / P->a_per, P->a_first + (p1 - 1) / P->a_per + 1);
     }
     run_tile(P, j);
+}
+
+// tile (or column-sums) job j of the products P (in order)
+static void tile_job_of(const FN(mt_plan) *P, int64_t j) {
+    int o = 0;
+    while (j >= P[o].tiles + P[o].sum_jobs) j -= P[o].tiles + P[o].sum_jobs, o++;
+    tile_job(&P[o], j, NULL);
+}
+
+// A jobs of P that row r of its macro-tiles reads
+static int64_t a_jobs_through(const FN(mt_plan) *P, int64_t r) {
+    if (!P->a_jobs) return 0;
+    const int64_t p1 = min64(P->rp, (r + 1) * P->tr);
+    return (p1 + P->a_per - 1) / P->a_per;
+}
+
+// Job j of the n products P in the order one loop takes them: every product's B jobs
+// (each is many A panels' work: taken late, it would hold up every tile that reads it),
+// then product by product each row of macro-tiles right after the A jobs of the panels
+// it reads, then its column sums: a thread packs the next row's panels while another
+// computes on the last ones. With ready, a packing job marks itself done there and a
+// tile waits for the packing jobs it reads. Returns 1 for a tile or column-sums job.
+static int run_job(const FN(mt_plan) *P, int n, int64_t j, int *ready) {
+    const int64_t b_jobs = P[n - 1].b_first + P[n - 1].b_jobs;
+    if (j < b_jobs) {
+        pack_job_of(P, n, j);
+        if (ready) __atomic_store_n(&ready[j], 1, __ATOMIC_RELEASE);
+        return 0;
+    }
+    j -= b_jobs;
+    int o = 0;
+    while (j >= P[o].a_jobs + P[o].tiles + P[o].sum_jobs)
+        j -= P[o].a_jobs + P[o].tiles + P[o].sum_jobs, o++;
+    P += o;
+    if (j >= P->a_jobs + P->tiles) {
+        tile_job(P, j - P->a_jobs, NULL);
+        return 1;
+    }
+    for (int64_t r = 0;; r++) {
+        const int64_t first = a_jobs_through(P, r) + r * P->tiles_n; // row r's first tile
+        if (j < first) { // an A job: r rows of tiles come before it
+            pack_job(P, j - r * P->tiles_n);
+            if (ready) __atomic_store_n(&ready[P->a_first + j - r * P->tiles_n], 1, __ATOMIC_RELEASE);
+            return 0;
+        }
+        if (j < first + P->tiles_n) {
+            tile_job(P, r * P->tiles_n + j - first, ready);
+            return 1;
+        }
+    }
 }
 
 void FN(mt_gemm_run)(const FN(mt_gemm_op) *ops, int n, const mt_gemm_ws *ws) {
@@ -472,39 +519,39 @@ void FN(mt_gemm_run)(const FN(mt_gemm_op) *ops, int n, const mt_gemm_ws *ws) {
     const unsigned csr = _mm_getcsr();
     if (fmt->ftz) _mm_setcsr(csr | 0x8040u);
 #endif
-    // Tiles wait for the packed panels they read; column sums of an in-place B for nothing.
-    // One thread runs the same loops without worksharing, whose set-up costs show on a
-    // small iteration.
     mt_gemm_sync *s = ws->sync;
+    const int64_t total = jobs + tiles;
     if (team == 1) {
-        for (int64_t j = 0; j < jobs; j++) pack_job_of(P, n, j);
-        for (int64_t j = 0; j < tiles; j++) tile_job_of(P, j, NULL);
+        // the same order without worksharing, whose set-up costs show on a small iteration
+        for (int64_t j = 0; j < total; j++) run_job(P, n, j, NULL);
     } else if (jobs > 0 && s && jobs <= MT_GEMM_READY) {
-        // One loop, its jobs handed out in order: a tile is taken after every packing job
-        // (and those never wait), so each panel it waits for is being packed; a thread
-        // done packing starts the tiles whose panels are ready instead of waiting for the
-        // slowest packing job. The thread that finishes the last tile clears the flags,
-        // before the loop's closing barrier lets any thread into the next product.
-#pragma omp for schedule(monotonic : dynamic, 1)
-        for (int64_t j = 0; j < jobs + tiles; j++) {
-            if (j < jobs) {
-                pack_job_of(P, n, j);
-                __atomic_store_n(&s->ready[j], 1, __ATOMIC_RELEASE);
-                continue;
+        // Jobs handed out one at a time in run_job's order (a counter, not a worksharing
+        // loop, so that the order is this one whatever the OpenMP runtime): a tile waits
+        // only for packing jobs handed out before it, whose threads never wait, so no
+        // thread waits for a thread that waits. The thread that finishes the last tile
+        // clears the flags, the one that takes the counter last resets it, both before
+        // the barrier that lets any thread into the next product.
+        for (;;) {
+            const int64_t j = __atomic_fetch_add(&s->next, 1, __ATOMIC_RELAXED);
+            if (j >= total) {
+                if (j == total + team - 1) s->next = 0;
+                break;
             }
-            tile_job_of(P, j - jobs, s->ready);
-            if (__atomic_add_fetch(&s->done, 1, __ATOMIC_ACQ_REL) == tiles) {
+            if (run_job(P, n, j, s->ready) &&
+                __atomic_add_fetch(&s->done, 1, __ATOMIC_ACQ_REL) == tiles) {
                 for (int64_t i = 0; i < jobs; i++) s->ready[i] = 0;
                 s->done = 0;
             }
         }
+#pragma omp barrier
     } else {
+        // no room for the flags: every packing job, a barrier, then the tiles
         if (jobs > 0) {
 #pragma omp for schedule(dynamic, 1)
             for (int64_t j = 0; j < jobs; j++) pack_job_of(P, n, j);
         }
 #pragma omp for schedule(dynamic, 1)
-        for (int64_t j = 0; j < tiles; j++) tile_job_of(P, j, NULL);
+        for (int64_t j = 0; j < tiles; j++) tile_job_of(P, j);
     }
 #if defined(__x86_64__) || defined(_M_X64)
     if (fmt->ftz) _mm_setcsr(csr);

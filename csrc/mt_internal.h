@@ -61,8 +61,9 @@ void mt_allreduce(const mt_net *net, double *buf, int64_t n, int *status);
 // are packed, rather than after a barrier (gemm.c). Zeros when no product is under way.
 enum { MT_GEMM_READY = 1024 };
 typedef struct {
-    int done;                     // tiles (and column-sums jobs) finished
-    int pad[MT_ALIGN / sizeof(int) - 1];
+    int64_t next;                 // the next job to hand out
+    int64_t done;                 // tiles (and column-sums jobs) finished
+    int64_t pad[MT_ALIGN / sizeof(int64_t) - 2];
     int ready[MT_GEMM_READY];     // 1: packing job j is done
 } mt_gemm_sync;
 
