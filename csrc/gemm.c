@@ -4,15 +4,17 @@
 // packed (an mt_packing: as they are, or rounded to bfloat16 in gemm_bf16.c) and the
 // micro-kernel that reads the panels.
 //
-// Two phases, each a worksharing loop of the calling team:
-//   1. pack: op(A) into MR-row micro-panels and op(B) into NR-column micro-panels, whole
-//      (every k block), a job per panel (or group of panels) over all k (or a k slice of
-//      a lone group); jobs taken dynamically. The column sums of B (the bias gradient)
-//      are taken in the same pass.
-//   2. tiles: output macro-tiles (a few MR-row and NR-column panels), taken dynamically:
-//      for each k block in order, for each column panel, for each row panel, the kernel.
-// Several independent products (a layer's dW and dX) share the two phases, so they cost
-// two barriers together. Every element of C is reduced over k in increasing order, in
+// Two kinds of jobs, taken one at a time by the threads of the calling team:
+//   - packing: op(A) into MR-row micro-panels and op(B) into NR-column micro-panels, whole
+//     (every k block), a job per panel (or group of panels) over all k (or a k slice of a
+//     lone group). The column sums of B (the bias gradient) are taken in the same pass.
+//   - tiles: output macro-tiles (a few MR-row and NR-column panels): for each k block in
+//     order, for each column panel, for each row panel, the kernel.
+// Every B job comes first, then each row of macro-tiles right after the A jobs of the
+// panels it reads; a tile waits for the packing jobs of its own panels only (ready flags
+// in the workspace), so packing overlaps the tiles and no barrier waits for the slowest
+// packing job. Several independent products (a layer's dW and dX) share one hand-out and
+// its closing barrier. Every element of C is reduced over k in increasing order, in
 // the same k blocks and by the same kernel variant whatever the tile shapes, and by
 // exactly one thread: results are bit-identical on any number of threads, and a thread
 // that is descheduled holds up at most the tile it holds, not a fixed share of the work.

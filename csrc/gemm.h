@@ -96,7 +96,7 @@ size_t FN(mt_gemm_pack_elems)(int64_t M, int64_t N, int64_t K);
 
 typedef struct FN(mt_packing) FN(mt_packing);
 
-// One product laid out for the two phases of mt_gemm_run (gemm.c). Packed panels are
+// One product laid out for the jobs of mt_gemm_run (gemm.c). Packed panels are
 // counted in words of sizeof(real) bytes (bfloat16 pairs: a uint32_t each), kw(k) =
 // k / fmt->k_per_word words per lane for k values: the k block at pc of packed op(A)
 // starts at Ap + kw(pc)*Mp, its row panel p at + p*kw(kc)*MR (kc rounded up to
@@ -142,8 +142,10 @@ void FN(mt_gemm_pack_b)(const FN(mt_gemm_op) *op, const mt_gemm_ws *ws, void *ds
 
 // The n independent products ops[0..n) with the micro-kernels of ws->isa; ws->pack holds
 // the sum of their mt_gemm_pack_elems, 64-byte aligned. Called by every thread of a team
-// (or outside any parallel region, by one): the threads share the packing, then take
-// output macro-tiles one at a time, and return when every product is complete.
+// (or outside any parallel region, by one): the threads take packing jobs and output
+// macro-tiles one at a time, and return when every product is complete. ws->sync (zeros
+// between calls) lets a tile start as soon as its panels are packed; NULL: a barrier
+// after the packing.
 void FN(mt_gemm_run)(const FN(mt_gemm_op) *ops, int n, const mt_gemm_ws *ws);
 
 // The epilogues no micro-kernel keeps in registers, on the tile the kernel just stored.
