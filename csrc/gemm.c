@@ -156,7 +156,8 @@ static real *plan_op(FN(mt_plan) *P, const FN(mt_kernel) *ker, const FN(mt_packi
         plan_b_jobs(P, team);
     }
     // column sums no packing job takes: of an in-place B, a pre-packed one, or K == 0
-    if (P->b_jobs == 0 && op->ep && op->ep->b_sums) P->sum_jobs = (N + SUM_COLUMNS - 1) / SUM_COLUMNS;
+    if (P->b_jobs == 0 && op->ep && op->ep->b_sums)
+        P->sum_jobs = (N + SUM_COLUMNS - 1) / SUM_COLUMNS;
     // the A block of a tile stays in L2 and its B panels in L3; then the tiles are split
     // until there are a few per thread, so that they balance when one thread is slowed
     int64_t tr = min64((ker->mc + ker->mr - 1) / ker->mr, P->rp);
@@ -299,7 +300,8 @@ static void pack_job(const FN(mt_plan) *P, int64_t j) {
     } else {
         column_sums_range(op->B, op->K, op->N, j0, j1, sums);
     }
-    if (op->ep->nonfinite) FN(mt_flag_nonfinite)(sums + j0, 1, j1 - j0, j1 - j0, op->ep->nonfinite);
+    if (op->ep->nonfinite)
+        FN(mt_flag_nonfinite)(sums + j0, 1, j1 - j0, j1 - j0, op->ep->nonfinite);
 }
 
 // The epilogues no micro-kernel keeps in registers, on the tile the kernel just stored.
@@ -444,7 +446,8 @@ static void tile_job(const FN(mt_plan) *P, int64_t j, int *ready) {
             wait_ready(ready, P->b_first + q0 / P->b_per * P->b_slices,
                        P->b_first + ((q1 - 1) / P->b_per + 1) * P->b_slices);
         if (P->a_jobs)
-            wait_ready(ready, P->a_first + p0 / P->a_per, P->a_first + (p1 - 1) / P->a_per + 1);
+            wait_ready(ready, P->a_first + p0 / P->a_per,
+                       P->a_first + (p1 - 1) / P->a_per + 1);
     }
     run_tile(P, j);
 }
@@ -488,8 +491,9 @@ static int run_job(const FN(mt_plan) *P, int n, int64_t j, int *ready) {
     for (int64_t r = 0;; r++) {
         const int64_t first = a_jobs_through(P, r) + r * P->tiles_n; // row r's first tile
         if (j < first) { // an A job: r rows of tiles come before it
-            pack_job(P, j - r * P->tiles_n);
-            if (ready) __atomic_store_n(&ready[P->a_first + j - r * P->tiles_n], 1, __ATOMIC_RELEASE);
+            const int64_t a = j - r * P->tiles_n;
+            pack_job(P, a);
+            if (ready) __atomic_store_n(&ready[P->a_first + a], 1, __ATOMIC_RELEASE);
             return 0;
         }
         if (j < first + P->tiles_n) {

@@ -152,8 +152,8 @@ static void pack_lanes(const mt_plan_f32 *P, int a, int64_t x0, int64_t w, int64
         const int64_t lo = k0 > pc ? k0 - pc : 0, hi = min64(kc, k1 - pc); // slice in block
         if (lo >= hi) continue;
         if (trans) // op(X)(x, k) = src[x + k*L]
-            pack_pairs_rows(src + x0 + (pc + lo) * L, L, w, R, hi - lo, hw, dst + kw(P, lo) * R,
-                            panel);
+            pack_pairs_rows(src + x0 + (pc + lo) * L, L, w, R, hi - lo, hw,
+                            dst + kw(P, lo) * R, panel);
         else // op(X)(x, k) = src[x*K + k]
             pack_pairs(src + x0 * K + pc, K, w, R, kc, hw, dst);
     }
