@@ -55,8 +55,8 @@ int mt_gemm(int dtype, int isa, int trans_a, int trans_b, int64_t M, int64_t N, 
 }
 
 int mt_gemm_bf16(int isa, int trans_a, int trans_b, int64_t M, int64_t N, int64_t K,
-                 const float *A, const float *B, float *C, int accumulate) {
-    return mt_gemm_alloc_bf16(isa, trans_a, trans_b, M, N, K, A, B, C, accumulate);
+                 const float *A, const float *B, float *C, int accumulate, int prepack_b) {
+    return mt_gemm_alloc_bf16(isa, trans_a, trans_b, M, N, K, A, B, C, accumulate, prepack_b);
 }
 
 // Adding one to the exponent field carries into the top bit exactly when the field is all

@@ -203,9 +203,10 @@ int mt_gemm(int dtype, int isa, int trans_a, int trans_b, int64_t M, int64_t N, 
 
 // The same product in float32 with its inputs rounded to bfloat16 (nearest even,
 // denormals to zero), accumulated in float32 as vdpbf16ps does: per pair of k, the odd
-// product first. The same bits with every isa and thread count.
+// product first. The same bits with every isa and thread count. prepack_b: op(B) is
+// packed on its own first, and the product reads that copy (as pre-packed weights are).
 int mt_gemm_bf16(int isa, int trans_a, int trans_b, int64_t M, int64_t N, int64_t K,
-                 const float *A, const float *B, float *C, int accumulate);
+                 const float *A, const float *B, float *C, int accumulate, int prepack_b);
 
 // 1 when the n elements of x (dtype) are all finite, else 0. Reads x once; a large x
 // (millions of elements) with the threads of the current count, outside a parallel region.

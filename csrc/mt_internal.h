@@ -57,6 +57,16 @@ void mt_team_used(int team);
 // MT_ERR_REDUCE when the hook fails; once it has failed the hook is not called again.
 void mt_allreduce(const mt_net *net, double *buf, int64_t n, int *status);
 
+// What the threads of a team share to start output tiles as soon as the panels they read
+// are packed, rather than after a barrier (gemm.c). Zeros when no product is under way.
+enum { MT_GEMM_READY = 1024 };
+typedef struct {
+    int64_t next;                 // the next job to hand out
+    int64_t done;                 // tiles (and column-sums jobs) finished
+    int64_t pad[MT_ALIGN / sizeof(int64_t) - 2];
+    int ready[MT_GEMM_READY];     // 1: packing job j is done
+} mt_gemm_sync;
+
 // The GEMM micro-kernels and packing buffer of a call (gemm.c)
 typedef struct {
     int isa;     // mt_isa
@@ -67,6 +77,7 @@ typedef struct {
     // bf16, or NULL: a dense layer's W packed as op(B) of X·W and of dZ·Wᵀ by the update
     // (mt_packed_weights), set by the iteration for the layer whose products it runs
     const void *packed_w, *packed_wt;
+    mt_gemm_sync *sync; // or NULL: the tiles wait for all of the packing at a barrier
 } mt_gemm_ws;
 
 // The copies of the weight matrices of a bf16 net in the layout its products pack W into
@@ -107,7 +118,8 @@ typedef struct {
 
 MT_DECLARE_TYPED(float, f32)
 int mt_gemm_alloc_bf16(int isa, int trans_a, int trans_b, int64_t M, int64_t N, int64_t K,
-                       const float *A, const float *B, float *C, int accumulate);
+                       const float *A, const float *B, float *C, int accumulate,
+                       int prepack_b);
 MT_DECLARE_TYPED(double, f64)
 
 #ifdef MT_REAL_SOURCE

@@ -126,8 +126,12 @@ static size_t layout(const mt_net *net, int64_t rows, char *base, workspace *ws)
             pack = need > pack ? need : pack;
         }
     at = carve(&off, pack * es);
+    const size_t sync = carve(&off, sizeof(mt_gemm_sync));
     if (base) {
-        ws->gemm = (mt_gemm_ws){net->isa, base + at, &ws->nonfinite, !MT_DOUBLE && net->bf16};
+        memset(base + sync, 0, sizeof(mt_gemm_sync));
+        ws->gemm = (mt_gemm_ws){.isa = net->isa, .pack = base + at, .nonfinite = &ws->nonfinite,
+                                .bf16 = !MT_DOUBLE && net->bf16,
+                                .sync = (mt_gemm_sync *)(base + sync)};
         ws->pending = 0;
     }
     lay_out_copies(net, &off, base, ws);

@@ -82,7 +82,8 @@ cdef extern from "minitrain.h":
     int mt_gemm(int dtype, int isa, int trans_a, int trans_b, int64_t M, int64_t N,
                 int64_t K, const void *A, const void *B, void *C, int accumulate) nogil
     int mt_gemm_bf16(int isa, int trans_a, int trans_b, int64_t M, int64_t N, int64_t K,
-                     const float *A, const float *B, float *C, int accumulate) nogil
+                     const float *A, const float *B, float *C, int accumulate,
+                     int prepack_b) nogil
     int mt_all_finite(int dtype, const void *x, int64_t n) nogil
     void mt_prepare(mt_net *net)
     void mt_lay_out(mt_net *net)
@@ -688,11 +689,14 @@ cdef class Net:
         _check_status(status)
 
 
-def gemm(A, B, bint trans_a=False, bint trans_b=False, C=None, isa=None, bint bf16=False):
+def gemm(A, B, bint trans_a=False, bint trans_b=False, C=None, isa=None, bint bf16=False,
+         bint prepack_b=False):
     """C = op(A) · op(B) with the core's GEMM (C accumulated into when given), with the
     micro-kernels of `isa` (default: isa()), for this call only. bf16: float32 operands
-    rounded to bfloat16, products accumulated in float32 (mixed_bfloat16's). For tests and
-    benchmarks: the packing buffer is allocated per call."""
+    rounded to bfloat16, products accumulated in float32 (mixed_bfloat16's); with
+    prepack_b, op(B) is packed on its own first and the product reads that copy (as
+    pre-packed weights are). For tests and benchmarks: the packing buffer is allocated per
+    call."""
     dtype = A.dtype if isinstance(A, np.ndarray) else None
     if dtype not in (np.float32, np.float64):
         raise TypeError("A must be a float32 or float64 array")
@@ -718,11 +722,13 @@ def gemm(A, B, bint trans_a=False, bint trans_b=False, C=None, isa=None, bint bf
     cdef const void *a = ptr(A)
     cdef const void *b = ptr(B)
     cdef void *c = ptr(C)
-    cdef int ta = trans_a, tb = trans_b, acc = accumulate, status
+    if prepack_b and not bf16:
+        raise ValueError("prepack_b must be False unless bf16 is True")
+    cdef int ta = trans_a, tb = trans_b, acc = accumulate, pb = prepack_b, status
     with nogil:
         if bf16:
             status = mt_gemm_bf16(code, ta, tb, M, N, K, <const float *>a, <const float *>b,
-                                  <float *>c, acc)
+                                  <float *>c, acc, pb)
         else:
             status = mt_gemm(dt, code, ta, tb, M, N, K, a, b, c, acc)
     _check_status(status)

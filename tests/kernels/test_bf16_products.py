@@ -211,3 +211,36 @@ def test_bf16_needs_float32_operands():
     A = np.ones((3, 3))
     with pytest.raises(TypeError, match="float32"):
         _core.gemm(A, A, bf16=True)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("trans_b", [0, 1])
+def test_a_pre_packed_b_gives_the_same_bits(isa, trans_b):
+    # op(B) packed once on its own (as a pre-packed weight matrix is), then read by the
+    # product instead of packed by it: several k blocks, odd K, edge panels, B groups
+    # split in k slices between threads, K == 0
+    rng = np.random.default_rng(5)
+    previous = mt.get_num_threads()
+    try:
+        for M, N, K in [(13, 33, 7), (128, 256, 785), (100, 300, 1030), (7, 10, 1),
+                        (9, 20, 0)]:
+            A, B = _operands(rng, M, N, K, 0, trans_b)
+            C0 = rng.standard_normal((M, N)).astype(np.float32)
+            mt.set_num_threads(1)
+            ref = _core.gemm(A, B, False, bool(trans_b), C=C0.copy(), isa=isa, bf16=True)
+            if K:
+                np.testing.assert_allclose(ref, C0 + _twin(A, B, 0, trans_b), rtol=0,
+                                           atol=1e-4 * K)
+            for n in (1, 2, 3):
+                mt.set_num_threads(n)
+                C = _core.gemm(A, B, False, bool(trans_b), C=C0.copy(), isa=isa, bf16=True,
+                               prepack_b=True)
+                np.testing.assert_array_equal(C.view(np.uint32), ref.view(np.uint32))
+    finally:
+        mt.set_num_threads(previous)
+
+
+def test_prepack_b_is_for_bf16_products():
+    A = np.ones((3, 3), np.float32)
+    with pytest.raises(ValueError, match="prepack_b"):
+        _core.gemm(A, A, prepack_b=True)

@@ -135,3 +135,23 @@ def test_loss_over_many_blocks_of_rows_is_bit_identical_on_one_and_two_threads(t
         results.append(model.loss_and_gradient(X, y))
     assert results[0][0] == results[1][0]
     np.testing.assert_array_equal(results[0][1], results[1][1])
+
+
+@pytest.mark.parametrize("bf16,dtype", [(False, np.float32), (False, np.float64),
+                                        (True, np.float32)])
+def test_products_give_the_same_bits_on_any_thread_count(threads, bf16, dtype):
+    # tiles that start on the panels already packed while other panels are being packed
+    # (packed A and B, several rows of macro-tiles), and a product with more packing jobs
+    # than the workspace has ready flags (1084 A panels: packing, a barrier, then tiles)
+    rng = np.random.default_rng(6)
+    cases = [(700, 300, 530, 1, 0), (300, 500, 200, 0, 1), (13000, 64, 16, 1, 0)]
+    for M, N, K, ta, tb in cases:
+        A = rng.standard_normal((K, M) if ta else (M, K)).astype(dtype)
+        B = rng.standard_normal((N, K) if tb else (K, N)).astype(dtype)
+        threads(1)
+        ref = _core.gemm(A, B, bool(ta), bool(tb), bf16=bf16)
+        exact = (A.T if ta else A).astype(np.float64) @ (B.T if tb else B).astype(np.float64)
+        np.testing.assert_allclose(ref, exact, rtol=0, atol=(0.05 if bf16 else 1e-3) * K)
+        for n in (2, 3, 2):
+            threads(n)
+            np.testing.assert_array_equal(_core.gemm(A, B, bool(ta), bool(tb), bf16=bf16), ref)
