@@ -159,6 +159,7 @@ class ThreadController:
         self._until = 0.0      # clock time of the next check
         self._plan = []        # sizes still to time, in order
         self._times = {}       # median per size timed in this check
+        self._reference = None  # the chosen size's recent median, until it is timed again
         self._spent = {}       # (iterations, seconds) run at each size in this check
         self._streak = 0       # checks in a row that kept the team: each doubles the interval
         self._samples = []     # times at the size being timed
@@ -246,9 +247,13 @@ class ThreadController:
                 self._until = now
         # every `probe` iterations: has the chosen size slowed down, or is a check due?
         if now >= self._until or median > self.slowdown * self.best_time:
-            # time the others again; the chosen size keeps its recent median
-            self._plan = [n for n in self._candidates() if n != self.team]
-            self._times = {self.team: median}
+            # time the others, then the chosen size again: its recent median may hold a
+            # passing slowdown (an epoch's end, the pages of a new array), against which a
+            # size timed now would win until the next check; it only lets a size much
+            # slower than it be dropped early
+            others = [n for n in self._candidates() if n != self.team]
+            self._plan = others + [self.team] if others else []
+            self._times, self._reference = ({}, median) if others else ({self.team: median}, None)
             self._samples = []
             if not self._plan:
                 self._choose()
@@ -261,7 +266,7 @@ class ThreadController:
         else:
             self._samples.append(elapsed)
             timed = self._samples[1:]  # the first after a change pays the change
-            best = min(self._times.values(), default=None)
+            best = min(self._times.values(), default=self._reference)
             if len(timed) >= self.probe or (timed and best is not None
                                             and min(timed) > self.give_up * best):
                 self._times[size] = _median(timed)
@@ -277,6 +282,7 @@ class ThreadController:
         if not self._times:  # every size ran on one thread
             self._times = {1: 0.0}
         team = min(self._times, key=lambda n: (self._times[n], n))
+        self._reference = None
         self._streak = self._streak + 1 if team == self.team else 0
         self.team, self.best_time = team, self._times[team]
         self.inherited = None

@@ -132,7 +132,8 @@ def test_a_machine_that_becomes_quiet_gets_two_threads_back(machine):
     assert run(second, 5) == [1] * 5  # inherited
     quiet(state)  # the other process ended
     teams = run(second, 500)
-    assert second.team == 2 and teams[-100:] == [2] * 100
+    # at most a check in the last 100: one thread given up after two iterations
+    assert second.team == 2 and teams[-100:].count(2) >= 98
     # and the next new net starts on two threads at once
     assert run(new(), 30) == [2] * 30
     # a new net long after: its own check finds two threads too
@@ -323,3 +324,18 @@ def test_an_inherited_team_that_became_slow_is_checked_at_once(machine):
     teams = run(second, 20)
     assert teams[:5] == [2] * 5 and 1 in teams[5:12] and second.team == 1
     assert T.recall(3 * ROWS * ROW_WORK, state["clock"]).team == 1
+
+
+def test_a_passing_slowdown_does_not_hand_the_next_interval_to_a_slower_team(machine):
+    state, new, run = machine
+    quiet(state)
+    ctl = new()
+    run(ctl, 20)
+    assert ctl.team == 2
+    state["speed"] = {1: 1.0, 2: 2.0}  # a window of slow iterations (an epoch's end)
+    run(ctl, ctl.probe)
+    quiet(state)  # and the machine is as before
+    # the check that the slowdown started times two threads again, as they are now,
+    # rather than against their slow window, which one thread would beat
+    teams = run(ctl, 100)
+    assert ctl.team == 2 and teams.count(2) >= 90
