@@ -211,22 +211,6 @@ BF16_DIGESTS = {'bf16_adam_batchnorm_dropout': '5cec7d2c2c3e926fd2be45ebdee6aeef
                 'bf16_tanh_sigmoid_gelu': 'cc85b84ad885efe20cedbf9de05787d2'}
 
 
-@pytest.fixture(params=_core.available_isas())
-def isa(request):
-    previous = _core.isa()
-    _core.set_isa(request.param)
-    yield request.param
-    _core.set_isa(previous)
-
-
-@pytest.fixture(params=[1, 2])
-def threads(request):
-    previous = mt.get_num_threads()
-    mt.set_num_threads(request.param)
-    yield request.param
-    mt.set_num_threads(previous)
-
-
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_final_weights_unchanged(case, isa, threads, tmp_path):
     if isa not in DIGESTS:

@@ -13,14 +13,6 @@ _core = pytest.importorskip("minitrain._core")
 MIXED = "mixed_bfloat16"
 
 
-@pytest.fixture(params=[1, 2])
-def threads(request):
-    previous = mt.get_num_threads()
-    mt.set_num_threads(request.param)
-    yield request.param
-    mt.set_num_threads(previous)
-
-
 @pytest.fixture
 def reads(monkeypatch):
     """Whether each step of a fit read the copies (appended as the runner steps)."""
@@ -65,14 +57,6 @@ def _fit(model, X, y, epochs=2, callbacks=(), optimizer=None):
     hist = model.fit(X, y, epochs=epochs, batch_size=48, optimizer=opt, verbose=0,
                      callbacks=list(callbacks))
     return model.params_flat.copy(), hist.history["loss"], list(hist.iteration_loss)
-
-
-@pytest.fixture(params=_core.available_isas())
-def isa(request):
-    previous = _core.isa()
-    _core.set_isa(request.param)
-    yield request.param
-    _core.set_isa(previous)
 
 
 @pytest.mark.parametrize("optimizer", [lambda: mt.SGD(lr=0.05, momentum=0.9, nesterov=True),
