@@ -65,6 +65,29 @@ static inline void store_vec(const FN(mt_tile) *t, int64_t i, int v, vec x, vmas
     store_part(c, m, full, x);
 }
 
+// the C tile is read or written only after the k loop: fetch it while computing
+static inline __attribute__((always_inline)) void prefetch_c(const FN(mt_tile) *t) {
+    for (int64_t i = 0; i < t->m; i++) {
+        __builtin_prefetch(t->c + i * t->ldc, 1);
+        __builtin_prefetch(t->c + i * t->ldc + t->n - 1, 1);
+    }
+}
+
+// the accumulators of the tile's m rows and nv <= NV vectors into C, through the epilogue
+static inline __attribute__((always_inline)) void store_acc(const FN(mt_tile) *t,
+                                                            vec acc[MR][NV], int nv,
+                                                            const vmask *mk, int full) {
+    const int fused = mt_ep_in_registers(t->ep, t->act);
+    const vec alpha = V_SET1(t->alpha);
+#pragma GCC unroll 32
+    for (int i = 0; i < MR; i++) {
+        if (i >= t->m) break;
+#pragma GCC unroll 8
+        for (int v = 0; v < nv; v++)
+            if (v * VL < t->n) store_vec(t, i, v, acc[i][v], mk[v], full, fused, alpha);
+    }
+}
+
 // Inlined into every variant so that each sees constant strides (packed) and a constant
 // number nv <= NV of vectors per row.
 static inline __attribute__((always_inline)) void kernel_body(const FN(mt_tile) *t,
@@ -78,11 +101,7 @@ static inline __attribute__((always_inline)) void kernel_body(const FN(mt_tile) 
     int64_t aoff[MR];
     for (int i = 0; i < MR; i++) aoff[i] = packed ? i : (i < m ? i : m - 1) * t->a_rs;
 
-    // the C tile is read or written only after the k loop: fetch it while computing
-    for (int64_t i = 0; i < m; i++) {
-        __builtin_prefetch(t->c + i * t->ldc, 1);
-        __builtin_prefetch(t->c + i * t->ldc + n - 1, 1);
-    }
+    prefetch_c(t);
 
     vec acc[MR][NV];
 #pragma GCC unroll 32
@@ -105,15 +124,7 @@ static inline __attribute__((always_inline)) void kernel_body(const FN(mt_tile) 
         b += ldb;
     }
 
-    const int fused = mt_ep_in_registers(t->ep, t->act);
-    const vec alpha = V_SET1(t->alpha);
-#pragma GCC unroll 32
-    for (int i = 0; i < MR; i++) {
-        if (i >= m) break;
-#pragma GCC unroll 8
-        for (int v = 0; v < nv; v++)
-            if (v * VL < n) store_vec(t, i, v, acc[i][v], mk[v], full, fused, alpha);
-    }
+    store_acc(t, acc, nv, mk, full);
 }
 
 static void kernel_packed(const FN(mt_tile) *t) { kernel_body(t, 1, NV); }
@@ -198,14 +209,11 @@ static void pack_b_rows(const real *src, int64_t rs, int64_t w, int64_t kc, real
 // of a pair, then the even ones). Packed panels of k pairs: a[(q*MR + i)*2 + {0, 1}] =
 // op(A)(i, 2q + {0, 1}), b[(q*NR + j)*2 + {0, 1}] likewise, as bfloat16; kc is even.
 BF16_TARGET static void kernel_packed_bf16(const FN(mt_tile) *t) {
-    const int64_t pairs = t->kc / 2, m = t->m, n = t->n;
+    const int64_t pairs = t->kc / 2, n = t->n;
     const int full = n >= NR;
     vmask mk[NV];
     for (int v = 0; v < NV; v++) mk[v] = M_FIRST(n - v * VL);
-    for (int64_t i = 0; i < m; i++) {
-        __builtin_prefetch(t->c + i * t->ldc, 1);
-        __builtin_prefetch(t->c + i * t->ldc + n - 1, 1);
-    }
+    prefetch_c(t);
     vec acc[MR][NV];
 #pragma GCC unroll 32
     for (int i = 0; i < MR; i++)
@@ -225,15 +233,7 @@ BF16_TARGET static void kernel_packed_bf16(const FN(mt_tile) *t) {
         a += MR;
         b += NR;
     }
-    const int fused = mt_ep_in_registers(t->ep, t->act);
-    const vec alpha = V_SET1(t->alpha);
-#pragma GCC unroll 32
-    for (int i = 0; i < MR; i++) {
-        if (i >= m) break;
-#pragma GCC unroll 8
-        for (int v = 0; v < NV; v++)
-            if (v * VL < n) store_vec(t, i, v, acc[i][v], mk[v], full, fused, alpha);
-    }
+    store_acc(t, acc, NV, mk, full);
 }
 #endif
 
